@@ -1,0 +1,257 @@
+"""Heatmap codec: Gaussian targets (encode) and keypoint read-out (decode), side by side.
+
+Coordinates: a heatmap pixel index (x, y) is the heatmap coordinate; input-pixel coordinates are
+heatmap coordinates times the stride (input size / heatmap size), as in the official HRNet code
+(`../shared/reference/official-topdown-facts.md` §3, §6). Sizes are (h, w), like array shapes.
+
+Everything here is numpy and works on any number of leading batch dimensions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+Array = npt.NDArray[np.floating]
+
+
+def default_sigma(heatmap_hw: tuple[int, int]) -> float:
+    """Official sigmas: 2 at 64×48, 3 at 96×72; other sizes scale with the height."""
+    return {64: 2.0, 96: 3.0}.get(heatmap_hw[0], heatmap_hw[0] / 32.0)
+
+
+@dataclass(frozen=True)
+class HeatmapCodec:
+    input_hw: tuple[int, int]  # network input (h, w), e.g. (256, 192)
+    heatmap_hw: tuple[int, int]  # network output (h, w), e.g. (64, 48)
+    sigma: float  # Gaussian std in heatmap pixels
+    unbiased: bool = False  # True: Gaussian centred at the sub-pixel position, no rounding
+
+    @classmethod
+    def for_input(
+        cls,
+        input_hw: tuple[int, int],
+        stride: int = 4,
+        sigma: float | None = None,
+        unbiased: bool = False,
+    ) -> HeatmapCodec:
+        hm = (input_hw[0] // stride, input_hw[1] // stride)
+        return cls(input_hw, hm, default_sigma(hm) if sigma is None else sigma, unbiased)
+
+    @property
+    def stride_xy(self) -> npt.NDArray[np.float64]:
+        return np.array(
+            [self.input_hw[1] / self.heatmap_hw[1], self.input_hw[0] / self.heatmap_hw[0]]
+        )
+
+    def encode(self, keypoints: Array, visible: Array) -> tuple[FloatArray, FloatArray]:
+        """Targets for one or many persons.
+
+        keypoints: (..., K, 2) in input pixels; visible: (..., K), > 0 means labelled.
+        Returns heatmaps (..., K, h, w) float32 with peak 1, and weights (..., K) float32.
+        """
+        kp = np.asarray(keypoints, dtype=np.float64) / self.stride_xy
+        vis = np.asarray(visible) > 0
+        if self.unbiased:
+            return _encode_unbiased(kp, vis, self.heatmap_hw, self.sigma)
+        return _encode_official(kp, vis, self.heatmap_hw, self.sigma)
+
+    def decode(
+        self, heatmaps: Array, method: str = "argmax"
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """(..., K, h, w) -> heatmap coordinates (..., K, 2) and scores (..., K)."""
+        if method == "argmax":
+            return decode_argmax(heatmaps)
+        if method == "dark":
+            return decode_dark(heatmaps, blur_kernel=dark_kernel_size(self.sigma))
+        raise ValueError(f"unknown decode method {method!r}; use 'argmax' or 'dark'")
+
+
+def render_gaussians(centers: Array, heatmap_hw: tuple[int, int], sigma: float) -> FloatArray:
+    """Unnormalised Gaussians (peak 1) at sub-pixel heatmap positions.
+
+    centers: (..., 2) as (x, y) -> (..., h, w) float32. This is G(x) of the SCIO search and the
+    unbiased training target, so the verifier sees the same rendering in training and search.
+    """
+    c = np.asarray(centers, dtype=np.float64)
+    h, w = heatmap_hw
+    xs = np.arange(w, dtype=np.float64)
+    ys = np.arange(h, dtype=np.float64)
+    gx = np.exp(-((xs - c[..., 0:1]) ** 2) / (2 * sigma**2))  # (..., w)
+    gy = np.exp(-((ys - c[..., 1:2]) ** 2) / (2 * sigma**2))  # (..., h)
+    return (gy[..., :, None] * gx[..., None, :]).astype(np.float32)
+
+
+def _encode_unbiased(
+    kp: npt.NDArray[np.float64], vis: npt.NDArray[np.bool_], hw: tuple[int, int], sigma: float
+) -> tuple[FloatArray, FloatArray]:
+    h, w = hw
+    r = 3 * sigma
+    inside = (
+        (kp[..., 0] > -r) & (kp[..., 0] < w - 1 + r) & (kp[..., 1] > -r) & (kp[..., 1] < h - 1 + r)
+    )
+    weights = (vis & inside).astype(np.float32)
+    heatmaps = render_gaussians(kp, hw, sigma) * weights[..., None, None]
+    return heatmaps, weights
+
+
+def _encode_official(
+    kp: npt.NDArray[np.float64], vis: npt.NDArray[np.bool_], hw: tuple[int, int], sigma: float
+) -> tuple[FloatArray, FloatArray]:
+    """The official target: centre rounded with int(x + 0.5) (truncation toward zero, as
+    Python's int), Gaussian pasted inside a (6σ+1)² window, weight 0 when the window misses the
+    map entirely (JointsDataset.generate_target)."""
+    h, w = hw
+    tmp = 3 * sigma
+    size = 2 * tmp + 1
+    mu = np.trunc(kp + 0.5)  # (..., K, 2)
+    ul = np.trunc(mu - tmp)
+    br = np.trunc(mu + tmp + 1)
+    off = ul + np.floor(size / 2)  # window centre; equals mu for the integer sigmas in use
+    missed = (ul[..., 0] >= w) | (ul[..., 1] >= h) | (br[..., 0] < 0) | (br[..., 1] < 0)
+    weights = (vis & ~missed).astype(np.float32)
+
+    xs = np.arange(w, dtype=np.float64)
+    ys = np.arange(h, dtype=np.float64)
+    in_x = (xs >= ul[..., 0:1]) & (xs < br[..., 0:1])  # (..., K, w)
+    in_y = (ys >= ul[..., 1:2]) & (ys < br[..., 1:2])  # (..., K, h)
+    gx = np.exp(-((xs - off[..., 0:1]) ** 2) / (2 * sigma**2)) * in_x
+    gy = np.exp(-((ys - off[..., 1:2]) ** 2) / (2 * sigma**2)) * in_y
+    heatmaps = gy[..., :, None] * gx[..., None, :] * weights[..., None, None]
+    return heatmaps.astype(np.float32), weights
+
+
+def _argmax(
+    hm: Array,
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+    """(M, h, w) -> x (M,), y (M,), max (M,); first maximum in row-major order, like np.argmax."""
+    m, h, w = hm.shape
+    flat = hm.reshape(m, h * w)
+    idx = np.argmax(flat, axis=1)
+    maxval = flat[np.arange(m), idx].astype(np.float64)
+    return idx % w, idx // w, maxval
+
+
+def decode_argmax(
+    heatmaps: Array, quarter_shift: bool = True
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Official decoding (lib/core/inference.py): argmax, then a quarter-pixel step on each axis
+    toward the higher neighbour when 1 < x < w-1 and 1 < y < h-1. Positions with max <= 0 are
+    (0, 0). Score = heatmap maximum.
+
+    heatmaps: (..., K, h, w) -> coords (..., K, 2), scores (..., K).
+    """
+    hm = np.asarray(heatmaps)
+    lead, (h, w) = hm.shape[:-2], hm.shape[-2:]
+    flat = hm.reshape(-1, h, w)
+    x, y, maxval = _argmax(flat)
+    coords = np.stack([x, y], axis=1).astype(np.float64)
+    coords[maxval <= 0] = 0.0
+    if quarter_shift:
+        rows = np.arange(len(flat))
+        ok = (x > 1) & (x < w - 1) & (y > 1) & (y < h - 1) & (maxval > 0)
+        xr, xl = np.minimum(x + 1, w - 1), np.maximum(x - 1, 0)
+        yd, yu = np.minimum(y + 1, h - 1), np.maximum(y - 1, 0)
+        dx = flat[rows, y, xr].astype(np.float64) - flat[rows, y, xl]
+        dy = flat[rows, yd, x].astype(np.float64) - flat[rows, yu, x]
+        coords[:, 0] += np.where(ok, 0.25 * np.sign(dx), 0.0)
+        coords[:, 1] += np.where(ok, 0.25 * np.sign(dy), 0.0)
+    return coords.reshape(*lead, 2), maxval.reshape(lead)
+
+
+def dark_kernel_size(sigma: float) -> int:
+    """Blur kernel for DARK: 11 for sigma 2, 17 for sigma 3 (6σ - 1, kept odd and >= 3)."""
+    k = max(3, round(6 * sigma - 1))
+    return k if k % 2 == 1 else k + 1
+
+
+def gaussian_blur(heatmaps: Array, kernel: int) -> npt.NDArray[np.float64]:
+    """Separable Gaussian blur with zero padding, rescaled so each map keeps its maximum.
+
+    sigma follows OpenCV's rule for sigma=0: 0.3 * ((kernel - 1) / 2 - 1) + 0.8.
+    (M, h, w) -> (M, h, w) float64.
+    """
+    hm = np.asarray(heatmaps, dtype=np.float64)
+    s = 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
+    r = kernel // 2
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    g = np.exp(-(t**2) / (2 * s * s))
+    g /= g.sum()
+    m, h, w = hm.shape
+    padded = np.pad(hm, ((0, 0), (r, r), (r, r)))
+    rows = sum(g[i] * padded[:, :, i : i + w] for i in range(kernel))  # (M, h + 2r, w)
+    out = sum(g[i] * rows[:, i : i + h, :] for i in range(kernel))  # (M, h, w)
+    assert isinstance(out, np.ndarray)
+    orig_max = hm.reshape(m, -1).max(axis=1)
+    new_max = out.reshape(m, -1).max(axis=1)
+    scale = np.divide(orig_max, new_max, out=np.zeros_like(orig_max), where=new_max > 0)
+    blurred: npt.NDArray[np.float64] = out * scale[:, None, None]
+    return blurred
+
+
+def decode_dark(
+    heatmaps: Array, blur_kernel: int = 11
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """DARK (Zhang et al., CVPR 2020): blur, take the log, and move the argmax by one Newton
+    step of the second-order Taylor expansion, -H⁻¹∇, using central differences (the second
+    derivatives over a 2-pixel span). Applied when 1 < x < w-2 and 1 < y < h-2.
+
+    heatmaps: (..., K, h, w) -> coords (..., K, 2), scores (..., K) (the unblurred maximum).
+    """
+    hm = np.asarray(heatmaps)
+    lead, (h, w) = hm.shape[:-2], hm.shape[-2:]
+    flat = hm.reshape(-1, h, w)
+    x, y, maxval = _argmax(flat)
+    coords = np.stack([x, y], axis=1).astype(np.float64)
+    coords[maxval <= 0] = 0.0
+    ok = (x > 1) & (x < w - 2) & (y > 1) & (y < h - 2) & (maxval > 0)
+    if ok.any():
+        lg = np.log(np.maximum(gaussian_blur(flat[ok], blur_kernel), 1e-10))
+        r = np.arange(len(lg))
+        xo, yo = x[ok], y[ok]
+
+        def at(dy: int, dx: int) -> npt.NDArray[np.float64]:
+            v: npt.NDArray[np.float64] = lg[r, yo + dy, xo + dx]
+            return v
+
+        c = at(0, 0)
+        dx = 0.5 * (at(0, 1) - at(0, -1))
+        dy = 0.5 * (at(1, 0) - at(-1, 0))
+        dxx = 0.25 * (at(0, 2) - 2 * c + at(0, -2))
+        dyy = 0.25 * (at(2, 0) - 2 * c + at(-2, 0))
+        dxy = 0.25 * (at(1, 1) - at(-1, 1) - at(1, -1) + at(-1, -1))
+        det = dxx * dyy - dxy * dxy
+        good = det != 0
+        safe = np.where(good, det, 1.0)
+        # offset = -H^{-1} g with H = [[dxx, dxy], [dxy, dyy]]
+        ox = -(dyy * dx - dxy * dy) / safe
+        oy = -(-dxy * dx + dxx * dy) / safe
+        sub = coords[ok]
+        sub[:, 0] += np.where(good, ox, 0.0)
+        sub[:, 1] += np.where(good, oy, 0.0)
+        coords[ok] = sub
+    return coords.reshape(*lead, 2), maxval.reshape(lead)
+
+
+def flip_back(heatmaps: Array, flip_index: npt.NDArray[np.intp], shift: bool = True) -> FloatArray:
+    """Undo a horizontal flip of the input on its heatmaps (official flip test, §5): mirror the
+    width axis, swap left/right channels, and with `shift` move everything one heatmap pixel to
+    the right (column 0 keeps its value, it is not zeroed).
+
+    heatmaps: (..., K, h, w) -> (..., K, h, w).
+    """
+    out = np.ascontiguousarray(np.asarray(heatmaps)[..., flip_index, :, ::-1])
+    if shift:
+        out[..., 1:] = out[..., :-1].copy()
+    return out.astype(np.float32, copy=False)
+
+
+def fuse_flip(
+    heatmaps: Array, flipped_heatmaps: Array, flip_index: npt.NDArray[np.intp], shift: bool = True
+) -> FloatArray:
+    """Average of the heatmaps and the flipped-back heatmaps of the mirrored input."""
+    back = flip_back(flipped_heatmaps, flip_index, shift)
+    return (0.5 * (np.asarray(heatmaps, dtype=np.float32) + back)).astype(np.float32)

@@ -1,0 +1,1 @@
+"""The serving side: FastAPI on ONNX Runtime. Never imports torch."""
