@@ -1,0 +1,75 @@
+"""What the pose pipeline takes and returns: the contract between the pipeline (ONNX Runtime),
+the HTTP layer and `scio-pose evaluate`. Plain dataclasses over numpy arrays; the HTTP schemas
+in `service.schemas` convert these to JSON.
+
+Coordinates are image pixels of the decoded (EXIF-rotated) image; boxes are [x1, y1, x2, y2].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from models.keypoints import KeypointSpec
+
+
+@dataclass(frozen=True)
+class PoseOptions:
+    refine: bool = True  # run SCIO refinement (ignored when the bundle has no SCIO networks)
+    flip: bool = False  # flip test: average with the mirrored crop's heatmaps
+    boxes: npt.NDArray[np.float64] | None = None  # (N, 4) person boxes; skips the detector
+    min_score: float = 0.0  # drop persons whose score is below this
+    max_persons: int | None = None  # keep at most this many, best first
+
+
+@dataclass(frozen=True)
+class RefinedKeypoint:
+    """One distal keypoint that the SCIO search looked at."""
+
+    keypoint: int  # index in the spec
+    group: str  # the structural group whose verifier scored it
+    displacement_px: float  # how far it moved, in image pixels (0 when not accepted)
+    loss_before: float  # self-constraint loss at the backbone's position (verification score)
+    loss_after: float  # loss at the returned position
+    accepted: bool  # whether the search's move was kept
+
+
+@dataclass
+class PersonPose:
+    bbox: npt.NDArray[np.float64]  # (4,) x1, y1, x2, y2
+    bbox_score: float
+    score: float  # rescored: bbox_score × mean of keypoint scores above 0.2
+    keypoints: npt.NDArray[np.float64]  # (K, 3) x, y, score, in spec order
+    refinements: list[RefinedKeypoint] = field(default_factory=list)
+
+
+@dataclass
+class PoseResult:
+    image_hw: tuple[int, int]
+    persons: list[PersonPose]
+    refined: bool  # True when SCIO refinement ran on this image
+    timings_ms: dict[str, float] = field(default_factory=dict)  # per stage
+
+
+class PoseEstimator(Protocol):
+    """The pipeline as the HTTP layer sees it. Images are RGB uint8 arrays (H, W, 3)."""
+
+    spec: KeypointSpec
+    refine_available: bool
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Bundle metadata for /info and responses: at least `name` and `version`."""
+        ...
+
+    def warmup(self) -> None: ...
+
+    def estimate_many(
+        self, items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]]
+    ) -> list[PoseResult]:
+        """All images in one pass (one backbone call for all their persons)."""
+        ...
