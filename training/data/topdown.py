@@ -1,0 +1,176 @@
+"""Top-down training samples: one person crop, its target heatmaps and weights.
+
+The augmentation is the official one (`../shared/reference/official-topdown-facts.md` §6):
+scale jitter, rotation with probability 0.6, horizontal flip with the left/right swap, and the
+half-body crop. Randomness comes from a generator seeded by (seed, epoch, index), so a sample is
+the same whichever data-loader worker draws it, and a resumed run sees the same stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from models.codec import HeatmapCodec
+from models.geometry import (
+    affine_matrices,
+    box_to_center_scale,
+    clean_gt_boxes,
+    flip_keypoints_horizontal,
+    transform_points,
+    warp_affine,
+)
+from models.keypoints import KeypointSpec
+from training.data.coco import CocoKeypoints, ImageRecord, PersonAnn
+
+F64 = npt.NDArray[np.float64]
+
+# Keypoints that count as "upper body" for the half-body crop, by spec.
+_UPPER_NAMES = ("nose", "eye", "ear", "shoulder", "elbow", "wrist", "head", "neck")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    scale_factor: float = 0.35  # sf: scale *= clip(N(0,1)·sf + 1, 1 - sf, 1 + sf)
+    rotation_factor: float = 45.0  # rf: rotation = clip(N(0,1)·rf, -2rf, 2rf) degrees
+    rotation_prob: float = 0.6
+    flip_prob: float = 0.5
+    half_body_prob: float = 0.3
+    half_body_min_joints: int = 8  # need more labelled joints than this to try a half-body crop
+
+
+@dataclass(frozen=True)
+class Normalization:
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    color_order: str = "RGB"  # the order the network expects; official PoseResNet wants BGR
+
+
+def to_network_input(crops: npt.NDArray[np.uint8], norm: Normalization) -> npt.NDArray[np.float32]:
+    """RGB uint8 crops (N, h, w, 3) -> normalised float32 (N, 3, h, w) in the network's order."""
+    x = crops.astype(np.float32) / 255.0
+    if norm.color_order == "BGR":
+        x = x[..., ::-1]
+        mean, std = np.array(norm.mean[::-1]), np.array(norm.std[::-1])
+    else:
+        mean, std = np.array(norm.mean), np.array(norm.std)
+    x = (x - mean.astype(np.float32)) / std.astype(np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+class TopDownDataset(Dataset[dict[str, Any]]):
+    def __init__(
+        self,
+        coco: CocoKeypoints,
+        images_dir: str | Path,
+        codec: HeatmapCodec,
+        norm: Normalization,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.coco = coco
+        self.spec: KeypointSpec = coco.spec
+        self.images_dir = Path(images_dir)
+        self.codec = codec
+        self.norm = norm
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.instances: list[tuple[ImageRecord, PersonAnn]] = coco.training_instances()
+        names = self.spec.keypoint_names
+        self._upper = np.array([any(u in n for u in _UPPER_NAMES) for n in names])
+        self._aspect = codec.input_hw[1] / codec.input_hw[0]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def load_image(self, im: ImageRecord) -> npt.NDArray[np.uint8]:
+        path = self.images_dir / im.file_name
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        im, person = self.instances[index]
+        image = self.load_image(im)
+        joints = person.keypoints[:, :2].copy()
+        vis = (person.keypoints[:, 2] > 0).astype(np.float64)
+        box = clean_gt_boxes(person.bbox_xywh[None], (im.height, im.width))
+        center, scale = (a[0] for a in box_to_center_scale(box, self._aspect))
+        rotation = 0.0
+        if self.augment is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            image, joints, vis, center, scale, rotation = self._augment(
+                rng, image, joints, vis, center, scale
+            )
+        matrix = affine_matrices(center[None], scale[None], rotation, self.codec.input_hw)
+        crop = warp_affine(image, matrix, self.codec.input_hw)
+        joints_in = transform_points(joints[None], matrix)[0]
+        target, weight = self.codec.encode(joints_in, vis)
+        return {
+            "image": torch.from_numpy(to_network_input(crop, self.norm)[0]),
+            "target": torch.from_numpy(target),
+            "target_weight": torch.from_numpy(weight),
+            "joints": torch.from_numpy(joints_in.astype(np.float32)),  # input pixels
+            "image_id": im.image_id,
+            "ann_id": person.ann_id,
+        }
+
+    def _augment(
+        self,
+        rng: np.random.Generator,
+        image: npt.NDArray[np.uint8],
+        joints: F64,
+        vis: F64,
+        center: F64,
+        scale: F64,
+    ) -> tuple[npt.NDArray[np.uint8], F64, F64, F64, F64, float]:
+        a = self.augment
+        assert a is not None
+        if vis.sum() > a.half_body_min_joints and rng.random() < a.half_body_prob:
+            half = self._half_body(rng, joints, vis)
+            if half is not None:
+                center, scale = half
+        sf, rf = a.scale_factor, a.rotation_factor
+        scale = scale * float(np.clip(rng.standard_normal() * sf + 1, 1 - sf, 1 + sf))
+        rotation = 0.0
+        if rng.random() <= a.rotation_prob:
+            rotation = float(np.clip(rng.standard_normal() * rf, -2 * rf, 2 * rf))
+        if rng.random() <= a.flip_prob:
+            width = image.shape[1]
+            image = np.ascontiguousarray(image[:, ::-1])
+            flipped = flip_keypoints_horizontal(
+                np.concatenate([joints, vis[:, None]], 1), width, self.spec.flip_index
+            )
+            joints, vis = flipped[:, :2], flipped[:, 2]
+            center = np.array([width - 1 - center[0], center[1]])
+        return image, joints, vis, center, scale, rotation
+
+    def _half_body(self, rng: np.random.Generator, joints: F64, vis: F64) -> tuple[F64, F64] | None:
+        """Official half_body_transform: a box around the labelled upper (or lower) joints,
+        grown to the aspect ratio and enlarged 1.5x. The official coin is randn() < 0.5."""
+        labelled = vis > 0
+        upper = joints[labelled & self._upper]
+        lower = joints[labelled & ~self._upper]
+        if rng.standard_normal() < 0.5 and len(upper) > 2:
+            sel = upper
+        else:
+            sel = lower if len(lower) > 2 else upper
+        if len(sel) < 2:
+            return None
+        lt, rb = sel.min(axis=0), sel.max(axis=0)
+        w, h = rb - lt
+        if w > self._aspect * h:
+            h = w / self._aspect
+        elif w < self._aspect * h:
+            w = h * self._aspect
+        return sel.mean(axis=0), np.array([w, h]) / 200.0 * 1.5
