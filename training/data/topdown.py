@@ -55,13 +55,10 @@ class Normalization:
 
 def to_network_input(crops: npt.NDArray[np.uint8], norm: Normalization) -> npt.NDArray[np.float32]:
     """RGB uint8 crops (N, h, w, 3) -> normalised float32 (N, 3, h, w) in the network's order."""
-    x = crops.astype(np.float32) / 255.0
-    if norm.color_order == "BGR":
-        x = x[..., ::-1]
-        mean, std = np.array(norm.mean[::-1]), np.array(norm.std[::-1])
-    else:
-        mean, std = np.array(norm.mean), np.array(norm.std)
-    x = (x - mean.astype(np.float32)) / std.astype(np.float32)
+    order = slice(None, None, -1) if norm.color_order == "BGR" else slice(None)
+    mean = np.asarray(norm.mean, dtype=np.float32)[order]
+    std = np.asarray(norm.std, dtype=np.float32)[order]
+    x = (crops[..., order].astype(np.float32) / np.float32(255.0) - mean) / std
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
