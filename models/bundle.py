@@ -1,0 +1,235 @@
+"""The model bundle: a directory with `bundle.json` and the ONNX files it names.
+
+`bundle.json` carries everything the service needs besides the weights: the keypoint spec (with
+its SCIO groups), input/heatmap sizes, sigma, normalisation and colour order, the decoder, the
+detector's input size, the SCIO search settings, each file's sha256 (checked at load), and the
+provenance (what it was trained on, with which commands, and its metrics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.keypoints import KeypointSpec
+
+BUNDLE_FORMAT = "scio-pose-bundle"
+FORMAT_VERSION = 1
+
+# Roles of the files a bundle may hold. `pose` is required; the rest are optional.
+POSE = "pose"  # image -> heatmaps, features
+DETECTOR = "detector"  # ultralytics export with NMS inside, output [N, 300, 6]
+GAMMA_CONTEXT = "scio_gamma_context"  # Γ's candidate-independent part
+GAMMA_HEAD = "scio_gamma_head"  # Γ's per-candidate part
+PHI = "scio_phi"  # Φ, whole
+ROLES = (POSE, DETECTOR, GAMMA_CONTEXT, GAMMA_HEAD, PHI)
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class PoseModelInfo:
+    arch: str  # variant name, e.g. "hrnet_small"
+    input_hw: tuple[int, int]
+    heatmap_hw: tuple[int, int]
+    sigma: float  # Gaussian of the targets, in heatmap pixels (also G(x) of the SCIO search)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    color_order: str  # "RGB" or "BGR", the order the network expects
+    feature_channels: int
+    decode: str = "argmax"  # "argmax" (official quarter shift) or "dark"
+    flip_shift: bool = True  # the official one-pixel shift when averaging the flip test
+
+
+@dataclass(frozen=True)
+class DetectorInfo:
+    input_hw: tuple[int, int]  # letterboxed square input of the ONNX model
+    person_class: int = 0
+    score_threshold: float = 0.25
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative to the bundle directory
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    name: str
+    version: str
+    spec: KeypointSpec
+    pose: PoseModelInfo
+    files: dict[str, FileEntry]
+    detector: DetectorInfo | None = None
+    scio: dict[str, Any] | None = None  # search and network settings, read by models.scio_search
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": BUNDLE_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "spec": self.spec.to_dict(),
+            "pose": asdict(self.pose),
+            "detector": asdict(self.detector) if self.detector else None,
+            "scio": self.scio,
+            "files": {k: asdict(v) for k, v in self.files.items()},
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BundleManifest:
+        if d.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"not a scio-pose bundle (format {d.get('format')!r})")
+        if int(d.get("format_version", 0)) != FORMAT_VERSION:
+            raise BundleError(
+                f"bundle format version {d.get('format_version')} is not supported "
+                f"(this scio-pose reads version {FORMAT_VERSION})"
+            )
+        try:
+            p = d["pose"]
+            pose = PoseModelInfo(
+                arch=str(p["arch"]),
+                input_hw=_pair(p["input_hw"]),
+                heatmap_hw=_pair(p["heatmap_hw"]),
+                sigma=float(p["sigma"]),
+                mean=_triple(p["mean"]),
+                std=_triple(p["std"]),
+                color_order=str(p["color_order"]),
+                feature_channels=int(p["feature_channels"]),
+                decode=str(p.get("decode", "argmax")),
+                flip_shift=bool(p.get("flip_shift", True)),
+            )
+            det = d.get("detector")
+            detector = (
+                DetectorInfo(
+                    input_hw=_pair(det["input_hw"]),
+                    person_class=int(det.get("person_class", 0)),
+                    score_threshold=float(det.get("score_threshold", 0.25)),
+                )
+                if det
+                else None
+            )
+            files = {
+                str(k): FileEntry(str(v["path"]), str(v["sha256"])) for k, v in d["files"].items()
+            }
+            return cls(
+                name=str(d["name"]),
+                version=str(d["version"]),
+                spec=KeypointSpec.from_dict(d["spec"]),
+                pose=pose,
+                files=files,
+                detector=detector,
+                scio=d.get("scio"),
+                provenance=dict(d.get("provenance") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"bundle.json is malformed: {type(e).__name__}: {e}") from e
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    a, b = v
+    return int(a), int(b)
+
+
+def _triple(v: Any) -> tuple[float, float, float]:
+    a, b, c = v
+    return float(a), float(b), float(c)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: BundleManifest
+
+    def path(self, role: str) -> Path | None:
+        entry = self.manifest.files.get(role)
+        return None if entry is None else self.root / entry.path
+
+    @property
+    def has_scio(self) -> bool:
+        return all(r in self.manifest.files for r in (GAMMA_CONTEXT, GAMMA_HEAD))
+
+
+def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
+    """Read `root/bundle.json` and check that every named file exists and matches its sha256."""
+    root = Path(root)
+    meta = root / "bundle.json"
+    if not meta.is_file():
+        raise BundleError(f"{root} is not a bundle: {meta.name} is missing")
+    try:
+        manifest = BundleManifest.from_json(json.loads(meta.read_text()))
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{meta} is not valid JSON: {e}") from e
+    if POSE not in manifest.files:
+        raise BundleError(f"{meta} names no '{POSE}' model")
+    for role, entry in manifest.files.items():
+        p = (root / entry.path).resolve()
+        if root.resolve() not in p.parents:
+            raise BundleError(f"{role}: path {entry.path!r} leaves the bundle directory")
+        if not p.is_file():
+            raise BundleError(f"{role}: {entry.path} is missing from {root}")
+        if verify and sha256_file(p) != entry.sha256:
+            raise BundleError(f"{role}: {entry.path} does not match its sha256 in bundle.json")
+    return Bundle(root, manifest)
+
+
+def write_bundle(
+    root: str | Path,
+    manifest: BundleManifest,
+    sources: dict[str, Path],
+) -> Bundle:
+    """Write a bundle atomically: copy `sources` (role -> file), fill in their sha256, write
+    bundle.json, then move the finished directory into place. An existing bundle at `root` is
+    replaced only once the new one is complete, so a crash never leaves half a bundle."""
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        files: dict[str, FileEntry] = {}
+        for role, src in sources.items():
+            if role not in ROLES:
+                raise BundleError(f"unknown bundle file role {role!r}; roles are {ROLES}")
+            name = f"{role}.onnx" if role != POSE else "pose.onnx"
+            shutil.copyfile(src, tmp / name)
+            files[role] = FileEntry(name, sha256_file(tmp / name))
+        final = BundleManifest(
+            name=manifest.name,
+            version=manifest.version,
+            spec=manifest.spec,
+            pose=manifest.pose,
+            files=files,
+            detector=manifest.detector if DETECTOR in files else None,
+            scio=manifest.scio,
+            provenance=manifest.provenance,
+        )
+        (tmp / "bundle.json").write_text(json.dumps(final.to_json(), indent=2) + "\n")
+        old = None
+        if root.exists():
+            old = root.with_name(f".{root.name}.old-{os.getpid()}")
+            root.rename(old)
+        tmp.rename(root)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_bundle(root)

@@ -1,0 +1,117 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from models.bundle import (
+    DETECTOR,
+    POSE,
+    BundleError,
+    BundleManifest,
+    DetectorInfo,
+    PoseModelInfo,
+    load_bundle,
+    write_bundle,
+)
+from models.keypoints import COCO17
+
+POSE_INFO = PoseModelInfo(
+    arch="hrnet_small",
+    input_hw=(128, 96),
+    heatmap_hw=(32, 24),
+    sigma=1.0,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    color_order="RGB",
+    feature_channels=16,
+)
+
+
+def _manifest() -> BundleManifest:
+    return BundleManifest(
+        name="t",
+        version="1",
+        spec=COCO17,
+        pose=POSE_INFO,
+        files={},
+        detector=DetectorInfo(input_hw=(320, 320)),
+        scio={"search": {"step": 1.5}},
+        provenance={"data": "synthetic seed 1"},
+    )
+
+
+@pytest.fixture
+def bundle_dir(tmp_path: Path) -> Path:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.onnx").write_bytes(b"pose-bytes")
+    (tmp_path / "src" / "b.onnx").write_bytes(b"det-bytes")
+    write_bundle(
+        tmp_path / "b",
+        _manifest(),
+        {POSE: tmp_path / "src" / "a.onnx", DETECTOR: tmp_path / "src" / "b.onnx"},
+    )
+    return tmp_path / "b"
+
+
+def test_round_trip(bundle_dir: Path) -> None:
+    b = load_bundle(bundle_dir)
+    m = b.manifest
+    assert m.spec == COCO17
+    assert m.pose == POSE_INFO
+    assert m.detector == DetectorInfo(input_hw=(320, 320))
+    assert m.scio == {"search": {"step": 1.5}}
+    assert b.path(POSE).read_bytes() == b"pose-bytes"
+    assert not b.has_scio
+    assert sorted(p.name for p in bundle_dir.parent.iterdir()) == ["b", "src"]  # no leftovers
+
+
+def test_rewrite_replaces_the_bundle_whole(bundle_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "src" / "c.onnx").write_bytes(b"new-pose")
+    write_bundle(bundle_dir, _manifest(), {POSE: tmp_path / "src" / "c.onnx"})
+    b = load_bundle(bundle_dir)
+    assert b.path(POSE).read_bytes() == b"new-pose"
+    assert b.manifest.detector is None  # no detector file, no detector settings
+    assert not (bundle_dir / "detector.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "src"]
+
+
+def test_a_failed_write_leaves_the_old_bundle(bundle_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        write_bundle(bundle_dir, _manifest(), {POSE: tmp_path / "missing.onnx"})
+    assert load_bundle(bundle_dir).path(POSE).read_bytes() == b"pose-bytes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "src"]
+
+
+def test_tampered_file_fails_the_checksum(bundle_dir: Path) -> None:
+    (bundle_dir / "pose.onnx").write_bytes(b"evil")
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(bundle_dir)
+    load_bundle(bundle_dir, verify=False)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(format="other"), "not a scio-pose bundle"),
+        (lambda d: d.update(format_version=99), "not supported"),
+        (lambda d: d["files"]["pose"].update(path="../../etc/passwd"), "leaves the bundle"),
+        (lambda d: d["files"]["pose"].update(path="nope.onnx"), "missing"),
+        (lambda d: d["files"].pop("pose"), "names no 'pose'"),
+        (lambda d: d["pose"].pop("sigma"), "malformed"),
+    ],
+)
+def test_bad_manifests_give_clear_errors(bundle_dir: Path, edit, message) -> None:
+    meta = bundle_dir / "bundle.json"
+    d = json.loads(meta.read_text())
+    edit(d)
+    meta.write_text(json.dumps(d))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_dir)
+
+
+def test_not_a_bundle(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(tmp_path)
+    (tmp_path / "bundle.json").write_text("{")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(tmp_path)
