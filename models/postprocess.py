@@ -22,7 +22,9 @@ def rescore(
 
     box_scores (N,), keypoint_scores (N, K) -> (N,)."""
     b = np.asarray(box_scores, dtype=np.float64).reshape(-1)
-    k = np.asarray(keypoint_scores, dtype=np.float64).reshape(len(b), -1)
+    k = np.asarray(keypoint_scores, dtype=np.float64)
+    if k.ndim != 2 or len(k) != len(b):
+        raise ValueError(f"keypoint_scores must be (N, K) with N = {len(b)}, got {k.shape}")
     above = k > in_vis_thre
     n = above.sum(axis=1)
     mean = np.divide((k * above).sum(axis=1), n, out=np.zeros(len(b)), where=n > 0)

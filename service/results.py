@@ -25,6 +25,7 @@ class PoseOptions:
     box_scores: npt.NDArray[np.float64] | None = None  # (N,) scores of `boxes`; default 1.0
     min_score: float = 0.0  # drop persons whose score is below this
     max_persons: int | None = None  # keep at most this many, best first
+    oks_nms: bool = False  # OKS-NMS on caller-given boxes too (detector boxes always get it)
 
 
 @dataclass(frozen=True)

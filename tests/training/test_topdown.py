@@ -9,8 +9,9 @@ from PIL import Image
 from models.codec import HeatmapCodec
 from models.geometry import heatmap_to_image
 from models.keypoints import COCO17
+from models.preprocess import Normalization, to_network_input
 from training.data.coco import CocoKeypoints
-from training.data.topdown import AugmentConfig, Normalization, TopDownDataset, to_network_input
+from training.data.topdown import AugmentConfig, TopDownDataset
 
 MINI = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco-val-mini"
 W, H = 320, 240

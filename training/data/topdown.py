@@ -28,6 +28,7 @@ from models.geometry import (
     warp_affine,
 )
 from models.keypoints import KeypointSpec
+from models.preprocess import Normalization, to_network_input
 from training.data.coco import CocoKeypoints, ImageRecord, PersonAnn
 
 F64 = npt.NDArray[np.float64]
@@ -44,22 +45,6 @@ class AugmentConfig:
     flip_prob: float = 0.5
     half_body_prob: float = 0.3
     half_body_min_joints: int = 8  # need more labelled joints than this to try a half-body crop
-
-
-@dataclass(frozen=True)
-class Normalization:
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    color_order: str = "RGB"  # the order the network expects; official PoseResNet wants BGR
-
-
-def to_network_input(crops: npt.NDArray[np.uint8], norm: Normalization) -> npt.NDArray[np.float32]:
-    """RGB uint8 crops (N, h, w, 3) -> normalised float32 (N, 3, h, w) in the network's order."""
-    order = slice(None, None, -1) if norm.color_order == "BGR" else slice(None)
-    mean = np.asarray(norm.mean, dtype=np.float32)[order]
-    std = np.asarray(norm.std, dtype=np.float32)[order]
-    x = (crops[..., order].astype(np.float32) / np.float32(255.0) - mean) / std
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 class TopDownDataset(Dataset[dict[str, Any]]):

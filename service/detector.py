@@ -1,0 +1,66 @@
+"""The person detector: an ultralytics YOLO export with NMS inside (output [B, 300, 6]).
+
+preprocess (letterbox) → infer (ONNX Runtime) → postprocess (undo the letterbox, keep persons).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from models.bundle import DetectorInfo
+from service.runtime import OnnxModel
+
+F64 = npt.NDArray[np.float64]
+PAD_VALUE = 114  # ultralytics' letterbox grey
+
+
+def letterbox(
+    image: npt.NDArray[np.uint8], size_hw: tuple[int, int]
+) -> tuple[npt.NDArray[np.uint8], float, tuple[float, float]]:
+    """Resize keeping the aspect ratio and pad to `size_hw`, centred (ultralytics' LetterBox
+    with auto=False). Returns the padded image, the scale r and the (left, top) padding."""
+    h, w = image.shape[:2]
+    th, tw = size_hw
+    r = min(th / h, tw / w)
+    nw, nh = max(1, round(w * r)), max(1, round(h * r))
+    dw, dh = (tw - nw) / 2, (th - nh) / 2
+    left, top = round(dw - 0.1), round(dh - 0.1)
+    out = np.full((th, tw, 3), PAD_VALUE, dtype=np.uint8)
+    resized = (
+        image
+        if (nw, nh) == (w, h)
+        else np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))
+    )
+    out[top : top + nh, left : left + nw] = resized
+    return out, r, (float(left), float(top))
+
+
+class PersonDetector:
+    def __init__(self, model: OnnxModel, info: DetectorInfo) -> None:
+        self.model = model
+        self.info = info
+
+    def __call__(
+        self, images: list[npt.NDArray[np.uint8]], min_score: float | None = None
+    ) -> list[tuple[F64, F64]]:
+        """Boxes [x1, y1, x2, y2] (n, 4) in image pixels and scores (n,), per image."""
+        if not images:
+            return []
+        thr = self.info.score_threshold if min_score is None else min_score
+        padded, ratios, pads = zip(
+            *(letterbox(im, self.info.input_hw) for im in images), strict=True
+        )
+        x = np.stack(padded).astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
+        out = next(iter(self.model.run(**{self.model.input_names[0]: x}).values()))  # (B, 300, 6)
+        results = []
+        for det, r, (left, top), im in zip(out, ratios, pads, images, strict=True):
+            keep = (det[:, 4] >= thr) & (det[:, 5].round() == self.info.person_class)
+            d = det[keep].astype(np.float64)
+            boxes = (d[:, :4] - [left, top, left, top]) / r
+            h, w = im.shape[:2]
+            boxes = np.clip(boxes, 0, [w, h, w, h])
+            ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            results.append((boxes[ok], d[ok, 4]))
+        return results

@@ -1,0 +1,263 @@
+"""The pose pipeline on ONNX Runtime; the object both the service and `scio-pose evaluate` run.
+
+One call handles many images: detect persons (or take the caller's boxes) → affine crops of all
+persons of all images → one backbone call for all of them (the mirrored crops of a flip test go
+into the same call) → SCIO refinement of the distal keypoints → decode → back-project → rescore
+and OKS-NMS. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from models.bundle import DETECTOR, POSE, Bundle, load_bundle
+from models.codec import HeatmapCodec, fuse_flip
+from models.geometry import affine_matrices, box_to_center_scale, heatmap_to_image, warp_affine
+from models.postprocess import oks_nms, rescore
+from models.preprocess import Normalization, to_network_input
+from service.detector import PersonDetector
+from service.results import PersonPose, PoseOptions, PoseResult
+from service.runtime import OnnxModel
+
+log = logging.getLogger(__name__)
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass
+class _Persons:
+    """All persons of one call, concatenated over images (N = total persons)."""
+
+    item: npt.NDArray[np.intp]  # (N,) which image
+    boxes: F64  # (N, 4) x1, y1, x2, y2
+    box_scores: F64  # (N,)
+    centers: F64  # (N, 2)
+    scales: F64  # (N, 2)
+
+
+class PosePipeline:
+    """Implements `service.results.PoseEstimator` on a bundle."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str = "auto",
+        intra_op_threads: int | None = None,
+        max_batch: int = 64,
+    ) -> None:
+        m = bundle.manifest
+        self.bundle = bundle
+        self.spec = m.spec
+        self.max_batch = max_batch
+        self.codec = HeatmapCodec(m.pose.input_hw, m.pose.heatmap_hw, m.pose.sigma)
+        self.norm = Normalization(m.pose.mean, m.pose.std, m.pose.color_order)
+        self.pose = OnnxModel.load(_req(bundle.path(POSE)), device, intra_op_threads)
+        det_path = bundle.path(DETECTOR)
+        self.detector = (
+            PersonDetector(OnnxModel.load(det_path, device, intra_op_threads), m.detector)
+            if det_path is not None and m.detector is not None
+            else None
+        )
+        self.refine_available = False  # set when the SCIO engine is attached
+        log.info(
+            "loaded bundle %s %s from %s on %s", m.name, m.version, bundle.root, self.pose.providers
+        )
+
+    @classmethod
+    def from_path(cls, path: str | Path, **kw: Any) -> PosePipeline:
+        return cls(load_bundle(path), **kw)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        m = self.bundle.manifest
+        return {
+            "name": m.name,
+            "version": m.version,
+            "spec": m.spec.name,
+            "keypoints": list(m.spec.keypoint_names),
+            "input_hw": list(m.pose.input_hw),
+            "heatmap_hw": list(m.pose.heatmap_hw),
+            "detector": self.detector is not None,
+            "refine_available": self.refine_available,
+            "providers": self.pose.providers,
+            "provenance": m.provenance,
+        }
+
+    def warmup(self) -> None:
+        """One full pass on a blank image, so the first request does not pay session start-up."""
+        blank = np.zeros((self.codec.input_hw[0] * 2, self.codec.input_hw[1] * 2, 3), np.uint8)
+        box = np.array([[0.0, 0.0, blank.shape[1] - 1.0, blank.shape[0] - 1.0]])
+        self.estimate_many([(blank, PoseOptions(boxes=box, flip=True))])
+        if self.detector is not None:
+            self.detector([blank])
+
+    def estimate(self, image: npt.NDArray[np.uint8], options: PoseOptions) -> PoseResult:
+        return self.estimate_many([(image, options)])[0]
+
+    def estimate_many(
+        self, items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]]
+    ) -> list[PoseResult]:
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        persons = self._persons(items)
+        timings["detect_ms"] = _ms(t)
+
+        t = time.perf_counter()
+        crops = self._crops(items, persons)
+        timings["preprocess_ms"] = _ms(t)
+
+        t = time.perf_counter()
+        flip = np.array([items[i][1].flip for i in persons.item], dtype=bool)
+        heatmaps, _features = self._backbone(crops, flip)
+        timings["backbone_ms"] = _ms(t)
+
+        t = time.perf_counter()
+        coords, scores = self.codec.decode(heatmaps, self.bundle.manifest.pose.decode)
+        kp_img = heatmap_to_image(coords, persons.centers, persons.scales, self.codec.heatmap_hw)
+        results = self._assemble(items, persons, kp_img, scores)
+        timings["postprocess_ms"] = _ms(t)
+        for r in results:
+            r.timings_ms = dict(timings)
+        return results
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def _persons(self, items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]]) -> _Persons:
+        per_item: list[tuple[F64, F64]] = [(np.zeros((0, 4)), np.zeros(0)) for _ in items]
+        need = [i for i, (_, o) in enumerate(items) if o.boxes is None]
+        if need:
+            if self.detector is None:
+                raise RuntimeError("this bundle has no detector: pass person boxes")
+            found = self.detector([items[i][0] for i in need])
+            for i, res in zip(need, found, strict=True):
+                per_item[i] = res
+        for i, (_, o) in enumerate(items):
+            if o.boxes is not None:
+                b = np.asarray(o.boxes, dtype=np.float64).reshape(-1, 4)
+                s = (
+                    np.ones(len(b))
+                    if o.box_scores is None
+                    else np.asarray(o.box_scores, dtype=np.float64).reshape(-1)
+                )
+                ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+                per_item[i] = (b[ok], s[ok])
+        boxes = np.concatenate([b for b, _ in per_item]) if items else np.zeros((0, 4))
+        scores = np.concatenate([s for _, s in per_item]) if items else np.zeros(0)
+        item = (
+            np.concatenate([np.full(len(b), i) for i, (b, _) in enumerate(per_item)]).astype(
+                np.intp
+            )
+            if items
+            else np.zeros(0, np.intp)
+        )
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+        aspect = self.codec.input_hw[1] / self.codec.input_hw[0]
+        centers, scales = box_to_center_scale(xywh, aspect)
+        return _Persons(item, boxes, scores, centers, scales)
+
+    def _crops(
+        self, items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]], p: _Persons
+    ) -> npt.NDArray[np.uint8]:
+        h, w = self.codec.input_hw
+        out = np.zeros((len(p.item), h, w, 3), np.uint8)
+        mats = affine_matrices(p.centers, p.scales, None, self.codec.input_hw)
+        for i in np.unique(p.item):
+            sel = np.flatnonzero(p.item == i)
+            out[sel] = warp_affine(items[i][0], mats[sel], self.codec.input_hw)
+        return out
+
+    def _backbone(
+        self, crops: npt.NDArray[np.uint8], flip: npt.NDArray[np.bool_]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Heatmaps (N, K, h, w), flip-averaged where asked, and features (N, C, h, w)."""
+        n = len(crops)
+        x = to_network_input(crops, self.norm)
+        if flip.any():
+            x = np.concatenate([x, np.ascontiguousarray(x[flip][..., ::-1])])
+        hms, feats = [], []
+        for start in range(0, len(x), self.max_batch):
+            out = self.pose.run(image=x[start : start + self.max_batch])
+            hms.append(out["heatmaps"])
+            feats.append(out["features"])
+        if not hms:
+            k, (hh, hw) = self.spec.num_keypoints, self.codec.heatmap_hw
+            c = self.bundle.manifest.pose.feature_channels
+            return np.zeros((0, k, hh, hw), np.float32), np.zeros((0, c, hh, hw), np.float32)
+        heat = np.concatenate(hms)
+        features = np.concatenate(feats)[:n]
+        heatmaps = heat[:n].copy()
+        if flip.any():
+            heatmaps[flip] = fuse_flip(
+                heatmaps[flip],
+                heat[n:],
+                self.spec.flip_index,
+                shift=self.bundle.manifest.pose.flip_shift,
+            )
+        return heatmaps, features
+
+    def _assemble(
+        self,
+        items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]],
+        p: _Persons,
+        kp_img: F64,
+        kp_scores: F64,
+    ) -> list[PoseResult]:
+        scores = rescore(p.box_scores, kp_scores)
+        areas = np.prod(p.scales * 200.0, axis=1)
+        results = []
+        for i, (image, o) in enumerate(items):
+            h, w = image.shape[:2]
+            sel = np.flatnonzero(p.item == i)
+            if len(sel) and (o.boxes is None or o.oks_nms):
+                keep = oks_nms(
+                    np.concatenate([kp_img[sel], kp_scores[sel, :, None]], 2),
+                    scores[sel],
+                    areas[sel],
+                    self.spec.sigmas_array,
+                )
+                sel = sel[keep]
+            sel = sel[scores[sel] >= o.min_score]
+            sel = sel[np.argsort(-scores[sel], kind="stable")]
+            if o.max_persons is not None:
+                sel = sel[: o.max_persons]
+            persons = []
+            for j in sel:
+                kp = np.empty((self.spec.num_keypoints, 3))
+                kp[:, 0] = np.clip(kp_img[j, :, 0], 0, w - 1)
+                kp[:, 1] = np.clip(kp_img[j, :, 1], 0, h - 1)
+                kp[:, 2] = kp_scores[j]
+                persons.append(
+                    PersonPose(
+                        bbox=p.boxes[j].copy(),
+                        bbox_score=float(p.box_scores[j]),
+                        score=float(scores[j]),
+                        keypoints=kp,
+                    )
+                )
+            results.append(PoseResult(image_hw=(h, w), persons=persons, refined=False))
+        return results
+
+
+def _req(path: Path | None) -> Path:
+    assert path is not None, "load_bundle guarantees the pose model"
+    return path
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def load_estimator(settings: Any) -> PosePipeline:
+    """The service's estimator factory: the bundle, device and threads from the settings."""
+    return PosePipeline.from_path(
+        settings.bundle,
+        device=getattr(settings, "device", "auto"),
+        intra_op_threads=getattr(settings, "intra_op_threads", None),
+    )

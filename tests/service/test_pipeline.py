@@ -1,0 +1,129 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.pipeline import PosePipeline
+from service.results import PoseOptions
+
+pytest.importorskip("onnx")
+from tests.service.onnx_fakes import make_fake_bundle
+
+
+def _dots(hw: tuple[int, int], points: list[tuple[float, float]], r: int = 7) -> np.ndarray:
+    img = np.zeros((*hw, 3), np.uint8)
+    ys, xs = np.mgrid[0 : hw[0], 0 : hw[1]]
+    for x, y in points:
+        img[(xs - x) ** 2 + (ys - y) ** 2 <= r * r] = 255
+    return img
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory: pytest.TempPathFactory) -> PosePipeline:
+    root = tmp_path_factory.mktemp("b") / "bundle"
+    # detector: one person box in letterboxed 320x320 coordinates, one below the threshold,
+    # one of another class
+    rows = np.array(
+        [[40, 60, 120, 260, 0.9, 0], [0, 0, 50, 50, 0.1, 0], [10, 10, 90, 90, 0.95, 3]],
+        np.float32,
+    )
+    make_fake_bundle(root, detector_rows=rows)
+    return PosePipeline.from_path(root, device="cpu")
+
+
+def _tolerance(box: np.ndarray) -> float:
+    # one heatmap pixel plus the pooling offset, in image pixels
+    h = box[3] - box[1]
+    w = box[2] - box[0]
+    crop_w = max(w, 0.75 * h) * 1.25
+    return 2.5 * crop_w / 24
+
+
+def test_a_dot_comes_back_at_its_image_position(pipe: PosePipeline) -> None:
+    img = _dots((300, 400), [(100, 120), (300, 200)])
+    boxes = np.array([[60.0, 60, 140, 180], [250, 120, 350, 280]])
+    res = pipe.estimate(img, PoseOptions(boxes=boxes))
+    assert res.image_hw == (300, 400)
+    assert len(res.persons) == 2
+    for person, dot in zip(
+        sorted(res.persons, key=lambda p: p.bbox[0]), [(100, 120), (300, 200)], strict=True
+    ):
+        err = np.linalg.norm(person.keypoints[:, :2] - dot, axis=1)
+        assert err.max() < _tolerance(person.bbox), (err.max(), _tolerance(person.bbox))
+        assert person.keypoints.shape == (17, 3)
+        assert person.bbox_score == 1.0
+    assert set(res.timings_ms) >= {"detect_ms", "preprocess_ms", "backbone_ms", "postprocess_ms"}
+
+
+def test_flip_test_keeps_the_dot_in_place(pipe: PosePipeline) -> None:
+    img = _dots((300, 400), [(100, 120)])
+    box = np.array([[60.0, 60, 140, 180]])
+    plain = pipe.estimate(img, PoseOptions(boxes=box)).persons[0]
+    flipped = pipe.estimate(img, PoseOptions(boxes=box, flip=True)).persons[0]
+    assert np.abs(flipped.keypoints[:, :2] - plain.keypoints[:, :2]).max() < _tolerance(box[0])
+
+
+def test_batched_equals_one_at_a_time(pipe: PosePipeline) -> None:
+    rng = np.random.default_rng(0)
+    items = []
+    for k in range(3):
+        img = _dots((200 + 40 * k, 260), [tuple(rng.uniform(40, 180, 2))])
+        items.append((img, PoseOptions(boxes=np.array([[20.0, 20, 200, 190]]), flip=k == 1)))
+    together = pipe.estimate_many(items)
+    for (img, o), r in zip(items, together, strict=True):
+        alone = pipe.estimate(img, o)
+        np.testing.assert_allclose(r.persons[0].keypoints, alone.persons[0].keypoints, atol=1e-5)
+
+
+def test_detector_boxes_are_mapped_back_from_the_letterbox(pipe: PosePipeline) -> None:
+    img = np.zeros((480, 640, 3), np.uint8)  # r = 0.5, letterbox pads 40 px top and bottom
+    res = pipe.estimate(img, PoseOptions())
+    assert len(res.persons) == 1  # low score and other class dropped
+    np.testing.assert_allclose(res.persons[0].bbox, [80, 40, 240, 440], atol=1e-6)
+    assert res.persons[0].bbox_score == pytest.approx(0.9)
+
+
+def test_filters_and_empty_inputs(pipe: PosePipeline) -> None:
+    img = _dots((200, 200), [(50, 50), (150, 150)])
+    boxes = np.array([[10.0, 10, 90, 90], [110, 110, 190, 190], [5, 5, 5, 40]])  # last degenerate
+    res = pipe.estimate(img, PoseOptions(boxes=boxes))
+    assert len(res.persons) == 2
+    assert len(pipe.estimate(img, PoseOptions(boxes=boxes, max_persons=1)).persons) == 1
+    assert pipe.estimate(img, PoseOptions(boxes=boxes, min_score=10.0)).persons == []
+    empty = pipe.estimate(img, PoseOptions(boxes=np.zeros((0, 4))))
+    assert empty.persons == []
+    assert pipe.estimate_many([]) == []
+
+
+def test_keypoints_stay_inside_the_image(pipe: PosePipeline) -> None:
+    img = _dots((100, 100), [(2, 97)])
+    res = pipe.estimate(img, PoseOptions(boxes=np.array([[-50.0, 40, 60, 160]])))
+    kp = res.persons[0].keypoints
+    assert np.all(np.isfinite(kp))
+    assert kp[:, :2].min() >= 0
+    assert kp[:, :2].max() <= 99
+
+
+def test_a_bundle_without_detector_needs_boxes(tmp_path: Path) -> None:
+    p = PosePipeline.from_path(make_fake_bundle(tmp_path / "nodet"), device="cpu")
+    with pytest.raises(RuntimeError, match="no detector"):
+        p.estimate(np.zeros((50, 50, 3), np.uint8), PoseOptions())
+    p.warmup()
+    assert p.info["detector"] is False
+
+
+def test_flip_fusion_reinforces_the_same_peak(pipe: PosePipeline) -> None:
+    # An off-centre dot: the flip-backed heatmap of the mirrored crop must land on the same
+    # peak (one pixel right, the official shift), so fusing keeps the peak height.
+    img = _dots((300, 400), [(85, 100)])
+    opts = PoseOptions(boxes=np.array([[60.0, 60, 140, 180]]))
+    persons = pipe._persons([(img, opts)])
+    crops = pipe._crops([(img, opts)], persons)
+    plain, _ = pipe._backbone(crops, np.array([False]))
+    fused, _ = pipe._backbone(crops, np.array([True]))
+    p, f = plain[0, 0], fused[0, 0]
+    pk = np.unravel_index(p.argmax(), p.shape)
+    fk = np.unravel_index(f.argmax(), f.shape)
+    assert pk[0] == fk[0]
+    assert abs(pk[1] - fk[1]) <= 1
+    assert f.max() > p.max() - 0.5 * (p.max() - p.min())
