@@ -1,0 +1,308 @@
+"""Self-constrained optimization (SCO, paper §3.4, eq. 8 and 12): move each distal keypoint X_D
+to minimise ‖H_A − Γ(H_B, H_C, G(X_D + Δ); f)‖₂ over ‖Δ‖ ≤ δ.
+
+Torch-free and batched: every candidate position of every active group of every person goes
+through Γ's per-candidate head in one call per search iteration, and Γ's candidate-independent
+context (from H_B, H_C and f) is computed once per (person, group) and reused by index.
+
+Coordinates are heatmap pixels (x, y), the decoder's. G(x) is the codec's Gaussian (peak 1,
+the bundle's sigma) rendered at a sub-pixel position: what Γ saw for D in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from models.codec import decode_argmax, decode_dark, render_gaussians
+from models.keypoints import ScioGroup
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+STRATEGIES = ("descent", "grid")
+PRIORS = ("backbone", "phi", "fusion")
+
+
+@dataclass(frozen=True)
+class ScioSearchConfig:
+    strategy: str = "descent"  # "descent": the paper's local search; "grid": one-shot lattice
+    radius: float = 4.0  # δ: how far D may move from where the search starts (heatmap px)
+    step: float = 1.5  # descent: first step length (the paper's 1.5)
+    min_step: float = 0.375  # descent: a group stops once its step has halved below this
+    iterations: int = 50  # descent: at most this many Γ calls after the first
+    grid_step: float = 1.0  # grid: lattice spacing
+    min_confidence: float = 0.2  # skip a group when A, B or C scores below this
+    min_improvement: float = 0.0  # accept only if loss_after < loss_before · (1 - this)
+    prior: str = "backbone"  # D's heatmap before the search: backbone, phi, or their fusion
+    fusion_weight: float = 0.5  # fusion: weight of the backbone's heatmap against Φ's
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, not {self.strategy!r}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, not {self.prior!r}")
+        if not (self.radius > 0 and self.step > 0 and self.grid_step > 0 and self.min_step > 0):
+            raise ValueError("radius, step, min_step and grid_step must be positive")
+        if self.iterations < 0 or not 0 <= self.fusion_weight <= 1:
+            raise ValueError("iterations must be >= 0 and fusion_weight in [0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScioSearchConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown SCIO search settings {sorted(unknown)}")
+        return cls(**d)
+
+
+class Verifier(Protocol):
+    """Γ split in two. Maps are (M, h, w) float32; `group` indexes the spec's groups."""
+
+    def context(self, hb: F32, hc: F32, f: F32, group: I64) -> Any:
+        """Candidate-independent part for M (person, group) rows."""
+        ...
+
+    def head(self, context: Any, index: I64, hd: F32) -> F32:
+        """Γ's prediction of H_A for candidates hd (Mc, h, w); row i uses context[index[i]]."""
+        ...
+
+
+class Predictor(Protocol):
+    """Φ: predicts H_D (M, h, w) from H_A, H_B, H_C and f."""
+
+    def __call__(self, ha: F32, hb: F32, hc: F32, f: F32, group: I64) -> F32: ...
+
+
+@dataclass
+class SearchResult:
+    """Per (person, group) row that was searched; coordinates in heatmap pixels."""
+
+    coords: F64  # (N, K, 2) all keypoints, distal ones replaced where accepted
+    person: I64  # (P,)
+    group: I64  # (P,) index into the groups
+    keypoint: I64  # (P,) the distal keypoint D
+    start: F64  # (P, 2) where the search started (after the SCL prior)
+    backbone: F64  # (P, 2) the backbone's own decoded D
+    end: F64  # (P, 2) the returned position (start when not accepted)
+    loss_before: F64  # (P,) self-constraint loss at start: the verification score
+    loss_after: F64  # (P,) loss at end
+    accepted: npt.NDArray[np.bool_]  # (P,)
+    calls: int  # Γ head calls made
+
+
+# The 8 compass directions, unit length.
+_ANGLES = np.arange(8) * (np.pi / 4)
+COMPASS = np.stack([np.cos(_ANGLES), np.sin(_ANGLES)], axis=1)
+
+
+def grid_offsets(radius: float, spacing: float) -> F64:
+    """Lattice points inside the disc of `radius`, (0, 0) first."""
+    n = int(np.floor(radius / spacing))
+    ax = np.arange(-n, n + 1) * spacing
+    gx, gy = np.meshgrid(ax, ax)
+    pts = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    pts = pts[(pts**2).sum(1) <= radius**2 + 1e-9]
+    order = np.argsort((pts**2).sum(1), kind="stable")
+    out: F64 = pts[order]
+    return out
+
+
+def self_constraint_loss(target: F32, predicted: F32) -> F64:
+    """‖H_A − Ĥ_A‖₂ per row: (M, h, w), (M, h, w) -> (M,)."""
+    d = target.astype(np.float64) - predicted.astype(np.float64)
+    out: F64 = np.sqrt((d * d).reshape(len(d), -1).sum(axis=1))
+    return out
+
+
+def refine(
+    heatmaps: F32,
+    features: F32,
+    coords: F64,
+    scores: F64,
+    groups: tuple[ScioGroup, ...],
+    gamma: Verifier,
+    config: ScioSearchConfig,
+    phi: Predictor | None = None,
+    decode: str = "argmax",
+    sigma: float = 2.0,
+    batched: bool = True,
+) -> SearchResult:
+    """Refine the distal keypoints of N persons.
+
+    heatmaps (N, K, h, w) and features (N, C, h, w) from the backbone; coords (N, K, 2) and
+    scores (N, K) decoded from those heatmaps. With `batched=False` every candidate gets its own
+    Γ call (for measuring what batching buys); the result is the same.
+    """
+    h, w = heatmaps.shape[-2:]
+    rows = _active_rows(scores, groups, config.min_confidence)
+    person, gidx = rows[:, 0], rows[:, 1]
+    g_arr = np.array([[g.a, g.b, g.c, g.d] for g in groups], dtype=np.int64).reshape(-1, 4)
+    a, b, c, d = (g_arr[gidx, i] for i in range(4))
+    out = coords.astype(np.float64).copy()
+    if len(rows) == 0:
+        e = np.zeros((0, 2))
+        z = np.zeros(0)
+        return SearchResult(out, person, gidx, d, e, e, e, z, z, np.zeros(0, bool), calls=0)
+    ha = heatmaps[person, a]
+    hb = heatmaps[person, b]
+    hc = heatmaps[person, c]
+    f = features[person]
+    backbone_d = coords[person, d].astype(np.float64)
+    start = _prior_positions(
+        heatmaps[person, d], ha, hb, hc, f, gidx, backbone_d, config, phi, decode
+    )
+    ctx = gamma.context(hb, hc, f, gidx)
+    evaluate = _Evaluator(gamma, ctx, ha, (h, w), sigma, batched)
+    if config.strategy == "grid":
+        end, loss_before, loss_after = _grid(evaluate, start, config, (h, w))
+    else:
+        end, loss_before, loss_after = _descent(evaluate, start, config, (h, w))
+    accepted = loss_after < loss_before * (1.0 - config.min_improvement)
+    accepted &= np.any(end != start, axis=1)
+    end = np.where(accepted[:, None], end, start)
+    loss_after = np.where(accepted, loss_after, loss_before)
+    out[person, d] = end
+    return SearchResult(
+        coords=out,
+        person=person,
+        group=gidx,
+        keypoint=d,
+        start=start,
+        backbone=backbone_d,
+        end=end,
+        loss_before=loss_before,
+        loss_after=loss_after,
+        accepted=accepted,
+        calls=evaluate.calls,
+    )
+
+
+def _active_rows(scores: F64, groups: tuple[ScioGroup, ...], min_conf: float) -> I64:
+    """(person, group) pairs whose A, B and C are confident enough to verify anything."""
+    pairs: list[tuple[int, int]] = []
+    for gi, g in enumerate(groups):
+        ok = np.min(scores[:, [g.a, g.b, g.c]], axis=1) >= min_conf
+        pairs.extend((int(p), gi) for p in np.flatnonzero(ok))
+    pairs.sort()
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def _prior_positions(
+    hd: F32,
+    ha: F32,
+    hb: F32,
+    hc: F32,
+    f: F32,
+    group: I64,
+    backbone_d: F64,
+    config: ScioSearchConfig,
+    phi: Predictor | None,
+    decode: str,
+) -> F64:
+    """Where the search starts: the backbone's D, or the decoded Φ / fused heatmap (SCL)."""
+    if config.prior == "backbone" or phi is None:
+        return backbone_d.copy()
+    pred = phi(ha, hb, hc, f, group)
+    prior = (
+        pred
+        if config.prior == "phi"
+        else (config.fusion_weight * hd + (1 - config.fusion_weight) * pred)
+    )
+    fn = decode_dark if decode == "dark" else decode_argmax
+    pos, val = fn(prior.astype(np.float32))
+    # A prior with no positive peak says nothing; keep the backbone's position.
+    return np.where((val > 0)[:, None], pos, backbone_d)
+
+
+class _Evaluator:
+    """Loss of candidate positions; counts Γ head calls."""
+
+    def __init__(
+        self,
+        gamma: Verifier,
+        ctx: Any,
+        target: F32,
+        hw: tuple[int, int],
+        sigma: float,
+        batched: bool,
+    ) -> None:
+        self.gamma, self.ctx, self.target = gamma, ctx, target
+        self.hw, self.sigma, self.batched = hw, sigma, batched
+        self.calls = 0
+
+    def __call__(self, rows: I64, positions: F64) -> F64:
+        """Loss for candidate `positions` (M, 2) of context rows `rows` (M,)."""
+        if len(rows) == 0:
+            return np.zeros(0)
+        hd = render_gaussians(positions, self.hw, self.sigma)
+        if self.batched:
+            self.calls += 1
+            pred = self.gamma.head(self.ctx, rows, hd)
+        else:
+            parts = []
+            for i in range(len(rows)):
+                self.calls += 1
+                parts.append(self.gamma.head(self.ctx, rows[i : i + 1], hd[i : i + 1]))
+            pred = np.concatenate(parts)
+        return self_constraint_loss(self.target[rows], pred.reshape(hd.shape))
+
+
+def _clip(pos: F64, start: F64, radius: float, hw: tuple[int, int]) -> F64:
+    """Keep candidates within `radius` of their start and inside the heatmap."""
+    delta = pos - start
+    norm = np.linalg.norm(delta, axis=-1, keepdims=True)
+    scale = np.minimum(1.0, radius / np.maximum(norm, 1e-12))
+    pos = start + delta * scale
+    return np.clip(pos, 0.0, [hw[1] - 1.0, hw[0] - 1.0])
+
+
+def _grid(
+    evaluate: _Evaluator, start: F64, config: ScioSearchConfig, hw: tuple[int, int]
+) -> tuple[F64, F64, F64]:
+    offsets = grid_offsets(config.radius, config.grid_step)  # (G, 2), (0, 0) first
+    p, g = len(start), len(offsets)
+    cand = _clip(start[:, None, :] + offsets[None], start[:, None, :], config.radius, hw)
+    rows = np.repeat(np.arange(p), g)
+    loss = evaluate(rows, cand.reshape(-1, 2)).reshape(p, g)
+    best = np.argmin(loss, axis=1)
+    pick = np.arange(p)
+    return cand[pick, best], loss[:, 0], loss[pick, best]
+
+
+def _descent(
+    evaluate: _Evaluator, start: F64, config: ScioSearchConfig, hw: tuple[int, int]
+) -> tuple[F64, F64, F64]:
+    """Compass search: each iteration tries the 8 moves of the current step length for every
+    active group (one Γ call for all); a group moves to its best improving move, else halves its
+    step, and drops out once the step is below `min_step`."""
+    p = len(start)
+    pos = start.copy()
+    loss = evaluate(np.arange(p), start)
+    loss_before = loss.copy()
+    step = np.full(p, config.step)
+    active = np.ones(p, dtype=bool)
+    for _ in range(config.iterations):
+        act = np.flatnonzero(active)
+        if len(act) == 0:
+            break
+        cand = pos[act, None, :] + step[act, None, None] * COMPASS[None]  # (A, 8, 2)
+        cand = _clip(cand, start[act, None, :], config.radius, hw)
+        cl = evaluate(np.repeat(act, len(COMPASS)), cand.reshape(-1, 2)).reshape(len(act), -1)
+        j = np.argmin(cl, axis=1)
+        best = cl[np.arange(len(act)), j]
+        better = best < loss[act]
+        moved = act[better]
+        pos[moved] = cand[np.flatnonzero(better), j[better]]
+        loss[moved] = best[better]
+        stuck = act[~better]
+        step[stuck] /= 2
+        active[stuck[step[stuck] < config.min_step]] = False
+    return pos, loss_before, loss

@@ -1,0 +1,211 @@
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from models.codec import render_gaussians
+from models.keypoints import COCO17
+from models.scio_search import ScioSearchConfig, grid_offsets, refine
+
+HW = (32, 24)
+SIGMA = 1.5
+GROUPS = COCO17.groups
+RNG = np.random.default_rng(11)
+
+
+class KnownGamma:
+    """Γ(H_B, H_C, G(x); f) = G(centroid(G(x)) + v_group): its loss against H_A = G(x* + v) is
+    smallest at x = x*. The context is per row and holds v; calls are counted."""
+
+    def __init__(self, offsets: np.ndarray) -> None:
+        self.offsets = offsets  # (groups, 2)
+        self.context_calls = 0
+        self.head_calls = 0
+
+    def context(self, hb, hc, f, group):
+        self.context_calls += 1
+        return self.offsets[group]
+
+    def head(self, context, index, hd):
+        self.head_calls += 1
+        ys, xs = np.mgrid[0 : HW[0], 0 : HW[1]]
+        m = hd.reshape(len(hd), *HW).astype(np.float64)
+        tot = m.sum((1, 2))
+        cx = (m * xs).sum((1, 2)) / tot
+        cy = (m * ys).sum((1, 2)) / tot
+        centre = np.stack([cx, cy], 1) + context[index]
+        return render_gaussians(centre, HW, SIGMA)
+
+
+def _problem(n: int, shift: float = 2.5):
+    """n persons; for every group, the true D is x*, the backbone's D is x* + a shift of
+    `shift` px in a random direction, and H_A = G(x* + v)."""
+    k = COCO17.num_keypoints
+    offsets = RNG.uniform(-3, 3, (len(GROUPS), 2))
+    truth = RNG.uniform([7, 7], [HW[1] - 8, HW[0] - 8], (n, k, 2))
+    coords = truth.copy()
+    heat = np.zeros((n, k, *HW), np.float32)
+    for gi, g in enumerate(GROUPS):
+        ang = RNG.uniform(0, 2 * np.pi, n)
+        coords[:, g.d] = truth[:, g.d] + shift * np.stack([np.cos(ang), np.sin(ang)], 1)
+        heat[:, g.a] = render_gaussians(truth[:, g.d] + offsets[gi], HW, SIGMA)
+    scores = np.ones((n, k))
+    feats = np.zeros((n, 4, *HW), np.float32)
+    return heat, feats, coords, scores, truth, KnownGamma(offsets)
+
+
+def _distal_error(res, truth):
+    d = np.array([g.d for g in GROUPS])
+    return np.linalg.norm(res.coords[:, d] - truth[:, d], axis=-1)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [ScioSearchConfig(strategy="descent"), ScioSearchConfig(strategy="grid", grid_step=0.5)],
+    ids=["descent", "grid"],
+)
+def test_both_strategies_find_the_known_minimum_within_a_step(config) -> None:
+    heat, feats, coords, scores, truth, gamma = _problem(5)
+    res = refine(heat, feats, coords, scores, GROUPS, gamma, config, sigma=SIGMA)
+    err = _distal_error(res, truth)
+    step = config.step if config.strategy == "descent" else config.grid_step
+    assert err.max() < step, err.max()
+    assert res.accepted.all()
+    assert np.all(res.loss_after < res.loss_before)
+    assert gamma.context_calls == 1  # the candidate-independent part: once for all rows
+    if config.strategy == "grid":
+        assert res.calls == 1
+    else:
+        assert 2 <= res.calls <= 1 + config.iterations
+
+
+def test_descent_converges_finer_than_its_first_step() -> None:
+    heat, feats, coords, scores, truth, gamma = _problem(4)
+    res = refine(heat, feats, coords, scores, GROUPS, gamma, ScioSearchConfig(), sigma=SIGMA)
+    # halving from 1.5 down to 0.375 gets within a fraction of the last step, and stops early
+    assert _distal_error(res, truth).max() < 0.3
+    assert res.calls < 20
+
+
+def test_batched_equals_one_candidate_at_a_time_and_one_person_at_a_time() -> None:
+    heat, feats, coords, scores, _, gamma = _problem(3)
+    cfg = ScioSearchConfig(iterations=6)
+    together = refine(heat, feats, coords, scores, GROUPS, gamma, cfg, sigma=SIGMA)
+    single = refine(heat, feats, coords, scores, GROUPS, gamma, cfg, sigma=SIGMA, batched=False)
+    np.testing.assert_allclose(single.coords, together.coords)
+    np.testing.assert_allclose(single.loss_after, together.loss_after)
+    assert single.calls > 10 * together.calls
+    for p in range(3):
+        alone = refine(
+            heat[p : p + 1],
+            feats[p : p + 1],
+            coords[p : p + 1],
+            scores[p : p + 1],
+            GROUPS,
+            gamma,
+            cfg,
+            sigma=SIGMA,
+        )
+        np.testing.assert_allclose(alone.coords[0], together.coords[p], atol=1e-9)
+
+
+def test_low_confidence_groups_are_skipped() -> None:
+    heat, feats, coords, scores, _, gamma = _problem(2)
+    scores[0, GROUPS[0].a] = 0.05  # person 0, left arm: its elbow (in no other group) is unsure
+    res = refine(heat, feats, coords, scores, GROUPS, gamma, ScioSearchConfig(), sigma=SIGMA)
+    rows = set(zip(res.person.tolist(), res.group.tolist(), strict=True))
+    assert (0, 0) not in rows
+    assert (1, 0) in rows
+    assert len(rows) == 2 * len(GROUPS) - 1
+    np.testing.assert_array_equal(res.coords[0, GROUPS[0].d], coords[0, GROUPS[0].d])
+
+
+def test_a_move_is_kept_only_if_the_loss_improves_by_the_margin() -> None:
+    heat, feats, coords, scores, _, gamma = _problem(2)
+    cfg = ScioSearchConfig(min_improvement=0.9999)
+    res = refine(heat, feats, coords, scores, GROUPS, gamma, cfg, sigma=SIGMA)
+    assert not res.accepted.any()
+    np.testing.assert_array_equal(res.coords, coords)
+    np.testing.assert_array_equal(res.loss_after, res.loss_before)
+
+
+def test_the_search_stays_in_the_radius_and_inside_the_heatmap() -> None:
+    heat, feats, coords, scores, _, gamma = _problem(3, shift=7.0)
+    cfg = ScioSearchConfig(radius=2.0)
+    res = refine(heat, feats, coords, scores, GROUPS, gamma, cfg, sigma=SIGMA)
+    assert np.linalg.norm(res.end - res.start, axis=1).max() <= 2.0 + 1e-9
+    # a true position outside the map: the result is clamped to the map
+    heat2, feats2, coords2, scores2, _, gamma2 = _problem(1)
+    g = GROUPS[0]
+    coords2[0, g.d] = [1.0, 1.0]
+    heat2[0, g.a] = render_gaussians(np.array([-3.0, -2.0]) + gamma2.offsets[0], HW, SIGMA)
+    res2 = refine(heat2, feats2, coords2, scores2, GROUPS, gamma2, ScioSearchConfig(), sigma=SIGMA)
+    assert res2.coords.min() >= 0
+    assert res2.coords[..., 0].max() <= HW[1] - 1
+    assert res2.coords[..., 1].max() <= HW[0] - 1
+
+
+@pytest.mark.parametrize("n", [0, 1, 40])
+def test_no_nan_for_empty_single_and_many_persons(n) -> None:
+    heat, feats, coords, scores, _, gamma = _problem(n)
+    for strategy in ("descent", "grid"):
+        res = refine(
+            heat,
+            feats,
+            coords,
+            scores,
+            GROUPS,
+            gamma,
+            ScioSearchConfig(strategy=strategy, iterations=5),
+            sigma=SIGMA,
+        )
+        assert res.coords.shape == (n, 17, 2)
+        assert np.isfinite(res.coords).all()
+        assert np.isfinite(res.loss_before).all()
+        assert np.isfinite(res.loss_after).all()
+        assert len(res.person) == n * len(GROUPS)
+
+
+def test_phi_and_fusion_priors_move_the_start() -> None:
+    heat, feats, coords, scores, truth, gamma = _problem(2)
+
+    def phi(ha, hb, hc, f, group):  # a perfect Φ: predicts D at the truth
+        d = np.array([GROUPS[g].d for g in group])
+        return render_gaussians(truth[np.arange(len(group)) // len(GROUPS), d], HW, SIGMA)
+
+    base = ScioSearchConfig(iterations=0)
+    r_phi = refine(
+        heat, feats, coords, scores, GROUPS, gamma, replace(base, prior="phi"), phi=phi, sigma=SIGMA
+    )
+    d = np.array([g.d for g in GROUPS])
+    assert np.abs(r_phi.start - truth[:, d].reshape(-1, 2)).max() <= 0.5  # argmax + quarter
+    np.testing.assert_allclose(r_phi.backbone, coords[:, d].reshape(-1, 2))
+    # fusion with the backbone's own D heatmap (empty here) is Φ's peak, scaled
+    r_fuse = refine(
+        heat,
+        feats,
+        coords,
+        scores,
+        GROUPS,
+        gamma,
+        replace(base, prior="fusion", fusion_weight=0.3),
+        phi=phi,
+        sigma=SIGMA,
+    )
+    np.testing.assert_allclose(r_fuse.start, r_phi.start)
+
+
+def test_grid_offsets_cover_the_disc() -> None:
+    g = grid_offsets(2.0, 1.0)
+    assert tuple(g[0]) == (0.0, 0.0)
+    assert len(g) == 13  # 5x5 lattice points with norm <= 2
+    assert np.sqrt((g**2).sum(1)).max() <= 2.0
+
+
+def test_config_validation_and_round_trip() -> None:
+    c = ScioSearchConfig(strategy="grid", radius=3.0)
+    assert ScioSearchConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="strategy"):
+        ScioSearchConfig(strategy="random")
+    with pytest.raises(ValueError, match="unknown"):
+        ScioSearchConfig.from_dict({"steps": 3})
