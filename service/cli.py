@@ -20,7 +20,11 @@ from collections.abc import Sequence
 from types import ModuleType
 
 # verb -> module. Add a verb here when its capability lands; never a placeholder.
-VERBS: dict[str, str] = {}
+VERBS: dict[str, str] = {
+    "serve": "service.serve",
+    "synth": "training.synth.cli",
+    "train": "training.cli_train",
+}
 
 # Top-level packages that only the `train` extra installs.
 _TRAIN_ONLY = {"torch", "torchvision", "onnx", "ultralytics", "pycocotools", "xtcocotools", "tqdm"}
@@ -60,11 +64,15 @@ def _version() -> str:
 
 
 def _find_verb(argv: Sequence[str]) -> str | None:
+    """The verb: the first word that is not an option or the value of --log-level."""
+    skip = False
     for a in argv:
-        if a in VERBS:
-            return a
-        if not a.startswith("-"):
-            return None
+        if skip:
+            skip = False
+        elif a == "--log-level":
+            skip = True
+        elif not a.startswith("-"):
+            return a if a in VERBS else None
     return None
 
 

@@ -10,8 +10,9 @@ from models.codec import HeatmapCodec
 from models.geometry import heatmap_to_image
 from models.keypoints import COCO17
 from models.preprocess import Normalization, to_network_input
+from training.config import AugmentConfig
 from training.data.coco import CocoKeypoints
-from training.data.topdown import AugmentConfig, TopDownDataset
+from training.data.topdown import TopDownDataset
 
 MINI = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco-val-mini"
 W, H = 320, 240

@@ -8,7 +8,6 @@ the same whichever data-loader worker draws it, and a resumed run sees the same 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +28,13 @@ from models.geometry import (
 )
 from models.keypoints import KeypointSpec
 from models.preprocess import Normalization, to_network_input
+from training.config import AugmentConfig
 from training.data.coco import CocoKeypoints, ImageRecord, PersonAnn
 
 F64 = npt.NDArray[np.float64]
 
 # Keypoints that count as "upper body" for the half-body crop, by spec.
 _UPPER_NAMES = ("nose", "eye", "ear", "shoulder", "elbow", "wrist", "head", "neck")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    scale_factor: float = 0.35  # sf: scale *= clip(N(0,1)·sf + 1, 1 - sf, 1 + sf)
-    rotation_factor: float = 45.0  # rf: rotation = clip(N(0,1)·rf, -2rf, 2rf) degrees
-    rotation_prob: float = 0.6
-    flip_prob: float = 0.5
-    half_body_prob: float = 0.3
-    half_body_min_joints: int = 8  # need more labelled joints than this to try a half-body crop
 
 
 class TopDownDataset(Dataset[dict[str, Any]]):

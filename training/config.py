@@ -1,0 +1,222 @@
+"""Training configuration: frozen dataclasses, named presets, and TOML files over them.
+
+A config file is TOML whose keys are the dataclass fields; it may start from a preset:
+
+    preset = "hrnet-w32-coco"
+    epochs = 100
+    [data]
+    root = "/data/coco"
+
+Unknown keys are errors, so a typo never silently trains the wrong thing. TOML has no null:
+`false` switches an optional table off (`synthetic = false` to train on files from a preset
+that generates synthetic data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    scale_factor: float = 0.35  # sf: scale *= clip(N(0,1)·sf + 1, 1 - sf, 1 + sf)
+    rotation_factor: float = 45.0  # rf: rotation = clip(N(0,1)·rf, -2rf, 2rf) degrees
+    rotation_prob: float = 0.6
+    flip_prob: float = 0.5
+    half_body_prob: float = 0.3
+    half_body_min_joints: int = 8  # need more labelled joints than this to try a half-body crop
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """Data that `scio-pose synth` generates on first use (deterministic per seed)."""
+
+    train_images: int = 4000
+    val_images: int = 400
+    seed: int = 1  # the validation set uses seed + 1000, so the two never share images
+    size: tuple[int, int] = (256, 256)  # (w, h), as the synth command takes it
+    persons: tuple[int, int] = (1, 4)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    spec: str = "coco17"
+    # COCO-format data: annotation files and image folders, relative to `root`.
+    root: str = ""
+    train_ann: str = ""
+    train_images: str = ""
+    val_ann: str = ""
+    val_images: str = ""
+    # Or generate it: when set, the paths above are ignored.
+    synthetic: SyntheticData | None = None
+
+
+@dataclass(frozen=True)
+class BackboneTrainConfig:
+    arch: str = "hrnet_small"  # a name from models.zoo.VARIANTS
+    input_hw: tuple[int, int] = (128, 96)
+    sigma: float | None = None  # None: 2 at 64x48 heatmaps, 3 at 96x72, else h/32
+    unbiased_targets: bool = False  # True: Gaussians at the sub-pixel joint position
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    epochs: int = 210
+    batch_size: int = 32  # per process
+    lr: float = 1e-3
+    lr_steps: tuple[int, ...] = (170, 200)  # epochs where the learning rate drops
+    lr_factor: float = 0.1
+    workers: int = 4  # data-loader processes per training process
+    seed: int = 0
+    init_weights: str = ""  # an official or MMPose checkpoint to start from
+    val_every: int = 1  # epochs
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
+
+
+_COCO = DataConfig(
+    spec="coco17",
+    root="data/coco",
+    train_ann="annotations/person_keypoints_train2017.json",
+    train_images="images/train2017",
+    val_ann="annotations/person_keypoints_val2017.json",
+    val_images="images/val2017",
+)
+_CROWDPOSE = DataConfig(
+    spec="crowdpose14",
+    root="data/crowdpose",
+    train_ann="json/crowdpose_trainval.json",
+    train_images="images",
+    val_ann="json/crowdpose_test.json",
+    val_images="images",
+)
+_HRNET_AUG = AugmentConfig(scale_factor=0.35, rotation_factor=45.0, half_body_prob=0.3)
+_RESNET_AUG = AugmentConfig(scale_factor=0.3, rotation_factor=40.0, half_body_prob=0.0)
+
+# The paper's settings (Adam, lr 1e-3, 210 epochs, drops at 170 and 200) for the full presets;
+# cpu-small is sized to train on two CPU cores in under 45 minutes.
+PRESETS: dict[str, BackboneTrainConfig] = {
+    "cpu-small": BackboneTrainConfig(
+        arch="hrnet_small",
+        input_hw=(128, 96),
+        sigma=1.5,
+        data=DataConfig(spec="coco17", synthetic=SyntheticData()),
+        augment=AugmentConfig(scale_factor=0.3, rotation_factor=30.0, half_body_prob=0.2),
+        epochs=24,
+        batch_size=32,
+        lr=2e-3,
+        lr_steps=(18, 22),
+        workers=1,
+    ),
+    "hrnet-w32-coco": BackboneTrainConfig(
+        arch="hrnet_w32", input_hw=(256, 192), data=_COCO, augment=_HRNET_AUG, batch_size=32
+    ),
+    "hrnet-w48-coco": BackboneTrainConfig(
+        arch="hrnet_w48", input_hw=(384, 288), data=_COCO, augment=_HRNET_AUG, batch_size=24
+    ),
+    "resnet152-coco": BackboneTrainConfig(
+        arch="pose_resnet_152", input_hw=(384, 288), data=_COCO, augment=_RESNET_AUG
+    ),
+    "hrnet-w32-crowdpose": BackboneTrainConfig(
+        arch="hrnet_w32", input_hw=(256, 192), data=_CROWDPOSE, augment=_HRNET_AUG
+    ),
+    "hrnet-w48-crowdpose": BackboneTrainConfig(
+        arch="hrnet_w48", input_hw=(384, 288), data=_CROWDPOSE, augment=_HRNET_AUG, batch_size=24
+    ),
+    "resnet152-crowdpose": BackboneTrainConfig(
+        arch="pose_resnet_152", input_hw=(384, 288), data=_CROWDPOSE, augment=_RESNET_AUG
+    ),
+}
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build a (nested) frozen dataclass from plain data, checking names and types."""
+    assert is_dataclass(cls)
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(where + k for k in unknown)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if (value is None or value is False) and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, name)
+    if isinstance(tp, type) and is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value, f"{name}.")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{name}: expected a list, got {value!r}")
+        item = args[0]
+        return tuple(_coerce(item, v, name) for v in value)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not isinstance(value, tp):
+        raise ValueError(f"{name}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def merge(base: T, overrides: dict[str, Any]) -> T:
+    """`base` with `overrides` applied; nested tables update nested dataclasses field by field."""
+    assert is_dataclass(base)
+    assert not isinstance(base, type)
+    current = dataclasses.asdict(base)
+    _deep_update(current, overrides)
+    return from_dict(type(base), current)
+
+
+def _deep_update(target: dict[str, Any], src: dict[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(target.get(k), dict):
+            _deep_update(target[k], v)
+        else:
+            target[k] = v
+
+
+def load_backbone_config(
+    preset: str | None = None, config_file: str | Path | None = None
+) -> BackboneTrainConfig:
+    base = BackboneTrainConfig()
+    overrides: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            overrides = tomllib.loads(Path(config_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"cannot read config {config_file}: {e}") from e
+        preset = overrides.pop("preset", preset)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        base = PRESETS[preset]
+    return merge(base, overrides)
+
+
+def to_plain(config: Any) -> dict[str, Any]:
+    """JSON/checkpoint-safe dict of a config."""
+    d: dict[str, Any] = dataclasses.asdict(config)
+    return d
+
+
+__all__ = [
+    "PRESETS",
+    "BackboneTrainConfig",
+    "DataConfig",
+    "SyntheticData",
+    "from_dict",
+    "load_backbone_config",
+    "merge",
+    "replace",
+    "to_plain",
+]
