@@ -49,13 +49,16 @@ class PersonDetector:
         if not images:
             return []
         thr = self.info.score_threshold if min_score is None else min_score
-        padded, ratios, pads = zip(
-            *(letterbox(im, self.info.input_hw) for im in images), strict=True
-        )
-        x = np.stack(padded).astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
-        out = next(iter(self.model.run(**{self.model.input_names[0]: x}).values()))  # (B, 300, 6)
+        # One call per image: ultralytics unrolls its in-graph NMS loop over the batch size
+        # used at export, so a batch-1 export answers only the first image of a larger batch.
+        outs = []
+        for im in images:
+            padded, r, pad = letterbox(im, self.info.input_hw)
+            x = padded[None].astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
+            det = next(iter(self.model.run(**{self.model.input_names[0]: x}).values()))[0]
+            outs.append((det, r, pad))
         results = []
-        for det, r, (left, top), im in zip(out, ratios, pads, images, strict=True):
+        for (det, r, (left, top)), im in zip(outs, images, strict=True):
             keep = (det[:, 4] >= thr) & (det[:, 5].round() == self.info.person_class)
             d = det[keep].astype(np.float64)
             boxes = (d[:, :4] - [left, top, left, top]) / r

@@ -1,0 +1,132 @@
+"""Assemble a model bundle from trained (or converted) models: export each to ONNX, check parity
+against torch, and write the bundle with its sha256s and provenance (models.bundle)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.bundle import (
+    DETECTOR,
+    GAMMA_CONTEXT,
+    GAMMA_HEAD,
+    PHI,
+    POSE,
+    Bundle,
+    BundleManifest,
+    DetectorInfo,
+    PoseModelInfo,
+    write_bundle,
+)
+from models.keypoints import KeypointSpec, get_spec
+from models.zoo import Backbone
+from training.onnx_export import backbone_parity, export_backbone
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScioExport:
+    """Trained SCIO networks and their settings, ready to be written into a bundle."""
+
+    gamma_context: Path  # ONNX files, already parity-checked by their exporter
+    gamma_head: Path
+    phi: Path | None
+    settings: dict[str, Any]  # search defaults, prior, network config (models.scio_search)
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    name: str
+    version: str
+    arch: str  # the backbone variant, e.g. "hrnet_small"
+    spec: KeypointSpec
+    sigma: float
+    decode: str = "argmax"
+    detector_onnx: Path | None = None
+    detector_info: DetectorInfo | None = None
+    scio: ScioExport | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def git_commit() -> str:
+    """The commit of the code doing the export, or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if out.returncode != 0:
+        return "unknown"
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def build_bundle(out: str | Path, model: Backbone, b: BundleSpec) -> Bundle:
+    """Export `model` (and the optional detector and SCIO networks) into a bundle at `out`."""
+    cfg = model.config
+    if cfg.num_keypoints != b.spec.num_keypoints:
+        raise ValueError(
+            f"the model has {cfg.num_keypoints} keypoints, spec {b.spec.name} has "
+            f"{b.spec.num_keypoints}"
+        )
+    with tempfile.TemporaryDirectory(prefix="scio-export-") as tmp:
+        pose_path = export_backbone(model, Path(tmp) / "pose.onnx")
+        diff = backbone_parity(model, pose_path)
+        print(f"parity pose.onnx: max abs difference ONNX Runtime vs torch = {diff:.2e}")
+        sources: dict[str, Path] = {POSE: pose_path}
+        if b.detector_onnx is not None:
+            sources[DETECTOR] = b.detector_onnx
+        scio_settings = None
+        if b.scio is not None:
+            sources[GAMMA_CONTEXT] = b.scio.gamma_context
+            sources[GAMMA_HEAD] = b.scio.gamma_head
+            if b.scio.phi is not None:
+                sources[PHI] = b.scio.phi
+            scio_settings = b.scio.settings
+        h, w = cfg.input_hw
+        manifest = BundleManifest(
+            name=b.name,
+            version=b.version,
+            spec=b.spec,
+            pose=PoseModelInfo(
+                arch=b.arch,
+                input_hw=(h, w),
+                heatmap_hw=(h // 4, w // 4),
+                sigma=b.sigma,
+                mean=tuple(cfg.mean),  # type: ignore[arg-type]
+                std=tuple(cfg.std),  # type: ignore[arg-type]
+                color_order=cfg.color_order,
+                feature_channels=model.feature_channels,
+                decode=b.decode,
+            ),
+            files={},
+            detector=b.detector_info,
+            scio=scio_settings,
+            provenance={
+                **b.provenance,
+                "commit": git_commit(),
+                "parity_max_abs_diff": {"pose": diff},
+            },
+        )
+        bundle = write_bundle(out, manifest, sources)
+    log.info("wrote bundle %s to %s", b.name, out)
+    return bundle
+
+
+__all__ = ["BundleSpec", "ScioExport", "build_bundle", "get_spec", "git_commit"]
