@@ -24,6 +24,7 @@ VERBS: dict[str, str] = {
     "serve": "service.serve",
     "synth": "training.synth.cli",
     "train": "training.cli_train",
+    "convert": "training.cli_convert",
 }
 
 # Top-level packages that only the `train` extra installs.

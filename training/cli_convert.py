@@ -1,0 +1,113 @@
+"""`scio-pose convert`: official HRNet / SimpleBaseline or MMPose weights (and optionally your own
+ultralytics detector `.pt`) -> a bundle the service can load, without training anything."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+HELP = "turn official HRNet/SimpleBaseline or MMPose weights into a bundle"
+log = logging.getLogger(__name__)
+
+ARCHS = (
+    "hrnet_w32",
+    "hrnet_w48",
+    "pose_resnet_18",
+    "pose_resnet_50",
+    "pose_resnet_101",
+    "pose_resnet_152",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Load an official checkpoint (pose_hrnet_w32_256x192.pth, pose_resnet_50_256x192.pth, "
+        "...) or an MMPose 0.x/1.x checkpoint with strict key checking, export it to ONNX with "
+        "a parity check, and write a bundle. Official SimpleBaseline models take BGR input; "
+        "MMPose's take RGB (--color-order)."
+    )
+    parser.add_argument("--weights", type=Path, required=True, help="the .pth checkpoint")
+    parser.add_argument("--arch", choices=ARCHS, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    parser.add_argument(
+        "--input-size", type=int, nargs=2, metavar=("H", "W"), help="default: the arch's"
+    )
+    parser.add_argument("--spec", default="coco17", choices=["coco17", "crowdpose14"])
+    parser.add_argument(
+        "--color-order",
+        choices=["RGB", "BGR"],
+        help="override the arch's input colour order (MMPose ResNets: RGB)",
+    )
+    parser.add_argument(
+        "--sigma", type=float, help="target sigma (default: 2 at 64x48, 3 at 96x72)"
+    )
+    parser.add_argument("--decode", default="argmax", choices=["argmax", "dark"])
+    parser.add_argument("--detector-pt", type=Path, help="an ultralytics YOLO .pt to export")
+    parser.add_argument("--detector-size", type=int, default=640, help="detector input size")
+    parser.add_argument("--name", default="", help="bundle name (default: from the weights)")
+    parser.add_argument("--version", default="1")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from models.bundle import DetectorInfo
+    from models.checkpoint import load_weights
+    from models.codec import default_sigma
+    from models.keypoints import get_spec
+    from models.zoo import build_backbone, get_config
+    from training.bundle_export import BundleSpec, build_bundle
+
+    spec = get_spec(args.spec)
+    cfg = replace(get_config(args.arch), num_keypoints=spec.num_keypoints)
+    if args.input_size:
+        cfg = replace(cfg, input_hw=tuple(args.input_size))
+    if args.color_order:
+        cfg = replace(cfg, color_order=args.color_order)
+    model = build_backbone(cfg)
+    load_weights(model, args.weights)
+    h, w = cfg.input_hw
+    with tempfile.TemporaryDirectory(prefix="scio-convert-") as tmp:
+        det = None
+        if args.detector_pt is not None:
+            det = export_detector(args.detector_pt, args.detector_size, Path(tmp))
+        bundle = build_bundle(
+            args.out,
+            model,
+            BundleSpec(
+                name=args.name or args.weights.stem,
+                version=args.version,
+                arch=args.arch,
+                spec=spec,
+                sigma=args.sigma or default_sigma((h // 4, w // 4)),
+                decode=args.decode,
+                detector_onnx=det,
+                detector_info=(
+                    DetectorInfo(input_hw=(args.detector_size, args.detector_size)) if det else None
+                ),
+                provenance={
+                    "converted_from": args.weights.name,
+                    "detector_from": args.detector_pt.name if args.detector_pt else None,
+                    "command": "scio-pose " + " ".join(sys.argv[1:]),
+                },
+            ),
+        )
+    print(f"wrote {bundle.root} ({bundle.manifest.name}, {args.arch}, {h}x{w})")
+    return 0
+
+
+def export_detector(pt: Path, size: int, work: Path) -> Path:
+    """Export an ultralytics .pt to ONNX with NMS inside, batch 1 (see service/detector.py).
+    The export runs on a copy so nothing is written beside the user's file."""
+    from ultralytics import YOLO
+
+    copy = work / pt.name
+    shutil.copyfile(pt, copy)
+    onnx_path = YOLO(str(copy)).export(
+        format="onnx", nms=True, imgsz=size, batch=1, dynamic=False, simplify=True, opset=17
+    )
+    return Path(onnx_path)
