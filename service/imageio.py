@@ -1,0 +1,173 @@
+"""Safe image decoding: untrusted bytes in, RGB uint8 (H, W, 3) out, or an `ApiError`.
+
+The order of checks is the defence:
+1. the body is capped while it is read (`read_capped`), before anything parses it;
+2. the format is taken from the magic bytes and must be in the allowlist; Pillow is then told
+   to use only that plugin, so EPS (Ghostscript), TIFF, PSD, PDF, SVG, ... never reach a parser;
+3. `Image.open` reads only the header: width x height is checked against `max_pixels` before a
+   single pixel is decoded (Pillow's own `DecompressionBombError` is caught as the same error);
+4. decoding errors of any kind (truncated, corrupt, zero-size) become 422, never 500.
+
+Colour: EXIF orientation is applied, the first frame of an animation is used, and every mode is
+converted to the RGB it stands for. Transparent pixels are composited onto **white**, the
+background on which such images (cut-outs, stickers) are shown and the deterministic choice for
+the detector; 16-bit grey is scaled to 8 bits (v / 257, rounded) rather than clipped.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+from collections.abc import AsyncIterator
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageOps
+
+from service.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+RGB = npt.NDArray[np.uint8]
+
+# Pillow plugin name for each allowed format.
+_PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF"}
+
+# Formats we recognise only to name them in the 415 message; none of them is ever decoded.
+_REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"%!PS", "postscript/eps"),
+    (b"\xc5\xd0\xd3\xc6", "eps"),
+    (b"8BPS", "psd"),
+    (b"%PDF", "pdf"),
+    (b"BM", "bmp"),
+    (b"\x00\x00\x01\x00", "ico"),
+    (b"\x00\x00\x00\x0cjP  ", "jpeg2000"),
+    (b"\xff\x4f\xff\x51", "jpeg2000"),
+    (b"<?xml", "xml/svg"),
+    (b"<svg", "svg"),
+)
+
+# How much of a read error's text is worth showing to a client.
+_MAX_DETAIL = 120
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The decodable format named by the magic bytes ("jpeg", "png", "webp", "gif") or None."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    return None
+
+
+def describe_refused(data: bytes) -> str:
+    """A name for bytes we will not decode, for the error message."""
+    head = data[:64].lstrip()
+    for magic, name in _REFUSED_MAGIC:
+        if head.startswith(magic):
+            return name
+    if data[4:8] == b"ftyp":
+        return f"iso-bmff ({data[8:12].decode('ascii', 'replace').strip()})"  # HEIC, AVIF, MP4
+    return "unknown"
+
+
+async def read_capped(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """Join a body's chunks, stopping with 413 as soon as more than `limit` bytes arrived."""
+    buf = bytearray()
+    async for chunk in chunks:
+        buf += chunk
+        if len(buf) > limit:
+            raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
+    return bytes(buf)
+
+
+def check_format(data: bytes, allowed: frozenset[str]) -> str:
+    if not data:
+        raise ApiError(400, "empty_body", "the request carries no image bytes")
+    fmt = sniff_format(data)
+    if fmt is None or fmt not in allowed:
+        kind = fmt or describe_refused(data)
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"not an accepted image (detected: {kind}); accepted: {', '.join(sorted(allowed))}",
+        )
+    return fmt
+
+
+def open_checked(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
+    """Open (header only) with the one plugin for `fmt`; 413 if the header claims too many
+    pixels, 422 if it is unreadable or zero-sized."""
+    try:
+        im = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]])
+    except Image.DecompressionBombError as e:
+        raise ApiError(413, "too_many_pixels", f"image too large: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise _corrupt(fmt, e) from None
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ApiError(422, "invalid_image", f"the {fmt} header gives a size of {w}x{h}")
+    if w * h > max_pixels:
+        raise ApiError(
+            413, "too_many_pixels", f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}"
+        )
+    return im
+
+
+def decode_image(data: bytes, *, allowed: frozenset[str], max_pixels: int) -> RGB:
+    """Untrusted bytes -> RGB uint8 (H, W, 3), EXIF-oriented, first frame."""
+    fmt = check_format(data, allowed)
+    im = open_checked(data, fmt, max_pixels)
+    try:
+        im.seek(0)
+        im.load()
+        oriented = ImageOps.exif_transpose(im)
+        return to_rgb(oriented)
+    except Image.DecompressionBombError as e:
+        raise ApiError(413, "too_many_pixels", f"image too large: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise _corrupt(fmt, e) from None
+    finally:
+        im.close()
+
+
+def to_rgb(im: Image.Image) -> RGB:
+    """Any Pillow mode -> the RGB uint8 (H, W, 3) it stands for (alpha over white)."""
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return _grey16_to_rgb(im)
+    if mode == "P" or mode == "PA":
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "RGBa", "La"):
+        return _over_white(im)
+    if mode != "RGB":
+        im = im.convert("RGB")  # L, 1, CMYK (Adobe inversion handled by the JPEG plugin), YCbCr
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def _grey16_to_rgb(im: Image.Image) -> RGB:
+    # Pillow's own I;16 -> L conversion clips at 255 instead of scaling.
+    v = np.asarray(im).astype(np.float64)
+    grey = np.clip(np.rint(v / 257.0), 0, 255).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def _over_white(im: Image.Image) -> RGB:
+    rgba = np.asarray(im.convert("RGBA"), dtype=np.uint16)  # premultiplied modes unpremultiply
+    rgb, alpha = rgba[:, :, :3], rgba[:, :, 3:]
+    out = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def _corrupt(fmt: str, e: BaseException) -> ApiError:
+    log.debug("undecodable %s upload: %r", fmt, e)
+    detail = str(e)[:_MAX_DETAIL] or type(e).__name__
+    return ApiError(422, "invalid_image", f"cannot decode the {fmt} image: {detail}")

@@ -1,0 +1,136 @@
+"""Prometheus metrics, one `CollectorRegistry` per app (tests create many apps; the global
+registry would refuse the second). Exposed on `GET /metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.results import PoseResult
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64)
+_PIXELS = (0.5, 1, 2, 4, 8, 16, 32)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "scio_pose_http_requests",
+            "HTTP requests answered",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "scio_pose_http_request_duration_seconds",
+            "Time to answer, by route",
+            ["route"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "scio_pose_stage_duration_seconds",
+            "Time per pipeline stage (from timings_ms)",
+            ["stage"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "scio_pose_pipeline_calls_in_flight", "Pipeline calls running", registry=r
+        )
+        self.queue_depth = Gauge(
+            "scio_pose_queue_depth", "Requests waiting for the pipeline", registry=r
+        )
+        self.batch_size = Histogram(
+            "scio_pose_batch_size", "Images per pipeline call", buckets=_BATCH, registry=r
+        )
+        self.rejections = Counter(
+            "scio_pose_rejections", "Requests refused, by reason", ["reason"], registry=r
+        )
+        self.model_ready = Gauge("scio_pose_model_ready", "1 when /health/ready is 200", registry=r)
+        self.scio_keypoints = Counter(
+            "scio_pose_scio_keypoints",
+            "Distal keypoints SCIO examined, by whether its move was kept",
+            ["accepted"],
+            registry=r,
+        )
+        self.scio_displacement = Histogram(
+            "scio_pose_scio_displacement_pixels",
+            "Distance of accepted SCIO moves (image px)",
+            buckets=_PIXELS,
+            registry=r,
+        )
+        self.scio_acceptance = Gauge(
+            "scio_pose_scio_acceptance_ratio",
+            "Accepted / examined SCIO moves since start",
+            registry=r,
+        )
+        self._examined = 0
+        self._accepted = 0
+        self.scio_acceptance.set_function(lambda: self._accepted / max(self._examined, 1))
+
+    def bind(
+        self, *, ready: Callable[[], bool], in_flight: Callable[[], int], queued: Callable[[], int]
+    ) -> None:
+        """Read the live gauges from the app's state at scrape time (no duplicated counters)."""
+        self.model_ready.set_function(lambda: float(ready()))
+        self.in_flight.set_function(lambda: float(in_flight()))
+        self.queue_depth.set_function(lambda: float(queued()))
+
+    def observe_result(self, result: PoseResult, extra_ms: dict[str, float]) -> None:
+        for key, ms in {**result.timings_ms, **extra_ms}.items():
+            self.stage_seconds.labels(key.removesuffix("_ms")).observe(ms / 1000.0)
+        for person in result.persons:
+            for ref in person.refinements:
+                self._examined += 1
+                self.scio_keypoints.labels(str(ref.accepted).lower()).inc()
+                if ref.accepted:
+                    self._accepted += 1
+                    self.scio_displacement.observe(ref.displacement_px)
+
+    def count_error(self, status: int, code: str) -> None:
+        if 400 <= status < 500 or status in (503, 504):
+            self.rejections.labels(code).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class RequestMetricsMiddleware:
+    """Pure ASGI middleware: count every HTTP answer by route template, method and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets if the app raises before answering
+        start = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            name = (
+                route.path
+                if isinstance(route, BaseRoute) and hasattr(route, "path")
+                else "unmatched"
+            )
+            self.metrics.requests.labels(name, scope["method"], str(status)).inc()
+            self.metrics.request_seconds.labels(name).observe(time.perf_counter() - start)

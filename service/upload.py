@@ -1,0 +1,77 @@
+"""The image bytes of a /pose request: multipart field `image`, or the raw body.
+
+The content type is checked before the body is read, and the body is counted while it streams
+in (chunked uploads included), so an oversized upload is refused at the cap, not after it has
+been buffered. Only bytes are accepted: there is no URL or path parameter, and a body that
+holds a URL or a path is just a body that is not an image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from service.errors import ApiError
+from service.imageio import read_capped
+
+# Raw-body content types; the magic bytes decide the format, these only say "this is an image".
+RAW_TYPES = frozenset(
+    {"image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream"}
+)
+MULTIPART = "multipart/form-data"
+FIELD = "image"
+# Boundaries and part headers around the image in a multipart body.
+MULTIPART_SLACK = 64 * 1024
+
+
+class _InMemoryParser(MultiPartParser):
+    spool_max_size = 2**31  # the whole body is already in memory and capped; keep the part there
+
+
+async def read_image_bytes(request: Request, max_bytes: int) -> bytes:
+    mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if mime == MULTIPART:
+        body = await _read_body(request, max_bytes + MULTIPART_SLACK)
+        data = await _image_part(request, body)
+    elif mime in RAW_TYPES:
+        data = await _read_body(request, max_bytes)
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send the image as multipart/form-data field '{FIELD}' or as the raw body with "
+            f"Content-Type image/jpeg, image/png or image/webp (got {mime or 'none'!r})",
+        )
+    if len(data) > max_bytes:
+        raise ApiError(413, "payload_too_large", f"the image is larger than {max_bytes} bytes")
+    return data
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
+    return await read_capped(request.stream(), limit)
+
+
+async def _image_part(request: Request, body: bytes) -> bytes:
+    async def replay() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    parser = _InMemoryParser(request.headers, replay(), max_files=1, max_fields=16)
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise ApiError(
+            400, "bad_multipart", f"cannot parse the multipart body: {e.message}"
+        ) from None
+    try:
+        part = form.get(FIELD)
+        if not isinstance(part, UploadFile):
+            raise ApiError(422, "missing_image", f"multipart field '{FIELD}' must be a file upload")
+        return await part.read()
+    finally:
+        await form.close()

@@ -1,0 +1,109 @@
+"""`scio-pose serve`: the verb's wiring, and a real uvicorn process draining on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service import cli, serve
+from tests.service.support import png_of, rgb_pattern
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_serve_verb_builds_the_app_from_settings_and_flags(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    captured: dict[str, Any] = {}
+
+    def fake_serve_app(app: Any, **kwargs: Any) -> None:
+        captured.update(kwargs, app=app)
+
+    monkeypatch.setenv("SCIO_DRAIN_TIMEOUT_S", "7")
+    monkeypatch.setattr(serve, "serve_app", fake_serve_app)
+    rc = cli.main(["serve", "--host", "0.0.0.0", "--port", "0", "--bundle", str(tmp_path)])
+    assert rc == 0
+    assert (captured["host"], captured["port"], captured["drain_timeout_s"]) == ("0.0.0.0", 0, 7)
+    with TestClient(captured["app"]) as client:  # no bundle there: up, not ready, says why
+        for _ in range(400):
+            r = client.get("/health/ready")
+            if r.json()["error"]["code"] == "load_failed":
+                break
+            time.sleep(0.01)
+        assert client.get("/health/live").status_code == 200
+    assert r.status_code == 503
+    assert str(tmp_path) in r.json()["error"]["message"]
+
+
+def test_sigterm_flips_readiness_drains_in_flight_requests_and_exits_0() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.service.serve_fake", "1.0"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        base = f"http://127.0.0.1:{_port(lines)}"
+        with httpx.Client(base_url=base, timeout=10) as c:
+            _until(lambda: c.get("/health/ready").status_code == 200)
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(_post, base)
+            with httpx.Client(base_url=base, timeout=10) as c:
+                _until(lambda: "scio_pose_pipeline_calls_in_flight 1.0" in c.get("/metrics").text)
+            proc.send_signal(signal.SIGTERM)
+            response = in_flight.result(timeout=15)
+        assert response.status_code == 200
+        assert len(response.json()["persons"]) == 1
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(5)
+    log = "".join(lines)
+    drained = log.find("draining: /health/ready now answers 503")
+    answered = log.find('"POST /pose HTTP/1.1" 200')
+    assert 0 <= drained < answered, log  # readiness flipped while the request was in flight
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{base}/health/live", timeout=2)
+
+
+def _post(base: str) -> httpx.Response:
+    data = png_of(rgb_pattern(32, 24))
+    return httpx.post(
+        f"{base}/pose", content=data, headers={"content-type": "image/png"}, timeout=15
+    )
+
+
+def _port(lines: list[str], timeout_s: float = 20.0) -> int:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        for line in list(lines):
+            if m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
+                return int(m.group(1))
+        time.sleep(0.02)
+    raise AssertionError("server did not start:\n" + "".join(lines))
+
+
+def _until(cond: Any, timeout_s: float = 10.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.02)
