@@ -18,14 +18,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.bundle import DETECTOR, POSE, Bundle, load_bundle
+from models.bundle import DETECTOR, GAMMA_CONTEXT, GAMMA_HEAD, PHI, POSE, Bundle, load_bundle
 from models.codec import HeatmapCodec, fuse_flip
 from models.geometry import affine_matrices, box_to_center_scale, heatmap_to_image, warp_affine
 from models.postprocess import oks_nms, rescore
 from models.preprocess import Normalization, to_network_input
+from models.scio_search import ScioSearchConfig, SearchResult, refine
 from service.detector import PersonDetector
-from service.results import PersonPose, PoseOptions, PoseResult
+from service.results import PersonPose, PoseOptions, PoseResult, RefinedKeypoint
 from service.runtime import OnnxModel
+from service.scio_onnx import OnnxPredictor, OnnxVerifier
 
 log = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
@@ -51,7 +53,9 @@ class PosePipeline:
         device: str = "auto",
         intra_op_threads: int | None = None,
         max_batch: int = 64,
+        scio_config: ScioSearchConfig | None = None,
     ) -> None:
+        """`scio_config` overrides the bundle's SCIO search settings (evaluation ablations)."""
         m = bundle.manifest
         self.bundle = bundle
         self.spec = m.spec
@@ -65,10 +69,39 @@ class PosePipeline:
             if det_path is not None and m.detector is not None
             else None
         )
-        self.refine_available = False  # set when the SCIO engine is attached
+        self.verifier: OnnxVerifier | None = None
+        self.predictor: OnnxPredictor | None = None
+        self.scio_config = scio_config or ScioSearchConfig()
+        if bundle.has_scio:
+            self._load_scio(bundle, device, intra_op_threads, scio_config)
+        self.refine_available = self.verifier is not None
         log.info(
             "loaded bundle %s %s from %s on %s", m.name, m.version, bundle.root, self.pose.providers
         )
+
+    def _load_scio(
+        self,
+        bundle: Bundle,
+        device: str,
+        threads: int | None,
+        override: ScioSearchConfig | None,
+    ) -> None:
+        settings = bundle.manifest.scio or {}
+        names = tuple(settings.get("groups", ()))
+        expected = tuple(g.name for g in self.spec.groups)
+        if names != expected:
+            raise ValueError(
+                f"the bundle's SCIO networks were trained for groups {names}, "
+                f"its keypoint spec has {expected}"
+            )
+        self.scio_config = override or ScioSearchConfig.from_dict(settings.get("search", {}))
+        self.verifier = OnnxVerifier(
+            OnnxModel.load(_req(bundle.path(GAMMA_CONTEXT)), device, threads),
+            OnnxModel.load(_req(bundle.path(GAMMA_HEAD)), device, threads),
+        )
+        phi = bundle.path(PHI)
+        if phi is not None:
+            self.predictor = OnnxPredictor(OnnxModel.load(phi, device, threads))
 
     @classmethod
     def from_path(cls, path: str | Path, **kw: Any) -> PosePipeline:
@@ -86,6 +119,7 @@ class PosePipeline:
             "heatmap_hw": list(m.pose.heatmap_hw),
             "detector": self.detector is not None,
             "refine_available": self.refine_available,
+            "scio": self.scio_config.to_dict() if self.refine_available else None,
             "providers": self.pose.providers,
             "provenance": m.provenance,
         }
@@ -115,13 +149,22 @@ class PosePipeline:
 
         t = time.perf_counter()
         flip = np.array([items[i][1].flip for i in persons.item], dtype=bool)
-        heatmaps, _features = self._backbone(crops, flip)
+        heatmaps, features = self._backbone(crops, flip)
         timings["backbone_ms"] = _ms(t)
 
         t = time.perf_counter()
         coords, scores = self.codec.decode(heatmaps, self.bundle.manifest.pose.decode)
+        timings["decode_heatmaps_ms"] = _ms(t)
+
+        t = time.perf_counter()
+        search = self._refine(items, persons, heatmaps, features, coords, scores)
+        if search is not None:
+            coords = search.coords
+            timings["refine_ms"] = _ms(t)
+
+        t = time.perf_counter()
         kp_img = heatmap_to_image(coords, persons.centers, persons.scales, self.codec.heatmap_hw)
-        results = self._assemble(items, persons, kp_img, scores)
+        results = self._assemble(items, persons, kp_img, scores, search)
         timings["postprocess_ms"] = _ms(t)
         for r in results:
             r.timings_ms = dict(timings)
@@ -202,12 +245,48 @@ class PosePipeline:
             )
         return heatmaps, features
 
+    def _refine(
+        self,
+        items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]],
+        p: _Persons,
+        heatmaps: npt.NDArray[np.float32],
+        features: npt.NDArray[np.float32],
+        coords: F64,
+        scores: F64,
+    ) -> SearchResult | None:
+        """SCIO on the persons of the items that asked for it; None when nothing to do."""
+        if self.verifier is None:
+            return None
+        want = np.array([items[i][1].refine for i in p.item], dtype=bool)
+        if not want.any():
+            return None
+        sel = np.flatnonzero(want)
+        part = refine(
+            heatmaps[sel],
+            features[sel],
+            coords[sel],
+            scores[sel],
+            self.spec.groups,
+            self.verifier,
+            self.scio_config,
+            phi=self.predictor,
+            decode=self.bundle.manifest.pose.decode,
+            sigma=self.codec.sigma,
+        )
+        # Back onto all persons: row person indices refer to `sel`.
+        full = coords.copy()
+        full[sel] = part.coords
+        part.coords = full
+        part.person = sel[part.person]
+        return part
+
     def _assemble(
         self,
         items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]],
         p: _Persons,
         kp_img: F64,
         kp_scores: F64,
+        search: SearchResult | None = None,
     ) -> list[PoseResult]:
         scores = rescore(p.box_scores, kp_scores)
         areas = np.prod(p.scales * 200.0, axis=1)
@@ -239,10 +318,33 @@ class PosePipeline:
                         bbox_score=float(p.box_scores[j]),
                         score=float(scores[j]),
                         keypoints=kp,
+                        refinements=self._refinements(search, int(j), p),
                     )
                 )
-            results.append(PoseResult(image_hw=(h, w), persons=persons, refined=False))
+            refined = bool(o.refine and self.refine_available)
+            results.append(PoseResult(image_hw=(h, w), persons=persons, refined=refined))
         return results
+
+    def _refinements(
+        self, search: SearchResult | None, j: int, p: _Persons
+    ) -> list[RefinedKeypoint]:
+        if search is None:
+            return []
+        px_per_hm = p.scales[j, 0] * 200.0 / self.codec.heatmap_hw[1]  # image px per heatmap px
+        out = []
+        for r in np.flatnonzero(search.person == j):
+            moved = float(np.linalg.norm(search.end[r] - search.backbone[r])) * px_per_hm
+            out.append(
+                RefinedKeypoint(
+                    keypoint=int(search.keypoint[r]),
+                    group=self.spec.groups[int(search.group[r])].name,
+                    displacement_px=moved,
+                    loss_before=float(search.loss_before[r]),
+                    loss_after=float(search.loss_after[r]),
+                    accepted=bool(search.accepted[r]),
+                )
+            )
+        return out
 
 
 def _req(path: Path | None) -> Path:

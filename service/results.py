@@ -34,7 +34,8 @@ class RefinedKeypoint:
 
     keypoint: int  # index in the spec
     group: str  # the structural group whose verifier scored it
-    displacement_px: float  # how far it moved, in image pixels (0 when not accepted)
+    displacement_px: float  # distance from the backbone's own position, in image pixels
+    # (the SCL prior may move D even when the search's own move is not accepted)
     loss_before: float  # self-constraint loss at the backbone's position (verification score)
     loss_after: float  # loss at the returned position
     accepted: bool  # whether the search's move was kept

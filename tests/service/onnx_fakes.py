@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -93,12 +94,16 @@ def make_fake_bundle(
     input_hw: tuple[int, int] = (128, 96),
     detector_rows: np.ndarray | None = None,
     detector_hw: tuple[int, int] = (320, 320),
+    scio_files: dict[str, Path] | None = None,
+    scio_settings: dict[str, Any] | None = None,
 ) -> Path:
+    """The dot pose model (features: 2 channels), optionally a fixed detector and SCIO files."""
     work = root.parent / f"{root.name}-src"
     work.mkdir(parents=True, exist_ok=True)
     sources = {POSE: make_dot_pose_model(work / "pose.onnx", spec.num_keypoints)}
     if detector_rows is not None:
         sources[DETECTOR] = make_fixed_detector(work / "det.onnx", detector_rows)
+    sources.update(scio_files or {})
     manifest = BundleManifest(
         name="fake-dot",
         version="0",
@@ -115,6 +120,7 @@ def make_fake_bundle(
         ),
         files={},
         detector=DetectorInfo(input_hw=detector_hw, score_threshold=0.3),
+        scio=scio_settings,
         provenance={"test": True},
     )
     write_bundle(root, manifest, sources)

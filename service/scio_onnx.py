@@ -1,0 +1,64 @@
+"""Γ and Φ on ONNX Runtime, in the shape `models.scio_search` asks for (torch-free).
+
+Γ is two graphs: `scio_gamma_context` (h1, h2, features, group -> ctx0, ctx1, ...) runs once per
+(person, group); `scio_gamma_head` (candidates, ctx_index, ctx0, ... -> heatmap) runs once per
+search iteration for every candidate, gathering its context row inside the graph. Φ is one graph
+(h1, h2, h3, features, group -> heatmap). Heatmaps go in and out as (M, h, w).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from service.runtime import OnnxModel
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+
+def _maps(x: npt.NDArray[np.floating]) -> F32:
+    return np.ascontiguousarray(x[:, None], dtype=np.float32)  # (M, h, w) -> (M, 1, h, w)
+
+
+class OnnxVerifier:
+    def __init__(self, context: OnnxModel, head: OnnxModel) -> None:
+        self.context_model = context
+        self.head_model = head
+        self.ctx_names = [n for n in head.input_names if n.startswith("ctx") and n != "ctx_index"]
+        if self.ctx_names != context.output_names:
+            raise ValueError(
+                f"Γ's graphs do not fit together: context outputs {context.output_names}, "
+                f"head takes {self.ctx_names}"
+            )
+
+    def context(self, hb: F32, hc: F32, f: F32, group: I64) -> list[F32]:
+        out = self.context_model.run(
+            h1=_maps(hb),
+            h2=_maps(hc),
+            features=np.ascontiguousarray(f, dtype=np.float32),
+            group=np.ascontiguousarray(group, dtype=np.int64),
+        )
+        return [out[n] for n in self.ctx_names]
+
+    def head(self, context: list[F32], index: I64, hd: F32) -> F32:
+        feeds = dict(zip(self.ctx_names, context, strict=True))
+        out = self.head_model.run(
+            candidates=_maps(hd), ctx_index=np.ascontiguousarray(index, dtype=np.int64), **feeds
+        )
+        return out["heatmap"][:, 0]
+
+
+class OnnxPredictor:
+    def __init__(self, model: OnnxModel) -> None:
+        self.model = model
+
+    def __call__(self, ha: F32, hb: F32, hc: F32, f: F32, group: I64) -> F32:
+        out = self.model.run(
+            h1=_maps(hb),
+            h2=_maps(hc),
+            h3=_maps(ha),
+            features=np.ascontiguousarray(f, dtype=np.float32),
+            group=np.ascontiguousarray(group, dtype=np.int64),
+        )
+        return out["heatmap"][:, 0]
