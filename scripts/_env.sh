@@ -19,5 +19,23 @@ ensure_venv() {
     "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$dir/bin/python" -m pip install --quiet --disable-pip-version-check \
         -c requirements/constraints.txt -e "$target"
+    repair_xtcocotools "$dir"
     echo "$want" > "$stamp"
+}
+
+# xtcocotools' only Linux wheel on PyPI (1.14.3) was compiled against numpy 1.x and fails to
+# import under numpy 2. Its sdist builds against the installed numpy, given Cython and no build
+# isolation (its setup.py imports numpy). Skipped when the import works (serving installs, or a
+# future wheel built for numpy 2).
+repair_xtcocotools() {
+    local py="$1/bin/python"
+    "$py" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("xtcocotools") is None)' \
+        || return 0
+    "$py" -c 'import xtcocotools._mask' 2>/dev/null && return 0
+    echo "rebuilding xtcocotools from source against this numpy (about 20 s)" >&2
+    "$py" -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt \
+        cython setuptools wheel
+    "$py" -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt \
+        --no-build-isolation --no-binary xtcocotools --no-deps --force-reinstall xtcocotools
+    "$py" -c 'import xtcocotools._mask'
 }

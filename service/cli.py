@@ -25,6 +25,7 @@ VERBS: dict[str, str] = {
     "synth": "training.synth.cli",
     "train": "training.cli_train",
     "convert": "training.cli_convert",
+    "evaluate": "training.cli_evaluate",
 }
 
 # Top-level packages that only the `train` extra installs.

@@ -77,6 +77,7 @@ class BackboneTrainConfig:
     init_weights: str = ""  # an official or MMPose checkpoint to start from
     val_every: int = 1  # epochs
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
+    torch_threads: int = 0  # intra-op threads per process; 0 = torch's default
 
 
 _COCO = DataConfig(
@@ -111,7 +112,10 @@ PRESETS: dict[str, BackboneTrainConfig] = {
         batch_size=32,
         lr=2e-3,
         lr_steps=(18, 22),
+        # One compute thread and one loader process keep two cores busy; two OpenMP threads
+        # next to a loader oversubscribe them, and spin-waiting then costs 5-20x.
         workers=1,
+        torch_threads=1,
     ),
     "hrnet-w32-coco": BackboneTrainConfig(
         arch="hrnet_w32", input_hw=(256, 192), data=_COCO, augment=_HRNET_AUG, batch_size=32
@@ -130,6 +134,37 @@ PRESETS: dict[str, BackboneTrainConfig] = {
     ),
     "resnet152-crowdpose": BackboneTrainConfig(
         arch="pose_resnet_152", input_hw=(384, 288), data=_CROWDPOSE, augment=_RESNET_AUG
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ScioTrainConfig:
+    context_widths: tuple[int, ...] = (16, 24, 32, 48)
+    head_widths: tuple[int, ...] = (8, 12, 16, 24)
+    context_blocks: int = 1
+    gamma_feature_dropout: float = 0.3  # P(Γ sees no f for a sample), so it must use D
+    phi_feature_dropout: float = 0.0
+    passes: int = 2  # augmented passes over the training persons for the cached backbone outputs
+    val_persons: int = 1500  # at most this many validation persons for the sensitivity report
+    epochs: int = 6
+    batch_size: int = 32  # persons per step (each brings all its groups)
+    lr: float = 1e-3
+    rank_weight: float = 1.0  # λ
+    rank_margin: float = 0.1  # m: wanted loss gap at |δ| = 4 px (L2 norm units)
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+SCIO_PRESETS: dict[str, ScioTrainConfig] = {
+    "cpu-small": ScioTrainConfig(),
+    "paper": ScioTrainConfig(
+        context_widths=(32, 48, 64, 96),
+        head_widths=(8, 16, 24, 32),
+        context_blocks=2,
+        passes=1,
+        epochs=40,
+        batch_size=36,  # the paper's batch size
     ),
 }
 
@@ -211,8 +246,10 @@ def to_plain(config: Any) -> dict[str, Any]:
 
 __all__ = [
     "PRESETS",
+    "SCIO_PRESETS",
     "BackboneTrainConfig",
     "DataConfig",
+    "ScioTrainConfig",
     "SyntheticData",
     "from_dict",
     "load_backbone_config",

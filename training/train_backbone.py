@@ -145,6 +145,8 @@ def train_backbone(
 ) -> dict[str, Any]:
     """Train; returns the final metrics. Files land in `out_dir`."""
     out = Path(out_dir)
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
     with distributed() as d:
         torch.manual_seed(cfg.seed + d.rank)
         device = _device(d)

@@ -1,0 +1,356 @@
+"""`scio-pose evaluate`: the COCO keypoint protocol on a bundle, through the service's pipeline.
+
+The pipeline object is the one `scio-pose serve` runs (service.pipeline.PosePipeline), so the AP
+reported here is the AP the service delivers. Protocol (DESIGN.md): person boxes from the ground
+truth (cleaned, as the official code does) or from a detections file (raw); flip test with the
+one-pixel shift; person score = box score × mean keypoint score above 0.2; OKS-NMS at 0.9;
+pycocotools COCOeval, or xtcocotools' crowd evaluation for CrowdPose.
+
+Per-keypoint accuracy: for each labelled ground-truth keypoint, the OKS similarity
+exp(-d² / (2 s² k²)) of the prediction matched to its person (greedy, by OKS), 0 when no
+prediction matched: the per-keypoint term the OKS metric averages, reported per keypoint name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from models.bundle import load_bundle
+from models.geometry import clean_gt_boxes
+from models.keypoints import KeypointSpec
+from models.scio_search import ScioSearchConfig
+from service.pipeline import PosePipeline
+from service.results import PersonPose, PoseOptions
+from training.data.coco import CocoKeypoints, ImageRecord, PersonAnn, load_detections
+from training.progress import progress
+
+log = logging.getLogger(__name__)
+F64 = npt.NDArray[np.float64]
+REFINE_MODES = ("none", "scl", "sco")
+COCO_STATS = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
+CROWD_STATS = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    boxes: str = "gt"  # "gt" or a COCO results file of person boxes
+    refine: str = "none"  # none: baseline; scl: Φ prior only; sco: Φ prior + the search
+    flip: bool = False
+    device: str = "cpu"
+    batch_images: int = 8  # images per pipeline call
+    limit: int | None = None  # evaluate only the first N images (smoke runs)
+    scio_config: ScioSearchConfig | None = None  # override the bundle's search settings
+    keep_refinements: bool = False  # add one row per refined keypoint ("refinement_rows")
+
+
+def scio_config_for(mode: str, bundle_config: ScioSearchConfig) -> ScioSearchConfig:
+    """`scl`: the bundle's prior with no search steps; `sco`: the bundle's settings."""
+    if mode == "scl":
+        prior = bundle_config.prior if bundle_config.prior != "backbone" else "fusion"
+        return replace(bundle_config, prior=prior, strategy="descent", iterations=0)
+    return bundle_config
+
+
+def evaluate(
+    bundle_path: str | Path, ann_file: str | Path, images_dir: str | Path, opts: EvalOptions
+) -> dict[str, Any]:
+    if opts.refine not in REFINE_MODES:
+        raise ValueError(f"refine must be one of {REFINE_MODES}, not {opts.refine!r}")
+    bundle = load_bundle(bundle_path)
+    spec = bundle.manifest.spec
+    coco = CocoKeypoints(ann_file, spec)
+    base = PosePipeline(bundle, device=opts.device)
+    scio_cfg = None
+    if opts.refine != "none":
+        if not base.refine_available:
+            raise ValueError(f"--refine {opts.refine}: the bundle has no SCIO networks")
+        scio_cfg = scio_config_for(opts.refine, opts.scio_config or base.scio_config)
+    pipe = (
+        base if scio_cfg is None else PosePipeline(bundle, device=opts.device, scio_config=scio_cfg)
+    )
+    image_ids = coco.image_ids[: opts.limit] if opts.limit else coco.image_ids
+    boxes = _person_boxes(coco, image_ids, opts.boxes)
+    t0 = time.perf_counter()
+    predictions: dict[int, list[PersonPose]] = {}
+    for chunk in progress(
+        [image_ids[i : i + opts.batch_images] for i in range(0, len(image_ids), opts.batch_images)],
+        desc="evaluate",
+    ):
+        items = []
+        for image_id in chunk:
+            b, s = boxes.get(image_id, (np.zeros((0, 4)), np.zeros(0)))
+            o = PoseOptions(
+                refine=opts.refine != "none",
+                flip=opts.flip,
+                boxes=b,
+                box_scores=s,
+                oks_nms=True,
+            )
+            items.append((_load(Path(images_dir), coco.images[image_id]), o))
+        for image_id, res in zip(chunk, pipe.estimate_many(items), strict=True):
+            predictions[image_id] = res.persons
+    seconds = time.perf_counter() - t0
+    results = to_coco_results(predictions)
+    stats = coco_stats(Path(ann_file), results, spec, image_ids)
+    matches = match_predictions(coco, predictions, spec)
+    out = {
+        "bundle": {
+            "name": bundle.manifest.name,
+            "version": bundle.manifest.version,
+            "path": str(bundle_path),
+        },
+        "ann": str(ann_file),
+        "boxes": opts.boxes,
+        "refine": opts.refine,
+        "flip": opts.flip,
+        "scio_config": scio_cfg.to_dict() if scio_cfg else None,
+        "images": len(image_ids),
+        "persons": int(sum(len(p) for p in predictions.values())),
+        "seconds": seconds,
+        "stats": stats,
+        "keypoint_accuracy": keypoint_accuracy(matches, spec),
+        "distal_keypoints": [spec.keypoint_names[g.d] for g in spec.groups],
+        "scio": refinement_summary(matches, spec) if opts.refine != "none" else None,
+    }
+    if opts.keep_refinements:
+        out["refinement_rows"] = refinement_rows(matches, spec)
+    return out
+
+
+def _load(images_dir: Path, im: ImageRecord) -> npt.NDArray[np.uint8]:
+    with Image.open(images_dir / im.file_name) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _person_boxes(
+    coco: CocoKeypoints, image_ids: list[int], source: str
+) -> dict[int, tuple[F64, F64]]:
+    """{image_id: (boxes x1y1x2y2 (n, 4), scores (n,))}."""
+    out: dict[int, tuple[F64, F64]] = {}
+    if source == "gt":
+        by_image: dict[int, list[PersonAnn]] = {}
+        for im, p in coco.training_instances():
+            by_image.setdefault(im.image_id, []).append(p)
+        for image_id in image_ids:
+            persons = by_image.get(image_id, [])
+            if not persons:
+                continue
+            im = coco.images[image_id]
+            xywh = clean_gt_boxes(np.stack([p.bbox_xywh for p in persons]), (im.height, im.width))
+            out[image_id] = (_xyxy(xywh), np.ones(len(persons)))
+        return out
+    dets = load_detections(source, set(image_ids))
+    for image_id, rows in dets.items():
+        xywh = np.stack([b for b, _ in rows])
+        out[image_id] = (_xyxy(xywh), np.array([s for _, s in rows]))
+    return out
+
+
+def _xyxy(xywh: F64) -> F64:
+    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+
+
+def to_coco_results(predictions: dict[int, list[PersonPose]]) -> list[dict[str, Any]]:
+    rows = []
+    for image_id, persons in predictions.items():
+        for p in persons:
+            x1, y1, x2, y2 = p.bbox
+            rows.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": 1,
+                    "keypoints": [round(float(v), 3) for v in p.keypoints.reshape(-1)],
+                    "score": float(p.score),
+                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                }
+            )
+    return rows
+
+
+def coco_stats(
+    ann_file: Path, results: list[dict[str, Any]], spec: KeypointSpec, image_ids: list[int]
+) -> dict[str, float]:
+    """pycocotools (COCO) or xtcocotools' crowd variant (CrowdPose) on the results."""
+    crowd = spec.eval_iou_type == "keypoints_crowd"
+    names = CROWD_STATS if crowd else COCO_STATS
+    if not results:
+        return dict.fromkeys(names, 0.0)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        if crowd:
+            from xtcocotools.coco import COCO as XCOCO
+            from xtcocotools.cocoeval import COCOeval as XCOCOeval
+
+            gt = XCOCO(str(ann_file))
+            dt = gt.loadRes(results)
+            ev = XCOCOeval(gt, dt, "keypoints_crowd", spec.sigmas_array, use_area=False)
+        else:
+            from pycocotools.coco import COCO
+            from pycocotools.cocoeval import COCOeval
+
+            gt = COCO(str(ann_file))
+            dt = gt.loadRes(results)
+            ev = COCOeval(gt, dt, "keypoints")
+            ev.params.kpt_oks_sigmas = spec.sigmas_array
+        ev.params.imgIds = image_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    log.debug("%s", buf.getvalue())
+    return {n: float(v) for n, v in zip(names, ev.stats, strict=False)}
+
+
+@dataclass
+class Match:
+    """One ground-truth person and the prediction matched to it (None when unmatched)."""
+
+    image_id: int
+    gt: PersonAnn
+    pred: PersonPose | None
+
+
+def match_predictions(
+    coco: CocoKeypoints, predictions: dict[int, list[PersonPose]], spec: KeypointSpec
+) -> list[Match]:
+    """Greedy OKS matching per image: predictions in score order take the unmatched labelled
+    ground-truth person they overlap most (OKS > 0)."""
+    matches: list[Match] = []
+    for image_id, persons in predictions.items():
+        gts = [p for p in coco.persons(image_id) if not p.iscrowd and p.keypoints[:, 2].max() > 0]
+        taken: dict[int, PersonPose] = {}
+        for pred in sorted(persons, key=lambda q: -q.score):
+            free = [i for i in range(len(gts)) if i not in taken]
+            if not free:
+                break
+            sims = [_oks(pred.keypoints, gts[i], spec.sigmas_array) for i in free]
+            best = int(np.argmax(sims))
+            if sims[best] > 0:
+                taken[free[best]] = pred
+        matches.extend(Match(image_id, g, taken.get(i)) for i, g in enumerate(gts))
+    return matches
+
+
+def _oks(kp: F64, gt: PersonAnn, sigmas: F64) -> float:
+    """OKS of a prediction against one ground-truth person, over its labelled keypoints."""
+    vis = gt.keypoints[:, 2] > 0
+    sim = _similarity(kp[:, :2], gt.keypoints[:, :2], max(gt.area, 1.0), sigmas)
+    return float(sim[vis].mean())
+
+
+def _similarity(pred: F64, gt: F64, area: float, sigmas: F64) -> F64:
+    """Per-keypoint OKS terms exp(-d² / (2 s² k²)) with s² = area and k = 2σ (COCO's form)."""
+    d2 = ((pred - gt) ** 2).sum(-1)
+    var = (2 * sigmas) ** 2
+    out: F64 = np.exp(-d2 / var / (area + np.spacing(1)) / 2)
+    return out
+
+
+def keypoint_accuracy(matches: list[Match], spec: KeypointSpec) -> dict[str, float]:
+    sums = np.zeros(spec.num_keypoints)
+    counts = np.zeros(spec.num_keypoints)
+    for m in matches:
+        vis = m.gt.keypoints[:, 2] > 0
+        counts += vis
+        if m.pred is not None:
+            sim = _similarity(
+                m.pred.keypoints[:, :2],
+                m.gt.keypoints[:, :2],
+                max(m.gt.area, 1.0),
+                spec.sigmas_array,
+            )
+            sums += sim * vis
+    acc = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    return {n: float(a) for n, a in zip(spec.keypoint_names, acc, strict=True)}
+
+
+def refinement_summary(matches: list[Match], spec: KeypointSpec) -> dict[str, Any]:
+    """How the SCIO search did on matched persons: acceptance, and per refined keypoint the
+    verification losses against the accuracy at the returned position."""
+    rows = refinement_rows(matches, spec)
+    if not rows:
+        return {"refined": 0}
+    loss = np.array([r["loss_after"] for r in rows])
+    acc = np.array([r["accuracy"] for r in rows])
+    corr = (
+        float(np.corrcoef(loss, acc)[0, 1])
+        if len(rows) > 2 and loss.std() > 0 and acc.std() > 0
+        else float("nan")
+    )
+    return {
+        "refined": len(rows),
+        "accepted": int(sum(r["accepted"] for r in rows)),
+        "acceptance_rate": float(np.mean([r["accepted"] for r in rows])),
+        "mean_displacement_px": float(np.mean([r["displacement_px"] for r in rows])),
+        "loss_accuracy_correlation": corr,
+    }
+
+
+def refinement_rows(matches: list[Match], spec: KeypointSpec) -> list[dict[str, Any]]:
+    """One row per refined keypoint of a matched person whose ground truth labels it."""
+    rows = []
+    for m in matches:
+        if m.pred is None:
+            continue
+        for r in m.pred.refinements:
+            k = r.keypoint
+            if m.gt.keypoints[k, 2] <= 0:
+                continue
+            acc = _similarity(
+                m.pred.keypoints[k : k + 1, :2],
+                m.gt.keypoints[k : k + 1, :2],
+                max(m.gt.area, 1.0),
+                spec.sigmas_array[k : k + 1],
+            )[0]
+            rows.append(
+                {
+                    "image_id": m.image_id,
+                    "ann_id": m.gt.ann_id,
+                    "keypoint": spec.keypoint_names[k],
+                    "group": r.group,
+                    "loss_before": r.loss_before,
+                    "loss_after": r.loss_after,
+                    "accepted": r.accepted,
+                    "displacement_px": r.displacement_px,
+                    "accuracy": float(acc),
+                }
+            )
+    return rows
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [
+        f"bundle {r['bundle']['name']} {r['bundle']['version']} | boxes {r['boxes']} | "
+        f"refine {r['refine']} | flip {r['flip']} | {r['images']} images, {r['persons']} persons, "
+        f"{r['seconds']:.1f} s",
+        "  ".join(f"{k} {v:.4f}" for k, v in r["stats"].items()),
+        "distal keypoint accuracy: "
+        + "  ".join(f"{n} {r['keypoint_accuracy'][n]:.4f}" for n in r["distal_keypoints"]),
+    ]
+    if r.get("scio"):
+        s = r["scio"]
+        lines.append(
+            "SCIO: "
+            + "  ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items()
+            )
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
