@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -26,6 +27,7 @@ VERBS: dict[str, str] = {
     "train": "training.cli_train",
     "convert": "training.cli_convert",
     "evaluate": "training.cli_evaluate",
+    "export": "training.cli_export",
 }
 
 # Top-level packages that only the `train` extra installs.
@@ -90,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        args.command_line = "scio-pose " + shlex.join(argv)  # for provenance records
         result: int = _verb_module(args.verb).run(args)
         return result
     except ModuleNotFoundError as e:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -92,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 provenance={
                     "converted_from": args.weights.name,
                     "detector_from": args.detector_pt.name if args.detector_pt else None,
-                    "command": "scio-pose " + " ".join(sys.argv[1:]),
+                    "command": args.command_line,
                 },
             ),
         )

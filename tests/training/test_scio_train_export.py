@@ -1,0 +1,146 @@
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from models.bundle import load_bundle  # noqa: E402
+from models.checkpoint import load_scio_net  # noqa: E402
+from models.codec import render_gaussians  # noqa: E402
+from models.scio_search import ScioSearchConfig  # noqa: E402
+from service.cli import main  # noqa: E402
+from service.pipeline import PosePipeline  # noqa: E402
+from training.config import PRESETS, SCIO_PRESETS, merge  # noqa: E402
+from training.evaluate import EvalOptions, evaluate  # noqa: E402
+from training.train_backbone import train_backbone  # noqa: E402
+from training.train_scio import render, train_scio  # noqa: E402
+
+MINI = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco-val-mini"
+pytestmark = pytest.mark.skipif(
+    not (MINI / "person_keypoints.json").exists(), reason="no ../shared/data/coco-val-mini"
+)
+TINY_SCIO = replace(
+    SCIO_PRESETS["cpu-small"],
+    context_widths=(8, 8),
+    head_widths=(4, 4),
+    epochs=1,
+    passes=1,
+    batch_size=16,
+    val_persons=40,
+)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("runs")
+    data = {
+        "root": str(MINI),
+        "train_ann": "person_keypoints.json",
+        "train_images": "images",
+        "val_ann": "person_keypoints.json",
+        "val_images": "images",
+        "synthetic": None,
+    }
+    cfg = merge(
+        PRESETS["cpu-small"],
+        {
+            "input_hw": [64, 32],
+            "sigma": 1.0,
+            "data": data,
+            "epochs": 1,
+            "batch_size": 16,
+            "workers": 0,
+            "lr_steps": [100],
+        },
+    )
+    train_backbone(cfg, root / "bb")
+    train_scio(root / "bb" / "final.pt", root / "scio", TINY_SCIO)
+    return {"backbone": root / "bb" / "final.pt", "scio": root / "scio"}
+
+
+def test_training_render_is_the_search_render() -> None:
+    pts = np.array([[3.2, 7.9], [0.0, 15.0], [11.5, 2.25]])
+    ours = render(torch.from_numpy(pts).float(), (16, 12), 1.5)[:, 0].numpy()
+    np.testing.assert_allclose(ours, render_gaussians(pts, (16, 12), 1.5), atol=1e-6)
+
+
+def test_scio_training_writes_networks_and_the_sensitivity_report(runs) -> None:
+    report = json.loads((runs["scio"] / "scio.json").read_text())
+    assert report["groups"] == [
+        "left_arm",
+        "right_arm",
+        "left_leg",
+        "right_leg",
+        "left_head",
+        "right_head",
+    ]
+    sens = report["sensitivity"]
+    assert sens["rows"] > 0
+    for key in ("loss@0", "loss@1", "loss@2", "loss@4", "rank_acc@1", "rank_acc@4"):
+        assert np.isfinite(sens["overall"][key])
+    assert 0 <= sens["overall"]["rank_acc@4"] <= 1
+    h = report["history"][-1]
+    assert np.isfinite([h["phi_loss"], h["gamma_loss"], h["rank_loss"]]).all()
+    gamma = load_scio_net(runs["scio"] / "gamma.pt")
+    assert gamma.config.feature_dropout == TINY_SCIO.gamma_feature_dropout
+    assert load_scio_net(runs["scio"] / "phi.pt").config.groups == gamma.config.groups
+
+
+def test_scio_training_resumes(runs, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "scio"
+    shutil.copytree(runs["scio"], out)
+    report = train_scio(runs["backbone"], out, replace(TINY_SCIO, epochs=2), resume=True)
+    assert [h["epoch"] for h in report["history"]] == [2]
+
+
+def test_export_bundle_with_scio_and_refine_through_evaluate(runs, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    search = tmp_path / "search.json"
+    search.write_text(json.dumps({"iterations": 3, "min_confidence": 0.0}))
+    assert (
+        main(
+            [
+                "export",
+                "--backbone",
+                str(runs["backbone"]),
+                "--scio",
+                str(runs["scio"]),
+                "--search",
+                str(search),
+                "--out",
+                str(out),
+                "--name",
+                "tiny",
+            ]
+        )
+        == 0
+    )
+    b = load_bundle(out)
+    assert b.has_scio
+    assert b.manifest.scio["search"]["iterations"] == 3
+    par = b.manifest.scio["parity_max_abs_diff"]
+    assert max(par.values()) <= 1e-4
+    assert b.manifest.provenance["parity_max_abs_diff"]["pose"] <= 1e-4
+    assert "scio-pose export" in b.manifest.provenance["command"]
+    assert PosePipeline(b, device="cpu").refine_available
+    r = evaluate(
+        out,
+        MINI / "person_keypoints.json",
+        MINI / "images",
+        EvalOptions(
+            refine="sco",
+            limit=4,
+            keep_refinements=True,
+            scio_config=ScioSearchConfig(iterations=3, min_confidence=0.0),
+        ),
+    )
+    assert r["scio"]["refined"] > 0
+    rows = r["refinement_rows"]
+    assert all(np.isfinite([x["loss_before"], x["loss_after"], x["accuracy"]]).all() for x in rows)
+    assert all(x["loss_after"] <= x["loss_before"] + 1e-6 for x in rows)
