@@ -18,6 +18,7 @@ from models.bundle import DETECTOR, POSE, BundleManifest, DetectorInfo, PoseMode
 from models.keypoints import COCO17, KeypointSpec
 
 OPSET = [helper.make_opsetid("", 17)]
+IR_VERSION = 8  # what the torch exporter writes at opset 17; onnxruntime-gpu 1.31 reads <= 13
 
 
 def make_dot_pose_model(path: Path, num_keypoints: int, stride: int = 4) -> Path:
@@ -53,7 +54,7 @@ def make_dot_pose_model(path: Path, num_keypoints: int, stride: int = 4) -> Path
         ],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=OPSET)
+    model = helper.make_model(graph, opset_imports=OPSET, ir_version=IR_VERSION)
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
@@ -82,7 +83,7 @@ def make_fixed_detector(path: Path, rows: np.ndarray) -> Path:
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["B", 300, 6])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=OPSET)
+    model = helper.make_model(graph, opset_imports=OPSET, ir_version=IR_VERSION)
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
