@@ -89,10 +89,11 @@ class PosePipeline:
         settings = bundle.manifest.scio or {}
         names = tuple(settings.get("groups", ()))
         expected = tuple(g.name for g in self.spec.groups)
-        if names != expected:
+        members = settings.get("group_members")
+        if names != expected or (members is not None and members != self.spec.to_dict()["groups"]):
             raise ValueError(
-                f"the bundle's SCIO networks were trained for groups {names}, "
-                f"its keypoint spec has {expected}"
+                f"the bundle's SCIO networks were trained for groups {names} "
+                f"({members}), its keypoint spec has {self.spec.to_dict()['groups']}"
             )
         self.scio_config = override or ScioSearchConfig.from_dict(settings.get("search", {}))
         self.verifier = OnnxVerifier(

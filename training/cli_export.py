@@ -76,7 +76,7 @@ def export_bundle(
 
     from models.bundle import DetectorInfo
     from models.checkpoint import load_scio_net
-    from models.keypoints import get_spec
+    from models.keypoints import KeypointSpec, get_spec
     from models.scio_search import ScioSearchConfig
     from training.bundle_export import BundleSpec, ScioExport, build_bundle
     from training.scio_export import export_gamma_checked, export_phi_checked
@@ -95,6 +95,13 @@ def export_bundle(
         if scio_dir is not None:
             gamma = load_scio_net(scio_dir / "gamma.pt")
             phi = load_scio_net(scio_dir / "phi.pt")
+            report = _read_json(scio_dir / "scio.json")
+            if "group_members" in report:  # the assignment Φ and Γ learned travels with them
+                spec = spec.with_groups(
+                    KeypointSpec.from_dict(
+                        {**spec.to_dict(), "groups": report["group_members"]}
+                    ).groups
+                )
             names = tuple(g.name for g in spec.groups)
             if gamma.config.groups != names:
                 raise ValueError(f"{scio_dir}: Γ was trained for groups {gamma.config.groups}")
@@ -104,13 +111,13 @@ def export_bundle(
             search = ScioSearchConfig.from_dict(
                 json.loads(search_file.read_text()) if search_file else {}
             )
-            report = _read_json(scio_dir / "scio.json")
             scio = ScioExport(
                 ctx,
                 head,
                 phi_path,
                 {
                     "groups": list(names),
+                    "group_members": spec.to_dict()["groups"],
                     "search": search.to_dict(),
                     "net": report.get("net"),
                     "sensitivity": (report.get("sensitivity") or {}).get("overall"),

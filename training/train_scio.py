@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
 
 from models.checkpoint import atomic_save, read_checkpoint, save_checkpoint
-from models.keypoints import KeypointSpec, get_spec
+from models.keypoints import KeypointSpec, get_spec, proximal_groups
 from models.scio_nets import ScioNet, ScioNetConfig
 from models.zoo import Backbone, build_backbone
 from training.config import BackboneTrainConfig, ScioTrainConfig, from_dict, to_plain
@@ -261,6 +261,15 @@ def format_sensitivity(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def scio_spec(spec: KeypointSpec, groups: str) -> KeypointSpec:
+    """The spec whose groups the SCIO networks learn: DESIGN.md's, or the proximal variant."""
+    if groups == "design":
+        return spec
+    if groups == "proximal":
+        return spec.with_groups(proximal_groups(spec))
+    raise ValueError(f"groups must be 'design' or 'proximal', not {groups!r}")
+
+
 def load_backbone(path: str | Path) -> tuple[Backbone, BackboneTrainConfig]:
     ckpt = read_checkpoint(path)
     train_cfg = ckpt.meta.get("train_config")
@@ -281,7 +290,7 @@ def train_scio(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     backbone, bcfg = load_backbone(backbone_ckpt)
-    spec = get_spec(bcfg.data.spec)
+    spec = scio_spec(get_spec(bcfg.data.spec), cfg.groups)
     codec = codec_for(replace(bcfg, unbiased_targets=True))
     sigma = codec.sigma
     paths = resolve_data(bcfg.data, Path(backbone_ckpt).resolve().parent / "data")
@@ -334,6 +343,7 @@ def train_scio(
         )
     report: dict[str, Any] = {
         "groups": [g.name for g in spec.groups],
+        "group_members": spec.to_dict()["groups"],
         "sigma": sigma,
         "net": to_plain(net_cfg),
         "train_config": to_plain(cfg),

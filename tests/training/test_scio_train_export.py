@@ -144,3 +144,31 @@ def test_export_bundle_with_scio_and_refine_through_evaluate(runs, tmp_path: Pat
     rows = r["refinement_rows"]
     assert all(np.isfinite([x["loss_before"], x["loss_after"], x["accuracy"]]).all() for x in rows)
     assert all(x["loss_after"] <= x["loss_before"] + 1e-6 for x in rows)
+
+
+def test_another_group_assignment_travels_into_the_bundle(runs, tmp_path: Path) -> None:
+    from models.keypoints import COCO17, proximal_groups
+
+    train_scio(runs["backbone"], tmp_path / "scio", replace(TINY_SCIO, groups="proximal"))
+    report = json.loads((tmp_path / "scio" / "scio.json").read_text())
+    alt = COCO17.with_groups(proximal_groups(COCO17))
+    assert report["group_members"] == alt.to_dict()["groups"]
+    out = tmp_path / "bundle"
+    assert (
+        main(
+            [
+                "export",
+                "--backbone",
+                str(runs["backbone"]),
+                "--scio",
+                str(tmp_path / "scio"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    b = load_bundle(out)
+    assert b.manifest.spec.groups == alt.groups
+    assert b.manifest.spec.keypoint_names[b.manifest.spec.groups[0].a] == "left_shoulder"
+    assert PosePipeline(b, device="cpu").refine_available
