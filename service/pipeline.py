@@ -44,6 +44,18 @@ class _Persons:
     scales: F64  # (N, 2)
 
 
+@dataclass
+class BackbonePass:
+    """What `PosePipeline.backbone_pass` hands to `finish`."""
+
+    persons: _Persons
+    heatmaps: npt.NDArray[np.float32]  # (N, K, h, w), flip-fused where asked
+    features: npt.NDArray[np.float32]  # (N, C, h, w)
+    coords: F64  # (N, K, 2) decoded, heatmap pixels
+    scores: F64  # (N, K)
+    timings: dict[str, float]
+
+
 class PosePipeline:
     """Implements `service.results.PoseEstimator` on a bundle."""
 
@@ -139,6 +151,12 @@ class PosePipeline:
     def estimate_many(
         self, items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]]
     ) -> list[PoseResult]:
+        return self.finish(items, self.backbone_pass(items))
+
+    def backbone_pass(
+        self, items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]]
+    ) -> BackbonePass:
+        """Detection, crops, the backbone and decoding: everything before SCIO."""
         timings: dict[str, float] = {}
         t = time.perf_counter()
         persons = self._persons(items)
@@ -156,16 +174,30 @@ class PosePipeline:
         t = time.perf_counter()
         coords, scores = self.codec.decode(heatmaps, self.bundle.manifest.pose.decode)
         timings["decode_heatmaps_ms"] = _ms(t)
+        return BackbonePass(persons, heatmaps, features, coords, scores, timings)
 
+    def finish(
+        self,
+        items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]],
+        bp: BackbonePass,
+        scio_config: ScioSearchConfig | None = None,
+    ) -> list[PoseResult]:
+        """SCIO (with `scio_config`, default the bundle's), back-projection and person scoring.
+        Several calls on one pass compare SCIO settings on identical backbone outputs."""
+        timings = dict(bp.timings)
         t = time.perf_counter()
-        search = self._refine(items, persons, heatmaps, features, coords, scores)
+        search = self._refine(
+            items, bp.persons, bp.heatmaps, bp.features, bp.coords, bp.scores, scio_config
+        )
+        coords = bp.coords
         if search is not None:
             coords = search.coords
             timings["refine_ms"] = _ms(t)
 
         t = time.perf_counter()
-        kp_img = heatmap_to_image(coords, persons.centers, persons.scales, self.codec.heatmap_hw)
-        results = self._assemble(items, persons, kp_img, scores, search)
+        p = bp.persons
+        kp_img = heatmap_to_image(coords, p.centers, p.scales, self.codec.heatmap_hw)
+        results = self._assemble(items, p, kp_img, bp.scores, search)
         timings["postprocess_ms"] = _ms(t)
         for r in results:
             r.timings_ms = dict(timings)
@@ -254,6 +286,7 @@ class PosePipeline:
         features: npt.NDArray[np.float32],
         coords: F64,
         scores: F64,
+        config: ScioSearchConfig | None = None,
     ) -> SearchResult | None:
         """SCIO on the persons of the items that asked for it; None when nothing to do."""
         if self.verifier is None:
@@ -269,7 +302,7 @@ class PosePipeline:
             scores[sel],
             self.spec.groups,
             self.verifier,
-            self.scio_config,
+            config or self.scio_config,
             phi=self.predictor,
             decode=self.bundle.manifest.pose.decode,
             sigma=self.codec.sigma,

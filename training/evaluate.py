@@ -65,66 +65,84 @@ def scio_config_for(mode: str, bundle_config: ScioSearchConfig) -> ScioSearchCon
 def evaluate(
     bundle_path: str | Path, ann_file: str | Path, images_dir: str | Path, opts: EvalOptions
 ) -> dict[str, Any]:
+    """One evaluation, `opts.refine` choosing the ablation row."""
     if opts.refine not in REFINE_MODES:
         raise ValueError(f"refine must be one of {REFINE_MODES}, not {opts.refine!r}")
     bundle = load_bundle(bundle_path)
-    spec = bundle.manifest.spec
-    coco = CocoKeypoints(ann_file, spec)
-    base = PosePipeline(bundle, device=opts.device)
     scio_cfg = None
     if opts.refine != "none":
-        if not base.refine_available:
+        pipe = PosePipeline(bundle, device=opts.device)
+        if not pipe.refine_available:
             raise ValueError(f"--refine {opts.refine}: the bundle has no SCIO networks")
-        scio_cfg = scio_config_for(opts.refine, opts.scio_config or base.scio_config)
-    pipe = (
-        base if scio_cfg is None else PosePipeline(bundle, device=opts.device, scio_config=scio_cfg)
-    )
+        scio_cfg = scio_config_for(opts.refine, opts.scio_config or pipe.scio_config)
+    out = evaluate_variants(bundle_path, ann_file, images_dir, opts, {opts.refine: scio_cfg})
+    return out[opts.refine]
+
+
+def evaluate_variants(
+    bundle_path: str | Path,
+    ann_file: str | Path,
+    images_dir: str | Path,
+    opts: EvalOptions,
+    variants: dict[str, ScioSearchConfig | None],
+) -> dict[str, dict[str, Any]]:
+    """Several SCIO settings (None: no refinement) scored on one backbone pass per image chunk,
+    so the rows of an ablation differ only by what SCIO does."""
+    bundle = load_bundle(bundle_path)
+    spec = bundle.manifest.spec
+    coco = CocoKeypoints(ann_file, spec)
+    pipe = PosePipeline(bundle, device=opts.device)
+    if any(v is not None for v in variants.values()) and not pipe.refine_available:
+        raise ValueError("SCIO variants asked for, but the bundle has no SCIO networks")
     image_ids = coco.image_ids[: opts.limit] if opts.limit else coco.image_ids
     boxes = _person_boxes(coco, image_ids, opts.boxes)
-    t0 = time.perf_counter()
-    predictions: dict[int, list[PersonPose]] = {}
-    for chunk in progress(
-        [image_ids[i : i + opts.batch_images] for i in range(0, len(image_ids), opts.batch_images)],
-        desc="evaluate",
-    ):
+    predictions: dict[str, dict[int, list[PersonPose]]] = {v: {} for v in variants}
+    seconds = dict.fromkeys(variants, 0.0)
+    chunks = [
+        image_ids[i : i + opts.batch_images] for i in range(0, len(image_ids), opts.batch_images)
+    ]
+    for chunk in progress(chunks, desc="evaluate"):
         items = []
         for image_id in chunk:
             b, s = boxes.get(image_id, (np.zeros((0, 4)), np.zeros(0)))
-            o = PoseOptions(
-                refine=opts.refine != "none",
-                flip=opts.flip,
-                boxes=b,
-                box_scores=s,
-                oks_nms=True,
-            )
+            o = PoseOptions(refine=False, flip=opts.flip, boxes=b, box_scores=s, oks_nms=True)
             items.append((_load(Path(images_dir), coco.images[image_id]), o))
-        for image_id, res in zip(chunk, pipe.estimate_many(items), strict=True):
-            predictions[image_id] = res.persons
-    seconds = time.perf_counter() - t0
-    results = to_coco_results(predictions)
-    stats = coco_stats(Path(ann_file), results, spec, image_ids)
-    matches = match_predictions(coco, predictions, spec)
-    out = {
-        "bundle": {
-            "name": bundle.manifest.name,
-            "version": bundle.manifest.version,
-            "path": str(bundle_path),
-        },
-        "ann": str(ann_file),
-        "boxes": opts.boxes,
-        "refine": opts.refine,
-        "flip": opts.flip,
-        "scio_config": scio_cfg.to_dict() if scio_cfg else None,
-        "images": len(image_ids),
-        "persons": int(sum(len(p) for p in predictions.values())),
-        "seconds": seconds,
-        "stats": stats,
-        "keypoint_accuracy": keypoint_accuracy(matches, spec),
-        "distal_keypoints": [spec.keypoint_names[g.d] for g in spec.groups],
-        "scio": refinement_summary(matches, spec) if opts.refine != "none" else None,
-    }
-    if opts.keep_refinements:
-        out["refinement_rows"] = refinement_rows(matches, spec)
+        t = time.perf_counter()
+        bp = pipe.backbone_pass(items)
+        shared = time.perf_counter() - t
+        for name, cfg in variants.items():
+            t = time.perf_counter()
+            v_items = [(im, replace(o, refine=cfg is not None)) for im, o in items]
+            results = pipe.finish(v_items, bp, cfg)
+            seconds[name] += shared + time.perf_counter() - t
+            for image_id, res in zip(chunk, results, strict=True):
+                predictions[name][image_id] = res.persons
+    out = {}
+    for name, cfg in variants.items():
+        preds = predictions[name]
+        matches = match_predictions(coco, preds, spec)
+        result: dict[str, Any] = {
+            "bundle": {
+                "name": bundle.manifest.name,
+                "version": bundle.manifest.version,
+                "path": str(bundle_path),
+            },
+            "ann": str(ann_file),
+            "boxes": opts.boxes,
+            "refine": name,
+            "flip": opts.flip,
+            "scio_config": cfg.to_dict() if cfg else None,
+            "images": len(image_ids),
+            "persons": int(sum(len(p) for p in preds.values())),
+            "seconds": seconds[name],
+            "stats": coco_stats(Path(ann_file), to_coco_results(preds), spec, image_ids),
+            "keypoint_accuracy": keypoint_accuracy(matches, spec),
+            "distal_keypoints": [spec.keypoint_names[g.d] for g in spec.groups],
+            "scio": refinement_summary(matches, spec) if cfg is not None else None,
+        }
+        if opts.keep_refinements and cfg is not None:
+            result["refinement_rows"] = refinement_rows(matches, spec)
+        out[name] = result
     return out
 
 

@@ -172,3 +172,42 @@ def test_another_group_assignment_travels_into_the_bundle(runs, tmp_path: Path) 
     assert b.manifest.spec.groups == alt.groups
     assert b.manifest.spec.keypoint_names[b.manifest.spec.groups[0].a] == "left_shoulder"
     assert PosePipeline(b, device="cpu").refine_available
+
+
+def test_variants_on_one_backbone_pass_equal_separate_evaluations(runs, tmp_path: Path) -> None:
+    from training.evaluate import evaluate_variants, scio_config_for
+
+    out = tmp_path / "bundle"
+    assert (
+        main(
+            [
+                "export",
+                "--backbone",
+                str(runs["backbone"]),
+                "--scio",
+                str(runs["scio"]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    ann, images = MINI / "person_keypoints.json", MINI / "images"
+    search = ScioSearchConfig(iterations=2, min_confidence=0.0, prior="fusion")
+    opts = EvalOptions(limit=5, scio_config=search)
+    together = evaluate_variants(
+        out,
+        ann,
+        images,
+        opts,
+        {
+            "none": None,
+            "scl": scio_config_for("scl", search),
+            "sco": search,
+        },
+    )
+    for mode in ("none", "scl", "sco"):
+        alone = evaluate(out, ann, images, replace(opts, refine=mode))
+        assert together[mode]["stats"] == alone["stats"], mode
+        assert together[mode]["keypoint_accuracy"] == alone["keypoint_accuracy"], mode
+    assert together["scl"]["scio"]["accepted"] == 0  # SCL: Φ's prior only, no search moves
