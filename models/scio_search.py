@@ -37,6 +37,7 @@ class ScioSearchConfig:
     iterations: int = 50  # descent: at most this many Γ calls after the first
     grid_step: float = 1.0  # grid: lattice spacing
     min_confidence: float = 0.2  # skip a group when A, B or C scores below this
+    max_distal_confidence: float = 1.0  # skip D when the backbone is already this sure of it
     min_improvement: float = 0.0  # accept only if loss_after < loss_before · (1 - this)
     prior: str = "backbone"  # D's heatmap before the search: backbone, phi, or their fusion
     fusion_weight: float = 0.5  # fusion: weight of the backbone's heatmap against Φ's
@@ -142,7 +143,7 @@ def refine(
     Γ call (for measuring what batching buys); the result is the same.
     """
     h, w = heatmaps.shape[-2:]
-    rows = _active_rows(scores, groups, config.min_confidence)
+    rows = _active_rows(scores, groups, config.min_confidence, config.max_distal_confidence)
     person, gidx = rows[:, 0], rows[:, 1]
     g_arr = np.array([[g.a, g.b, g.c, g.d] for g in groups], dtype=np.int64).reshape(-1, 4)
     a, b, c, d = (g_arr[gidx, i] for i in range(4))
@@ -185,11 +186,16 @@ def refine(
     )
 
 
-def _active_rows(scores: F64, groups: tuple[ScioGroup, ...], min_conf: float) -> I64:
-    """(person, group) pairs whose A, B and C are confident enough to verify anything."""
+def _active_rows(
+    scores: F64, groups: tuple[ScioGroup, ...], min_conf: float, max_distal: float
+) -> I64:
+    """(person, group) pairs whose A, B and C are confident enough to verify anything, and whose
+    D is not already confident beyond `max_distal` (1.0: never skip on that account)."""
     pairs: list[tuple[int, int]] = []
     for gi, g in enumerate(groups):
         ok = np.min(scores[:, [g.a, g.b, g.c]], axis=1) >= min_conf
+        if max_distal < 1.0:
+            ok &= scores[:, g.d] < max_distal
         pairs.extend((int(p), gi) for p in np.flatnonzero(ok))
     pairs.sort()
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)

@@ -120,6 +120,19 @@ def test_low_confidence_groups_are_skipped() -> None:
     np.testing.assert_array_equal(res.coords[0, GROUPS[0].d], coords[0, GROUPS[0].d])
 
 
+def test_confident_distal_keypoints_can_be_left_alone() -> None:
+    heat, feats, coords, scores, _, gamma = _problem(2)
+    d = GROUPS[2].d  # left ankle
+    scores[:] = 0.5
+    scores[1, d] = 0.95
+    cfg = ScioSearchConfig(max_distal_confidence=0.9)
+    res = refine(heat, feats, coords, scores, GROUPS, gamma, cfg, sigma=SIGMA)
+    rows = set(zip(res.person.tolist(), res.group.tolist(), strict=True))
+    assert (1, 2) not in rows
+    assert (0, 2) in rows
+    np.testing.assert_array_equal(res.coords[1, d], coords[1, d])
+
+
 def test_a_move_is_kept_only_if_the_loss_improves_by_the_margin() -> None:
     heat, feats, coords, scores, _, gamma = _problem(2)
     cfg = ScioSearchConfig(min_improvement=0.9999)
