@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ann", type=Path, required=True, help="COCO-format keypoint annotations")
     parser.add_argument("--images", type=Path, required=True, help="the images folder")
     parser.add_argument(
-        "--boxes", default="gt", help="'gt' (ground-truth boxes) or a COCO results file of boxes"
+        "--boxes",
+        default="gt",
+        help="'gt' (ground-truth boxes), 'detector' (the bundle's), or a COCO results file",
     )
     parser.add_argument("--refine", default="none", choices=["none", "scl", "sco"])
     parser.add_argument("--flip", action="store_true", help="flip test (one-pixel shift)")
@@ -40,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
         write_json,
     )
 
-    if args.boxes != "gt" and not Path(args.boxes).is_file():
-        raise SystemExit(f"--boxes: {args.boxes} is neither 'gt' nor a file")
+    if args.boxes not in ("gt", "detector") and not Path(args.boxes).is_file():
+        raise SystemExit(f"--boxes: {args.boxes} is neither 'gt', 'detector' nor a file")
     result = evaluate(
         args.bundle,
         args.ann,

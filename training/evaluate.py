@@ -44,7 +44,7 @@ CROWD_STATS = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium
 
 @dataclass(frozen=True)
 class EvalOptions:
-    boxes: str = "gt"  # "gt" or a COCO results file of person boxes
+    boxes: str = "gt"  # "gt", "detector" (the bundle's own), or a COCO results file of boxes
     refine: str = "none"  # none: baseline; scl: Φ prior only; sco: Φ prior + the search
     flip: bool = False
     device: str = "cpu"
@@ -95,7 +95,9 @@ def evaluate_variants(
     if any(v is not None for v in variants.values()) and not pipe.refine_available:
         raise ValueError("SCIO variants asked for, but the bundle has no SCIO networks")
     image_ids = coco.image_ids[: opts.limit] if opts.limit else coco.image_ids
-    boxes = _person_boxes(coco, image_ids, opts.boxes)
+    if opts.boxes == "detector" and pipe.detector is None:
+        raise ValueError("--boxes detector: the bundle has no detector")
+    boxes = _person_boxes(coco, image_ids, opts.boxes) if opts.boxes != "detector" else None
     predictions: dict[str, dict[int, list[PersonPose]]] = {v: {} for v in variants}
     seconds = dict.fromkeys(variants, 0.0)
     chunks = [
@@ -104,8 +106,11 @@ def evaluate_variants(
     for chunk in progress(chunks, desc="evaluate"):
         items = []
         for image_id in chunk:
-            b, s = boxes.get(image_id, (np.zeros((0, 4)), np.zeros(0)))
-            o = PoseOptions(refine=False, flip=opts.flip, boxes=b, box_scores=s, oks_nms=True)
+            if boxes is None:  # the service's path: the bundle's detector finds the persons
+                o = PoseOptions(refine=False, flip=opts.flip, oks_nms=True)
+            else:
+                b, s = boxes.get(image_id, (np.zeros((0, 4)), np.zeros(0)))
+                o = PoseOptions(refine=False, flip=opts.flip, boxes=b, box_scores=s, oks_nms=True)
             items.append((_load(Path(images_dir), coco.images[image_id]), o))
         t = time.perf_counter()
         bp = pipe.backbone_pass(items)

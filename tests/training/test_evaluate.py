@@ -147,3 +147,23 @@ def test_evaluate_runs_the_service_pipeline_and_writes_json(tmp_path: Path) -> N
             MINI / "images",
             EvalOptions(refine="sco", limit=1),
         )
+
+
+def test_evaluate_with_the_bundles_own_detector(tmp_path: Path) -> None:
+    rows = np.array([[40, 60, 120, 260, 0.9, 0]], np.float32)  # one person per image
+    bundle = make_fake_bundle(tmp_path / "bundle", detector_rows=rows)
+    r = evaluate(
+        bundle,
+        MINI / "person_keypoints.json",
+        MINI / "images",
+        EvalOptions(boxes="detector", limit=4),
+    )
+    assert r["boxes"] == "detector"
+    assert r["persons"] == 4
+    with pytest.raises(ValueError, match="no detector"):
+        evaluate(
+            make_fake_bundle(tmp_path / "nodet"),
+            MINI / "person_keypoints.json",
+            MINI / "images",
+            EvalOptions(boxes="detector", limit=1),
+        )

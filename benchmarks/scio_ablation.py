@@ -1,0 +1,436 @@
+"""SCIO ablation and cost, the way the paper measures it (issue: SCIO refinement engine).
+
+    python benchmarks/scio_ablation.py --bundle bundles/demo [--proximal-bundle B] [--quick]
+
+1. Settings are chosen on a tuning split (synthetic seed 2001), never on the validation split.
+2. On the validation split (seed 3001, different from training's seed 1): the paper's Table 4
+   (Baseline / +SCL / +SCL+SCO: AP, AP50, AP75, AR, with ground-truth boxes and with the
+   split's simulated detections), Table 5 (accuracy of each distal keypoint), Fig. 6b (the
+   self-constraint loss against keypoint accuracy over every refined keypoint, with a scatter
+   plot) and, with --proximal-bundle, the other group assignment.
+3. Cost on this CPU: SCO time per person against backbone time per person, batched against one
+   candidate per Γ call, descent against grid, and accuracy against the number of candidates.
+
+Writes benchmarks/results/scio_ablation.{json,md} and PNG plots, and says which targets it met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from models.bundle import load_bundle  # noqa: E402
+from models.scio_search import ScioSearchConfig, refine  # noqa: E402
+from service.pipeline import PosePipeline  # noqa: E402
+from service.results import PoseOptions  # noqa: E402
+from training.evaluate import EvalOptions, evaluate_variants, scio_config_for  # noqa: E402
+
+log = logging.getLogger("scio_ablation")
+RESULTS = ROOT / "benchmarks" / "results"
+SPLITS = {"tune": 2001, "val": 3001}
+TABLE4 = ("AP", "AP50", "AP75", "AR")
+
+
+def make_split(work: Path, name: str, images: int) -> Path:
+    from training.synth.generate import generate_dataset
+
+    d = work / f"synth-{name}-{SPLITS[name]}-{images}"
+    if not (d / "person_keypoints.json").exists():
+        generate_dataset(d, images=images, seed=SPLITS[name], size=(256, 256), persons=(1, 4))
+    return d
+
+
+def tune(bundle: Path, split: Path, base: ScioSearchConfig, limit: int | None) -> dict[str, Any]:
+    """Choose the settings in three stages on the tuning split, each stage on one backbone pass:
+    the prior (backbone, Φ, fusion), then the search (strategy, radius, steps), then the guards.
+    Within a stage the best AP wins, except that a cheaper setting within 0.2 AP points of the
+    best is preferred (cost is a target too)."""
+    stages: list[dict[str, ScioSearchConfig]] = []
+    cfg = base
+    history: dict[str, Any] = {}
+    for stage in ("prior", "search", "guards"):
+        if stage == "prior":
+            cands = {p: replace(cfg, prior=p) for p in ("backbone", "phi", "fusion")}
+        elif stage == "search":
+            cands = {
+                "descent50 r4": replace(cfg, strategy="descent", iterations=50, radius=4.0),
+                "descent50 r2": replace(cfg, strategy="descent", iterations=50, radius=2.0),
+                "descent5 r4": replace(cfg, strategy="descent", iterations=5, radius=4.0),
+                "grid r2": replace(cfg, strategy="grid", radius=2.0, grid_step=1.0),
+                "grid r4": replace(cfg, strategy="grid", radius=4.0, grid_step=1.0),
+            }
+        else:
+            cands = {
+                f"margin {m:g}, skip D above {d:g}": replace(
+                    cfg, min_improvement=m, max_distal_confidence=d
+                )
+                for m in (0.0, 0.05)
+                for d in (1.0, 0.6)
+            }
+        stages.append(cands)
+        res = evaluate_variants(
+            bundle,
+            split / "person_keypoints.json",
+            split / "images",
+            EvalOptions(limit=limit),
+            {"none": None, **cands},
+        )
+        rows = {k: {"AP": v["stats"]["AP"], "seconds": v["seconds"]} for k, v in res.items()}
+        best_ap = max(rows[k]["AP"] for k in cands)
+        near = [k for k in cands if rows[k]["AP"] >= best_ap - 0.002]
+        pick = min(near, key=lambda k: rows[k]["seconds"])
+        cfg = cands[pick]
+        history[stage] = {"rows": rows, "picked": pick}
+        log.info("tuning %s: picked %s (%s)", stage, pick, rows[pick])
+    best = " | ".join(history[s]["picked"] for s in ("prior", "search", "guards"))
+    return {"stages": history, "best": best, "config": cfg.to_dict()}
+
+
+def table4(
+    bundle: Path, split: Path, cfg: ScioSearchConfig, boxes: str, limit: int | None
+) -> dict[str, Any]:
+    opts = EvalOptions(boxes=boxes, limit=limit, keep_refinements=True)
+    return evaluate_variants(
+        bundle,
+        split / "person_keypoints.json",
+        split / "images",
+        opts,
+        {"baseline": None, "+SCL": scio_config_for("scl", cfg), "+SCL+SCO": cfg},
+    )
+
+
+def correlation(rows: list[dict[str, Any]]) -> dict[str, float]:
+    loss = np.array([r["loss_after"] for r in rows])
+    acc = np.array([r["accuracy"] for r in rows])
+    rank = lambda v: np.argsort(np.argsort(v)).astype(float)  # noqa: E731
+    return {
+        "n": float(len(rows)),
+        "pearson": float(np.corrcoef(loss, acc)[0, 1]),
+        "spearman": float(np.corrcoef(rank(loss), rank(acc))[0, 1]),
+    }
+
+
+def cost(bundle: Path, split: Path, cfg: ScioSearchConfig, images: int) -> dict[str, Any]:
+    """Per-person times on this CPU, from warm sessions over the first `images` images."""
+    from PIL import Image
+
+    from training.data.coco import CocoKeypoints
+
+    b = load_bundle(bundle)
+    pipe = PosePipeline(b, device="cpu", scio_config=cfg)
+    coco = CocoKeypoints(split / "person_keypoints.json", b.manifest.spec)
+    items = []
+    for image_id in coco.image_ids[:images]:
+        ps = [p for p in coco.persons(image_id) if not p.iscrowd and p.keypoints[:, 2].max() > 0]
+        if not ps:
+            continue
+        xywh = np.stack([p.bbox_xywh for p in ps])
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+        with Image.open(split / "images" / coco.images[image_id].file_name) as im:
+            items.append((np.asarray(im.convert("RGB")), PoseOptions(boxes=boxes)))
+    pipe.estimate_many(items[:2])  # warm-up
+    bp = pipe.backbone_pass(items)
+    n = len(bp.persons.item)
+    reps = 3
+    t_bb = min(_time(lambda: pipe.backbone_pass(items)) for _ in range(reps))
+    out: dict[str, Any] = {"persons": n, "images": len(items)}
+    out["backbone_ms_per_person"] = 1000 * t_bb / n
+    for name, c in (
+        ("default", cfg),
+        ("descent50", replace(cfg, strategy="descent", iterations=50)),
+        ("grid", replace(cfg, strategy="grid")),
+    ):
+        t = min(_time(lambda c=c: pipe.finish(items, bp, c)) for _ in range(reps))
+        t0 = min(
+            _time(lambda: pipe.finish([(im, replace(o, refine=False)) for im, o in items], bp))
+            for _ in range(reps)
+        )
+        out[f"sco_{name}_ms_per_person"] = 1000 * (t - t0) / n
+    out["sco_over_backbone"] = out["sco_default_ms_per_person"] / out["backbone_ms_per_person"]
+    searched = sum(len(p.refinements) for r in pipe.finish(items, bp, cfg) for p in r.persons)
+    out["searched_keypoints_per_person"] = searched / n
+    # batched against one candidate per Γ call, on the same rows (the search result is equal)
+    sub = slice(0, min(n, 12))
+    args = (
+        bp.heatmaps[sub],
+        bp.features[sub],
+        bp.coords[sub],
+        bp.scores[sub],
+        b.manifest.spec.groups,
+        pipe.verifier,
+    )
+    # every group searched here (no confidence guards), so both sides do the same, real work
+    c = replace(cfg, strategy="grid", min_confidence=0.0, max_distal_confidence=1.0)
+    tb = min(
+        _time(lambda: refine(*args, c, phi=pipe.predictor, sigma=pipe.codec.sigma))
+        for _ in range(reps)
+    )  # type: ignore[arg-type]
+    t1 = _time(lambda: refine(*args, c, phi=pipe.predictor, sigma=pipe.codec.sigma, batched=False))  # type: ignore[arg-type]
+    out["batched_speedup"] = t1 / tb
+    out["batched_ms"], out["one_at_a_time_ms"] = 1000 * tb, 1000 * t1
+    return out
+
+
+def accuracy_vs_cost(
+    bundle: Path, split: Path, cfg: ScioSearchConfig, limit: int | None
+) -> list[dict[str, Any]]:
+    """AP against the number of candidates per group: grids of growing radius and spacing,
+    and descent with a growing number of iterations."""
+    variants: dict[str, ScioSearchConfig] = {}
+    for r, step in ((1.0, 1.0), (2.0, 1.0), (3.0, 1.0), (4.0, 1.0), (2.0, 0.5), (4.0, 0.5)):
+        variants[f"grid r{r:g} s{step:g}"] = replace(cfg, strategy="grid", radius=r, grid_step=step)
+    for it in (1, 2, 5, 10, 50):
+        variants[f"descent {it}"] = replace(cfg, strategy="descent", iterations=it)
+    res = evaluate_variants(
+        bundle,
+        split / "person_keypoints.json",
+        split / "images",
+        EvalOptions(limit=limit),
+        {"none": None, **variants},
+    )
+    rows = []
+    from models.scio_search import grid_offsets
+
+    for k, c in variants.items():
+        cands = (
+            len(grid_offsets(c.radius, c.grid_step))
+            if c.strategy == "grid"
+            else 1 + 8 * c.iterations
+        )
+        rows.append(
+            {
+                "variant": k,
+                "candidates_max": cands,
+                "AP": res[k]["stats"]["AP"],
+                "seconds": res[k]["seconds"] - 0.0,
+            }
+        )
+    rows.append(
+        {
+            "variant": "none",
+            "candidates_max": 0,
+            "AP": res["none"]["stats"]["AP"],
+            "seconds": res["none"]["seconds"],
+        }
+    )
+    return rows
+
+
+def _time(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    system = f"{platform.system()} {platform.machine()}"
+    return f"{cpu}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
+
+
+def plots(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss = [r["loss_after"] for r in rows]
+    acc = [r["accuracy"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(loss, acc, s=4, alpha=0.3)
+    c = report["fig6b"]
+    ax.set_title(
+        f"Self-constraint loss vs keypoint accuracy (n={int(c['n'])}, r={c['pearson']:.2f})"
+    )
+    ax.set_xlabel("self-constraint loss after refinement")
+    ax.set_ylabel("keypoint accuracy (OKS term)")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "scio_loss_vs_accuracy.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for kind, marker in (("grid", "o"), ("descent", "s")):
+        pts = [r for r in report["accuracy_vs_cost"] if r["variant"].startswith(kind)]
+        ax.plot([p["seconds"] for p in pts], [p["AP"] for p in pts], marker=marker, label=kind)
+        for p in pts:
+            ax.annotate(p["variant"].split(" ", 1)[1], (p["seconds"], p["AP"]), fontsize=7)
+    base = next(r for r in report["accuracy_vs_cost"] if r["variant"] == "none")
+    ax.axhline(base["AP"], color="grey", ls="--", label="baseline")
+    ax.set_xlabel("evaluation seconds (backbone + SCO) on the tuning split")
+    ax.set_ylabel("AP")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "scio_accuracy_vs_cost.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "demo")
+    ap.add_argument(
+        "--proximal-bundle", type=Path, help="the same backbone with proximal-group Φ/Γ"
+    )
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ablation")
+    ap.add_argument("--images", type=int, default=400, help="images per split")
+    ap.add_argument("--quick", action="store_true", help="a smoke run on few images")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    limit = 20 if args.quick else None
+    tune_split = make_split(args.work, "tune", args.images)
+    val_split = make_split(args.work, "val", args.images)
+    base = PosePipeline(load_bundle(args.bundle), device="cpu").scio_config
+
+    t0 = time.perf_counter()
+    tuning = tune(args.bundle, tune_split, base, limit)
+    chosen = ScioSearchConfig.from_dict(tuning["config"])
+    log.info("chosen on the tuning split: %s", tuning["best"])
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "command": " ".join(["python", *sys.argv]),
+        "bundle": str(args.bundle),
+        "tuning": tuning,
+    }
+    t4 = {}
+    for boxes in ("gt", str(val_split / "detections.json")):
+        key = "gt boxes" if boxes == "gt" else "detections"
+        res = table4(args.bundle, val_split, chosen, boxes, limit)
+        t4[key] = {row: {k: r["stats"][k] for k in TABLE4} for row, r in res.items()}
+        if boxes == "gt":
+            names = res["baseline"]["distal_keypoints"]
+            report["table5"] = {
+                row: {n: res[row]["keypoint_accuracy"][n] for n in names}
+                for row in ("baseline", "+SCL", "+SCL+SCO")
+            }
+            rows = res["+SCL+SCO"].pop("refinement_rows")
+            report["fig6b"] = correlation(rows)
+            report["scio_summary"] = res["+SCL+SCO"]["scio"]
+    report["table4"] = t4
+    report["cost"] = cost(args.bundle, val_split, chosen, 40 if not args.quick else 6)
+    report["accuracy_vs_cost"] = accuracy_vs_cost(args.bundle, tune_split, chosen, limit)
+    if args.proximal_bundle:
+        alt = table4(args.proximal_bundle, val_split, chosen, "gt", limit)
+        report["proximal_groups"] = {
+            row: {k: r["stats"][k] for k in TABLE4} for row, r in alt.items()
+        }
+    report["targets"] = targets(report)
+    report["seconds"] = time.perf_counter() - t0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "scio_ablation.json").write_text(json.dumps(report, indent=2) + "\n")
+    plots(report, rows)
+    (RESULTS / "scio_ablation.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+def targets(r: dict[str, Any]) -> dict[str, Any]:
+    g = r["table4"]["gt boxes"]
+    t5 = r["table5"]
+    distal_up = all(t5["+SCL+SCO"][k] > t5["baseline"][k] for k in t5["baseline"])
+    return {
+        "AP(+SCL+SCO) > AP(+SCL) > AP(Baseline), GT boxes": g["+SCL+SCO"]["AP"]
+        > g["+SCL"]["AP"]
+        > g["baseline"]["AP"],
+        "every distal keypoint's accuracy improved": distal_up,
+        "SCO <= 25% of backbone time per person": r["cost"]["sco_over_backbone"] <= 0.25,
+        "batching >= 10x faster than one candidate per call": r["cost"]["batched_speedup"] >= 10,
+    }
+
+
+def markdown(r: dict[str, Any]) -> str:
+    L = [
+        "# SCIO ablation and cost",
+        "",
+        f"Command: `{r['command']}`  ",
+        f"Machine: {r['machine']}  ",
+        f"Bundle: `{r['bundle']}`; settings chosen on the tuning split (synthetic seed 2001): "
+        f"`{r['tuning']['best']}`; results on the validation split (seed 3001).",
+        "",
+    ]
+    for key, t in r["table4"].items():
+        L += [
+            f"## Table 4 ({key})",
+            "",
+            "| | " + " | ".join(TABLE4) + " |",
+            "|---|" + "---|" * len(TABLE4),
+        ]
+        L += [
+            f"| {row} | " + " | ".join(f"{v[k] * 100:.1f}" for k in TABLE4) + " |"
+            for row, v in t.items()
+        ]
+        L.append("")
+    names = list(r["table5"]["baseline"])
+    L += [
+        "## Table 5: distal keypoint accuracy (GT boxes)",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    L += [
+        f"| {row} | " + " | ".join(f"{v[n]:.4f}" for n in names) + " |"
+        for row, v in r["table5"].items()
+    ]
+    c = r["fig6b"]
+    L += [
+        "",
+        f"## Fig. 6b: loss vs accuracy over {int(c['n'])} refined keypoints",
+        "",
+        f"Pearson {c['pearson']:.3f}, Spearman {c['spearman']:.3f} (the paper: -0.85). "
+        "Plot: `scio_loss_vs_accuracy.png`.",
+        "",
+    ]
+    k = r["cost"]
+    L += [
+        "## Cost on this CPU",
+        "",
+        f"- backbone {k['backbone_ms_per_person']:.2f} ms/person; SCO at the chosen settings "
+        f"{k['sco_default_ms_per_person']:.2f} ms/person, ratio {k['sco_over_backbone']:.2f} "
+        f"({k['searched_keypoints_per_person']:.2f} distal keypoints searched per person)",
+        f"- descent with 50 steps {k['sco_descent50_ms_per_person']:.2f} ms/person, "
+        f"grid {k['sco_grid_ms_per_person']:.2f} ms/person",
+        f"- batched Γ calls {k['batched_ms']:.1f} ms vs one candidate per call "
+        f"{k['one_at_a_time_ms']:.1f} ms: {k['batched_speedup']:.1f}x",
+        "- accuracy against cost: `scio_accuracy_vs_cost.png`",
+        "",
+    ]
+    if "proximal_groups" in r:
+        L += [
+            "## Other group assignment (A = the torso joint)",
+            "",
+            "| | " + " | ".join(TABLE4) + " |",
+            "|---|" + "---|" * len(TABLE4),
+        ]
+        L += [
+            f"| {row} | " + " | ".join(f"{v[k2] * 100:.1f}" for k2 in TABLE4) + " |"
+            for row, v in r["proximal_groups"].items()
+        ]
+        L.append("")
+    L += ["## Targets", ""] + [
+        f"- {'met' if ok else 'MISSED'}: {name}" for name, ok in r["targets"].items()
+    ]
+    return "\n".join(L) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
