@@ -101,12 +101,14 @@ def run(args: argparse.Namespace) -> int:
 
 def export_detector(pt: Path, size: int, work: Path) -> Path:
     """Export an ultralytics .pt to ONNX with NMS inside, batch 1 (see service/detector.py).
-    The export runs on a copy so nothing is written beside the user's file."""
-    from ultralytics import YOLO
+    The export runs on a copy so nothing is written beside the user's file, with ultralytics
+    switched offline (training.detector.ultralytics_offline) so nothing is fetched or sent."""
+    from training.detector import ultralytics_offline
 
+    ul = ultralytics_offline(work / ".ultralytics")
     copy = work / pt.name
     shutil.copyfile(pt, copy)
-    onnx_path = YOLO(str(copy)).export(
+    onnx_path = ul.YOLO(str(copy)).export(
         format="onnx", nms=True, imgsz=size, batch=1, dynamic=False, simplify=True, opset=17
     )
     return Path(onnx_path)

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from training.config import PRESETS
+from training.config import PRESETS, SCIO_PRESETS
 
 HELP = "train the backbone, the SCIO networks or the person detector"
 log = logging.getLogger(__name__)
@@ -40,10 +40,108 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     b.set_defaults(handler=_backbone)
 
+    s = sub.add_parser(
+        "scio",
+        help="self-constrained learning of the SCIO networks Φ and Γ (backbone frozen)",
+        description=(
+            "Train Φ (predicts the distal keypoint D of each group) and Γ (verifies by "
+            "predicting A back from B, C, D) on the frozen backbone's heatmaps and features, "
+            "alternating as in the paper, with Γ trained to be sensitive to D. Data: the "
+            "backbone run's own training data. Reports Γ's sensitivity on the validation split."
+        ),
+    )
+    s.add_argument(
+        "--backbone", type=Path, required=True, help="backbone run checkpoint (final.pt)"
+    )
+    s.add_argument(
+        "--out", type=Path, required=True, help="output folder (phi.pt, gamma.pt, scio.json)"
+    )
+    s.add_argument("--preset", default="cpu-small", choices=sorted(SCIO_PRESETS))
+    s.add_argument("--epochs", type=int, help="override the number of epochs")
+    s.add_argument(
+        "--groups",
+        choices=["design", "proximal"],
+        help="group assignment: DESIGN.md's (A next to D) or proximal (A = the torso joint)",
+    )
+    s.add_argument("--resume", action="store_true", help="continue from OUT if a run is there")
+    s.set_defaults(handler=_scio)
+    _add_detector(sub)
+
+
+def _add_detector(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = sub.add_parser(
+        "detector",
+        help="train a person detector with ultralytics and export it to ONNX (NMS inside)",
+        description=(
+            "Train an ultralytics YOLO person detector on COCO-format person boxes (crowd regions "
+            "skipped) or on generated synthetic people, from a model yaml (built from scratch) "
+            "or your own .pt, and export OUT/detector.onnx (NMS inside, batch 1, opset 17) with "
+            "OUT/detector.json (input size, score threshold, val mAP, provenance). Nothing is "
+            "downloaded: ultralytics runs offline with its settings in OUT/.ultralytics."
+        ),
+    )
+    src = d.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--synthetic", action="store_true", help="generate synthetic people (see --synth-*)"
+    )
+    src.add_argument("--train-ann", type=Path, help="COCO-format annotation file (persons)")
+    d.add_argument("--train-images", type=Path, help="image folder of --train-ann")
+    d.add_argument("--val-ann", type=Path, help="validation annotation file")
+    d.add_argument("--val-images", type=Path, help="image folder of --val-ann")
+    d.add_argument("--synth-images", type=int, default=1000, help="synthetic training images")
+    d.add_argument("--synth-val-images", type=int, default=100, help="synthetic val images")
+    d.add_argument("--synth-size", type=int, nargs=2, default=(256, 256), metavar=("W", "H"))
+    d.add_argument("--synth-persons", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"))
+    d.add_argument("--synth-seed", type=int, default=1, help="val uses seed + 1000")
+    d.add_argument(
+        "--synth-cache",
+        type=Path,
+        help="folder for the synthetic images (default OUT/data; share it with a backbone run)",
+    )
+    model = d.add_mutually_exclusive_group()
+    model.add_argument(
+        "--model",
+        default="yolo11n.yaml",
+        help="model yaml, packaged name or path (default %(default)s)",
+    )
+    model.add_argument("--weights", type=Path, help="a local ultralytics .pt to fine-tune")
+    d.add_argument("--out", type=Path, required=True, help="run folder")
+    d.add_argument("--epochs", type=int, default=30)
+    d.add_argument("--imgsz", type=int, default=256, help="square input size, multiple of 32")
+    d.add_argument("--batch", type=int, default=16)
+    d.add_argument("--workers", type=int, default=2, help="data-loader workers (GPU only)")
+    d.add_argument("--device", default="auto", help="auto, cpu, 0, 0,1, ... (default %(default)s)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, help="torch CPU threads (default: cores - 1)")
+    d.add_argument(
+        "--score-threshold", type=float, default=0.25, help="the service's default min score"
+    )
+    d.add_argument(
+        "--export-conf",
+        type=float,
+        default=0.05,
+        help="score floor baked into the exported NMS (default %(default)s)",
+    )
+    d.set_defaults(handler=_detector)
+
 
 def run(args: argparse.Namespace) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
+
+
+def _scio(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from training.train_scio import train_scio
+
+    cfg = SCIO_PRESETS[args.preset]
+    if args.epochs is not None:
+        cfg = replace(cfg, epochs=args.epochs)
+    if args.groups is not None:
+        cfg = replace(cfg, groups=args.groups)
+    train_scio(args.backbone, args.out, cfg, resume=args.resume)
+    return 0
 
 
 def _backbone(args: argparse.Namespace) -> int:
@@ -61,4 +159,54 @@ def _backbone(args: argparse.Namespace) -> int:
     cfg = merge(cfg, over)
     metrics = train_backbone(cfg, args.out, resume=args.resume)
     log.info("done: %s", metrics)
+    return 0
+
+
+def _detector(args: argparse.Namespace) -> int:
+    from training.config import DataConfig, SyntheticData
+    from training.data.sources import DatasetPaths, resolve_data
+    from training.detector import DetectorDataError, DetectorTrainConfig, train_detector
+
+    cfg = DetectorTrainConfig(
+        model=args.model,
+        weights=args.weights,
+        imgsz=args.imgsz,
+        epochs=args.epochs,
+        batch=args.batch,
+        workers=args.workers,
+        device=args.device,
+        seed=args.seed,
+        threads=args.threads,
+        score_threshold=args.score_threshold,
+        export_conf=args.export_conf,
+    )
+    try:
+        if args.synthetic:
+            s = SyntheticData(
+                train_images=args.synth_images,
+                val_images=args.synth_val_images,
+                seed=args.synth_seed,
+                size=tuple(args.synth_size),
+                persons=tuple(args.synth_persons),
+            )
+            paths = resolve_data(DataConfig(synthetic=s), args.synth_cache or args.out / "data")
+        else:
+            missing = [
+                f"--{n.replace('_', '-')}"
+                for n in ("train_images", "val_ann", "val_images")
+                if getattr(args, n) is None
+            ]
+            if missing:
+                raise DetectorDataError(f"--train-ann also needs {', '.join(missing)}")
+            paths = DatasetPaths(args.train_ann, args.train_images, args.val_ann, args.val_images)
+        command = getattr(args, "command_line", "")  # set by service.cli.main
+        result = train_detector(cfg, paths, args.out, command=command)
+    except DetectorDataError as e:
+        log.error("%s", e)
+        return 2
+    m = result.metrics
+    print(
+        f"wrote {result.onnx} (input {result.info.input_hw[0]}x{result.info.input_hw[1]}, "
+        f"val mAP50 {m['map50']:.3f}, mAP50-95 {m['map50_95']:.3f})"
+    )
     return 0
