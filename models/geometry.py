@@ -150,6 +150,39 @@ def warp_affine(
     return np.clip(np.rint(acc), 0, 255).astype(np.uint8)
 
 
+def resize_bilinear(
+    image: npt.NDArray[np.uint8], output_hw: tuple[int, int]
+) -> npt.NDArray[np.uint8]:
+    """Resize like cv2.resize(INTER_LINEAR): pixel centres aligned, source coordinates clamped
+    to the edge, no antialiasing (Pillow's bilinear smooths when shrinking, OpenCV's does not;
+    ultralytics trains its detectors on OpenCV's). Separable; (H, W, C) uint8 -> (h, w, C)."""
+    img = np.asarray(image)
+    H, W = img.shape[:2]
+    h, w = output_hw
+    if (h, w) == (H, W):
+        return img.copy()
+
+    def axis(n_out: int, n_in: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], F64]:
+        src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        i0 = np.floor(src).astype(np.intp)
+        frac = src - i0
+        frac[i0 < 0] = 0.0
+        i0 = np.clip(i0, 0, n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, frac
+
+    x0, x1, fx = axis(w, W)
+    y0, y1, fy = axis(h, H)
+    f = img.astype(np.float32)
+    rows = f[:, x0] * (1 - fx[None, :, None]).astype(np.float32) + f[:, x1] * fx[
+        None, :, None
+    ].astype(np.float32)  # (H, w, C)
+    out = rows[y0] * (1 - fy[:, None, None]).astype(np.float32) + rows[y1] * fy[
+        :, None, None
+    ].astype(np.float32)  # (h, w, C)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def _invert_affine(m: F64) -> F64:
     a = m[:, :, :2]
     a_inv = np.linalg.inv(a)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
 from models.bundle import DetectorInfo
+from models.geometry import resize_bilinear
 from service.runtime import OnnxModel
 
 F64 = npt.NDArray[np.float64]
@@ -28,11 +28,7 @@ def letterbox(
     dw, dh = (tw - nw) / 2, (th - nh) / 2
     left, top = round(dw - 0.1), round(dh - 0.1)
     out = np.full((th, tw, 3), PAD_VALUE, dtype=np.uint8)
-    resized = (
-        image
-        if (nw, nh) == (w, h)
-        else np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))
-    )
+    resized = resize_bilinear(image, (nh, nw))  # OpenCV's bilinear, as ultralytics trains
     out[top : top + nh, left : left + nw] = resized
     return out, r, (float(left), float(top))
 

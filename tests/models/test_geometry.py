@@ -7,6 +7,7 @@ from models.geometry import (
     clean_gt_boxes,
     flip_keypoints_horizontal,
     heatmap_to_image,
+    resize_bilinear,
     transform_points,
     warp_affine,
 )
@@ -135,6 +136,16 @@ def test_warp_affine_identity_and_border() -> None:
     np.testing.assert_array_equal(shifted[:, 3:], img[:, :-3])
     assert shifted[:, :3].max() == 0
     assert warp_affine(img, np.zeros((0, 2, 3)), (4, 4)).shape == (0, 4, 4, 3)
+
+
+@pytest.mark.parametrize("out_hw", [(48, 64), (37, 90), (240, 320), (61, 61), (120, 160)])
+def test_resize_bilinear_matches_opencv(out_hw) -> None:
+    cv2 = pytest.importorskip("cv2")
+    img = RNG.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    ours = resize_bilinear(img, out_hw)
+    ref = cv2.resize(img, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
+    diff = np.abs(ours.astype(int) - ref.astype(int))
+    assert diff.max() <= 1, diff.max()  # OpenCV's fixed-point weights round differently
 
 
 def test_flip_keypoints_mirrors_and_swaps() -> None:
