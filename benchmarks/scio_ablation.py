@@ -295,23 +295,35 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ablation")
     ap.add_argument("--images", type=int, default=400, help="images per split")
     ap.add_argument("--quick", action="store_true", help="a smoke run on few images")
+    ap.add_argument(
+        "--tune-only",
+        type=Path,
+        metavar="FILE",
+        help="only choose the settings on the tuning split; write them to FILE (for export)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     limit = 20 if args.quick else None
     tune_split = make_split(args.work, "tune", args.images)
-    val_split = make_split(args.work, "val", args.images)
+    val_split = None if args.tune_only else make_split(args.work, "val", args.images)
     base = PosePipeline(load_bundle(args.bundle), device="cpu").scio_config
 
     t0 = time.perf_counter()
     tuning = tune(args.bundle, tune_split, base, limit)
     chosen = ScioSearchConfig.from_dict(tuning["config"])
     log.info("chosen on the tuning split: %s", tuning["best"])
+    if args.tune_only:
+        args.tune_only.parent.mkdir(parents=True, exist_ok=True)
+        args.tune_only.write_text(json.dumps(tuning["config"], indent=2) + "\n")
+        args.tune_only.with_suffix(".tuning.json").write_text(json.dumps(tuning, indent=2) + "\n")
+        return 0
     report: dict[str, Any] = {
         "machine": machine(),
         "command": " ".join(["python", *sys.argv]),
         "bundle": str(args.bundle),
         "tuning": tuning,
     }
+    assert val_split is not None
     t4 = {}
     for boxes in ("gt", str(val_split / "detections.json")):
         key = "gt boxes" if boxes == "gt" else "detections"
