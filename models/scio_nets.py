@@ -13,7 +13,8 @@ The work splits so that the SCO search pays little per candidate:
 
 - `context(h1, h2, f, group)` runs once per (person, group): a small U-Net over H_B, H_C and
   f, conditioned on the group by a learned embedding, returns `ctx`, a tuple of maps at
-  strides 1, 2, 4, ... of the heatmap: ctx[l] is (G, head_widths[l], ceil(H/2^l), ceil(W/2^l)).
+  strides 1, 2, 4, ... of the heatmap: ctx[l] is (G, head_widths[l], ceil(H/2^l), ceil(W/2^l)),
+  from level `head_start_level` on (0 by default: the head works at heatmap resolution).
 - `head(ctx, h3, ctx_index)` runs once per candidate: a narrow encoder-decoder over h3 that
   adds ctx[l] at every scale, down to stride 2^(L-1), where dilated convs and a global-pool
   term give it a receptive field over the whole heatmap (D and A can be far apart).
@@ -48,10 +49,16 @@ class ScioNetConfig:
     context_blocks: int = 2  # 3x3 conv blocks per context encoder level
     head_dilations: tuple[int, ...] = (1, 2)  # residual 3x3 convs at the head's coarsest level
     feature_dropout: float = 0.0  # training only: P(zero f for a whole sample)
+    # The head starts at this level: 0 = heatmap resolution; 1 = half resolution (the candidate
+    # map is average-pooled, the 1-channel output upsampled): measured 2.2x faster per candidate
+    # on a CPU at widths (4, 8, 8, 12), where narrow full-resolution convs use the CPU poorly.
+    head_start_level: int = 0
 
     def __post_init__(self) -> None:
         if len(self.context_widths) != len(self.head_widths) or len(self.head_widths) < 2:
             raise ValueError("context_widths and head_widths need the same length, at least 2")
+        if not 0 <= self.head_start_level <= len(self.head_widths) - 2:
+            raise ValueError("head_start_level must leave the head at least two levels")
         if not 0.0 <= self.feature_dropout <= 1.0:
             raise ValueError(f"feature_dropout must be in [0, 1], got {self.feature_dropout}")
         if not self.groups or self.context_blocks < 1:
@@ -113,7 +120,9 @@ class ContextNet(nn.Module):
             nn.Conv2d(cw[lv + 1], cw[lv], 1, bias=False) for lv in range(len(cw) - 1)
         )
         self.decoder = nn.ModuleList(_conv_bn_relu(c, c) for c in cw[:-1])
-        self.out_proj = nn.ModuleList(nn.Conv2d(c, h, 1) for c, h in zip(cw, hw, strict=True))
+        self.start = config.head_start_level
+        used = zip(cw[self.start :], hw[self.start :], strict=True)
+        self.out_proj = nn.ModuleList(nn.Conv2d(c, h, 1) for c, h in used)
 
     def forward(self, h1: Tensor, h2: Tensor, f: Tensor, group: Tensor) -> Context:
         if self.training and self.feature_dropout > 0:
@@ -135,7 +144,7 @@ class ContextNet(nn.Module):
             y = self.decoder[lv](skips[lv] + _up(self.lateral[lv](y), skips[lv]))
             outs.append(y)
         outs.reverse()  # finest first
-        return tuple(proj(o) for proj, o in zip(self.out_proj, outs, strict=True))
+        return tuple(proj(o) for proj, o in zip(self.out_proj, outs[self.start :], strict=True))
 
 
 class HeadNet(nn.Module):
@@ -143,7 +152,8 @@ class HeadNet(nn.Module):
 
     def __init__(self, config: ScioNetConfig) -> None:
         super().__init__()
-        hw = config.head_widths
+        self.start = config.head_start_level
+        hw = config.head_widths[self.start :]
         self.stem = _conv_bn(1, hw[0])
         self.down = nn.ModuleList(_conv_bn(hw[lv - 1], hw[lv], 2) for lv in range(1, len(hw)))
         self.bottleneck = nn.ModuleList(
@@ -157,7 +167,11 @@ class HeadNet(nn.Module):
         self.final = nn.Conv2d(hw[0], 1, 1)  # linear output: a heatmap
 
     def forward(self, ctx: Context, h3: Tensor) -> Tensor:
-        x = torch.relu(self.stem(h3) + ctx[0])
+        h = h3
+        if self.start:
+            k = 2**self.start
+            h = functional.avg_pool2d(h3, k, k, ceil_mode=True)  # to ctx[0]'s size
+        x = torch.relu(self.stem(h) + ctx[0])
         skips = [x]
         for down, c in zip(self.down, ctx[1:], strict=True):
             x = torch.relu(down(x) + c)
@@ -168,6 +182,8 @@ class HeadNet(nn.Module):
         for lv in reversed(range(len(self.up))):
             y = self.up[lv](skips[lv] + _up(self.lateral[lv](y), skips[lv]))
         out: Tensor = self.final(y)
+        if self.start:
+            out = _up(out, h3)
         return out
 
 
@@ -221,7 +237,7 @@ class HeadGraph(nn.Module):
 
 
 def context_names(config: ScioNetConfig) -> list[str]:
-    return [f"ctx{lv}" for lv in range(config.num_levels)]
+    return [f"ctx{lv}" for lv in range(config.head_start_level, config.num_levels)]
 
 
 def export_onnx(

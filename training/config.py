@@ -146,6 +146,7 @@ class ScioTrainConfig:
     context_widths: tuple[int, ...] = (16, 24, 32, 48)
     head_widths: tuple[int, ...] = (8, 12, 16, 24)
     context_blocks: int = 1
+    head_start_level: int = 0  # 1: Γ/Φ heads at half resolution (cheaper search, see scio_nets)
     gamma_feature_dropout: float = 0.3  # P(Γ sees no f for a sample), so it must use D
     phi_feature_dropout: float = 0.0
     passes: int = 2  # augmented passes over the training persons for the cached backbone outputs

@@ -1,7 +1,6 @@
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,14 +33,7 @@ TINY_RESNET = replace(POSE_RESNET_18, layers=(1, 1, 1, 1), deconv_channels=(32, 
 SMALL = {"hrnet_small": HRNET_SMALL, "tiny_pose_resnet": TINY_RESNET}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on two cores shared with other jobs, two OpenMP threads spin-wait
-    and run 10x slower. Restored afterwards, so other modules keep their setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trained_like(config: BackboneConfig, seed: int) -> Backbone:

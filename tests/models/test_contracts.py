@@ -3,7 +3,6 @@
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 INPUT_HW = (96, 64)  # small (the big variants run too), h != w, multiples of 32 for HRNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on two cores shared with other jobs, two OpenMP threads spin-wait
-    and run 10x slower. Restored afterwards, so other modules keep their setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _grads_missing(module: nn.Module) -> list[str]:

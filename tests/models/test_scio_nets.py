@@ -1,4 +1,3 @@
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,14 +14,7 @@ from models.zoo import count_conv_macs
 CONFIG = ScioNetConfig()  # 6 COCO groups, f with 32 channels (HRNet-W32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on two cores shared with other jobs, two OpenMP threads spin-wait
-    and run 10x slower. Restored afterwards, so other modules keep their setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _gaussians(xy: list[tuple[float, float]], hw: tuple[int, int] = (64, 48)) -> Tensor:
@@ -180,3 +172,35 @@ def test_config_is_checked() -> None:
         ScioNetConfig(feature_dropout=1.5)
     with pytest.raises(ValueError, match="group"):
         ScioNetConfig(groups=())
+
+
+def test_a_head_that_starts_at_half_resolution() -> None:
+    """head_start_level=1: same interface and output size, ctx from level 1 on, far cheaper per
+    candidate, and the output still moves with the candidate."""
+    from models.zoo import count_conv_macs
+
+    base = ScioNetConfig(
+        feature_channels=8, context_widths=(8, 12, 16, 24), head_widths=(4, 8, 8, 12)
+    )
+    half = ScioNetConfig(**{**base.__dict__, "head_start_level": 1})
+    torch.manual_seed(0)
+    net = ScioNet(half).eval()
+    h1, h2 = torch.rand(2, 1, 32, 24), torch.rand(2, 1, 32, 24)
+    f = torch.randn(2, 8, 32, 24)
+    g = torch.tensor([0, 3])
+    ctx = net.context(h1, h2, f, g)
+    assert [tuple(c.shape[-2:]) for c in ctx] == [(16, 12), (8, 6), (4, 3)]
+    cand = torch.zeros(3, 1, 32, 24)
+    cand[0, 0, 10, 8] = 1.0
+    cand[1, 0, 20, 14] = 1.0
+    out = net.head(ctx, cand, torch.tensor([0, 0, 1]))
+    assert out.shape == (3, 1, 32, 24)
+    assert not torch.allclose(out[0], out[1])
+    full = ScioNet(base).eval()
+    fctx = full.context(h1, h2, f, g)
+    cost_full = count_conv_macs(full, lambda: full.head(fctx, cand, torch.tensor([0, 0, 1])))
+    cost_half = count_conv_macs(net, lambda: net.head(ctx, cand, torch.tensor([0, 0, 1])))
+    assert cost_half < 0.7 * cost_full  # and narrow full-resolution convs are what run slowest
+    assert context_names(half) == ["ctx1", "ctx2", "ctx3"]
+    with pytest.raises(ValueError, match="head_start_level"):
+        ScioNetConfig(head_widths=(4, 8), context_widths=(8, 8), head_start_level=1)

@@ -13,6 +13,7 @@ from models.codec import render_gaussians  # noqa: E402
 from models.scio_search import ScioSearchConfig  # noqa: E402
 from service.cli import main  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
+from tests.conftest import mini_data_config  # noqa: E402
 from training.config import PRESETS, SCIO_PRESETS, merge  # noqa: E402
 from training.evaluate import EvalOptions, evaluate  # noqa: E402
 from training.train_backbone import train_backbone  # noqa: E402
@@ -37,14 +38,7 @@ TINY_SCIO = replace(
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("runs")
-    data = {
-        "root": str(MINI),
-        "train_ann": "person_keypoints.json",
-        "train_images": "images",
-        "val_ann": "person_keypoints.json",
-        "val_images": "images",
-        "synthetic": None,
-    }
+    data = mini_data_config()
     cfg = merge(
         PRESETS["cpu-small"],
         {

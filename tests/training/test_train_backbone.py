@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from models.checkpoint import load_model, read_checkpoint  # noqa: E402
+from tests.conftest import mini_data_config  # noqa: E402
 from training.config import PRESETS, load_backbone_config, merge  # noqa: E402
 from training.train_backbone import train_backbone  # noqa: E402
 
@@ -24,14 +25,7 @@ def _tiny(**over) -> dict:
     base = {
         "input_hw": [64, 32],
         "sigma": 1.0,
-        "data": {
-            "root": str(MINI),
-            "train_ann": "person_keypoints.json",
-            "train_images": "images",
-            "val_ann": "person_keypoints.json",
-            "val_images": "images",
-            "synthetic": None,
-        },
+        "data": mini_data_config(),
         "augment": {
             "scale_factor": 0.0,
             "rotation_prob": 0.0,
