@@ -143,10 +143,13 @@ PRESETS: dict[str, BackboneTrainConfig] = {
 
 @dataclass(frozen=True)
 class ScioTrainConfig:
-    context_widths: tuple[int, ...] = (16, 24, 32, 48)
-    head_widths: tuple[int, ...] = (8, 12, 16, 24)
+    # Narrow, with the per-candidate head at half resolution: on two CPU cores a training step
+    # costs 0.18 s (Φ) + 0.36 s (Γ) for 32 persons, against 0.52 + 0.85 s at widths
+    # (16, 24, 32, 48) / (8, 12, 16, 24) with a full-resolution head, and the search is cheaper.
+    context_widths: tuple[int, ...] = (8, 12, 16, 24)
+    head_widths: tuple[int, ...] = (4, 8, 8, 12)
     context_blocks: int = 1
-    head_start_level: int = 0  # 1: Γ/Φ heads at half resolution (cheaper search, see scio_nets)
+    head_start_level: int = 1  # 1: Γ/Φ heads at half resolution (see models/scio_nets.py)
     gamma_feature_dropout: float = 0.3  # P(Γ sees no f for a sample), so it must use D
     phi_feature_dropout: float = 0.0
     passes: int = 2  # augmented passes over the training persons for the cached backbone outputs
@@ -167,6 +170,7 @@ SCIO_PRESETS: dict[str, ScioTrainConfig] = {
         context_widths=(32, 48, 64, 96),
         head_widths=(8, 16, 24, 32),
         context_blocks=2,
+        head_start_level=0,
         passes=1,
         epochs=40,
         batch_size=36,  # the paper's batch size

@@ -25,8 +25,8 @@ pytestmark = pytest.mark.skipif(
 )
 TINY_SCIO = replace(
     SCIO_PRESETS["cpu-small"],
-    context_widths=(8, 8),
-    head_widths=(4, 4),
+    context_widths=(8, 8, 8),
+    head_widths=(4, 4, 4),
     epochs=1,
     passes=1,
     batch_size=16,

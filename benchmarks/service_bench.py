@@ -1,0 +1,458 @@
+"""Service benchmarks on this machine (issue: inference service).
+
+    python benchmarks/service_bench.py [--bundle bundles/demo] [--quick]
+
+1. Per-stage latency of the pipeline for 1, 5 and 20 persons, refinement on and off.
+2. A load test of the real HTTP service (uvicorn subprocess): concurrency 1, 4, 16; p50/p99,
+   throughput, status codes (there must be no 5xx).
+3. End-to-end /pose latency for a one-person image against the sum of its model inference
+   times (detector + backbone + SCIO networks, timed on the same sessions): target <= 1.15x.
+4. Efficiency: HRNet-W32 256x192 on ONNX Runtime (CPU) as a fraction of this machine's measured
+   fp32 matrix-multiply rate (target >= 50%), and ONNX Runtime against PyTorch eager on the same
+   weights (target >= 1.5x faster).
+
+Writes benchmarks/results/service_bench.{json,md}. GPU numbers need a GPU machine; without one
+the report says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.bundle import load_bundle  # noqa: E402
+from service.pipeline import PosePipeline  # noqa: E402
+from service.results import PoseOptions  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def synth_image(persons: int, work: Path) -> tuple[np.ndarray, np.ndarray, bytes]:
+    """A synthetic image with about `persons` people, its ground-truth boxes, and its JPEG."""
+    from PIL import Image
+
+    from training.synth.generate import generate_dataset
+
+    d = work / f"bench-{persons}"
+    if not (d / "person_keypoints.json").exists():
+        lo = max(1, persons)
+        generate_dataset(d, images=8, seed=77 + persons, size=(640, 480), persons=(lo, lo))
+    ann = json.loads((d / "person_keypoints.json").read_text())
+    by_image: dict[int, list[list[float]]] = {}
+    for a in ann["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a["bbox"])
+    # the image with the most persons (crowded, truncated ones may have lost their annotation)
+    image_id = max(by_image, key=lambda k: len(by_image[k]))
+    im = next(i for i in ann["images"] if i["id"] == image_id)
+    path = d / "images" / im["file_name"]
+    xywh = np.array(by_image[image_id], dtype=np.float64)[:persons]
+    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    return rgb, boxes, path.read_bytes()
+
+
+def stage_latency(pipe: PosePipeline, work: Path, reps: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for n in (1, 5, 20):
+        img, boxes, _ = synth_image(n, work)
+        for refine in (False, True):
+            opts = PoseOptions(boxes=boxes, refine=refine)
+            pipe.estimate(img, opts)  # warm
+            runs = [pipe.estimate(img, opts).timings_ms for _ in range(reps)]
+            med = {k: float(np.median([r.get(k, 0.0) for r in runs])) for k in runs[0]}
+            med["persons"] = float(len(boxes))
+            out[f"{n} persons, refine {'on' if refine else 'off'}"] = med
+    return out
+
+
+def model_inference_ms(pipe: PosePipeline, img: np.ndarray, reps: int) -> dict[str, float]:
+    """The ONNX Runtime time alone of one request's models, on the pipeline's own sessions."""
+    from models.geometry import affine_matrices, box_to_center_scale, warp_affine
+    from models.preprocess import to_network_input
+    from service.detector import letterbox
+
+    times: dict[str, list[float]] = {"detector": [], "backbone": [], "scio": []}
+    det = pipe.detector
+    assert det is not None
+    padded, _, _ = letterbox(img, det.info.input_hw)
+    x_det = padded[None].astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
+    boxes, _ = det([img])[0]
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
+    c, s = box_to_center_scale(xywh, pipe.codec.input_hw[1] / pipe.codec.input_hw[0])
+    crops = warp_affine(img, affine_matrices(c, s, None, pipe.codec.input_hw), pipe.codec.input_hw)
+    x = to_network_input(crops, pipe.norm)
+    for _ in range(reps):
+        t = time.perf_counter()
+        det.model.run(**{det.model.input_names[0]: x_det})
+        times["detector"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        out = pipe.pose.run(image=x)
+        times["backbone"].append(time.perf_counter() - t)
+        if pipe.verifier is not None and len(x):
+            bp = pipe.backbone_pass([(img, PoseOptions(boxes=boxes))])
+            times["scio"].append(scio_network_seconds(pipe, bp))
+        del out
+    return {k: 1000 * float(np.median(v)) if v else 0.0 for k, v in times.items()}
+
+
+class _Timed:
+    """Wraps Γ or Φ and adds up the time spent inside their ONNX Runtime calls."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.seconds = 0.0
+
+    def _timed(self, fn: Any, *args: Any) -> Any:
+        t = time.perf_counter()
+        out = fn(*args)
+        self.seconds += time.perf_counter() - t
+        return out
+
+    def context(self, *args: Any) -> Any:
+        return self._timed(self.inner.context, *args)
+
+    def head(self, *args: Any) -> Any:
+        return self._timed(self.inner.head, *args)
+
+    def __call__(self, *args: Any) -> Any:
+        return self._timed(self.inner, *args)
+
+
+def scio_network_seconds(pipe: PosePipeline, bp: Any) -> float:
+    """The SCIO search of one pass, counting only its network calls (Γ context/head, Φ)."""
+    from models.scio_search import refine
+
+    gamma = _Timed(pipe.verifier)
+    phi = _Timed(pipe.predictor) if pipe.predictor is not None else None
+    refine(
+        bp.heatmaps,
+        bp.features,
+        bp.coords,
+        bp.scores,
+        pipe.spec.groups,
+        gamma,
+        pipe.scio_config,
+        phi=phi,
+        sigma=pipe.codec.sigma,
+    )
+    return gamma.seconds + (phi.seconds if phi is not None else 0.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def load_test(bundle: Path, jpeg: bytes, seconds: float, levels: tuple[int, ...]) -> dict[str, Any]:
+    import httpx
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "SCIO_BUNDLE": str(bundle),
+        "SCIO_PORT": str(port),
+        "SCIO_LOG_LEVEL": "warning",
+        "SCIO_MAX_QUEUE": "64",
+        "SCIO_DEVICE": "cpu",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("the service did not become ready")
+        out = {}
+        for c in levels:
+            out[f"concurrency {c}"] = asyncio.run(_hammer(base, jpeg, c, seconds))
+        return out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def _hammer(base: str, jpeg: bytes, concurrency: int, seconds: float) -> dict[str, Any]:
+    import httpx
+
+    lat: list[float] = []
+    codes: dict[int, int] = {}
+    stop = time.perf_counter() + seconds
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            r = await client.post(
+                f"{base}/pose", content=jpeg, headers={"content-type": "image/jpeg"}
+            )
+            lat.append(time.perf_counter() - t)
+            codes[r.status_code] = codes.get(r.status_code, 0) + 1
+
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(timeout=60) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    ok = [v for v in lat]
+    return {
+        "requests": len(lat),
+        "throughput_rps": len(lat) / wall,
+        "p50_ms": 1000 * float(np.percentile(ok, 50)),
+        "p99_ms": 1000 * float(np.percentile(ok, 99)),
+        "status": {str(k): v for k, v in sorted(codes.items())},
+        "server_errors": sum(v for k, v in codes.items() if k >= 500),
+    }
+
+
+def end_to_end(
+    bundle: Path, pipe: PosePipeline, img: np.ndarray, jpeg: bytes, reps: int
+) -> dict[str, Any]:
+    """Client-side /pose latency of a one-person image (sequential) against model time."""
+    import httpx
+
+    models = model_inference_ms(pipe, img, reps)
+    port = free_port()
+    env = {
+        **os.environ,
+        "SCIO_BUNDLE": str(bundle),
+        "SCIO_PORT": str(port),
+        "SCIO_LOG_LEVEL": "warning",
+        "SCIO_DEVICE": "cpu",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        with httpx.Client(timeout=60) as c:
+            for _ in range(3):
+                c.post(f"{base}/pose", content=jpeg, headers={"content-type": "image/jpeg"})
+            lat = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                r = c.post(f"{base}/pose", content=jpeg, headers={"content-type": "image/jpeg"})
+                lat.append(time.perf_counter() - t)
+                assert r.status_code == 200, r.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    e2e = 1000 * float(np.median(lat))
+    model_sum = sum(models.values())
+    return {
+        "end_to_end_ms": e2e,
+        "models_ms": models,
+        "models_sum_ms": model_sum,
+        "ratio": e2e / model_sum,
+    }
+
+
+def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b
+    t = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / t / 1e9
+
+
+def _timed(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def hrnet_w32_efficiency(reps: int) -> dict[str, Any]:
+    import onnxruntime as ort
+    import torch
+
+    from models.zoo import build_backbone, count_conv_macs, get_config
+    from training.onnx_export import export_backbone
+
+    model = build_backbone(get_config("hrnet_w32")).eval()
+    x = torch.randn(1, 3, 256, 192)
+    macs = count_conv_macs(model, lambda: model(x))
+    out: dict[str, Any] = {"gmacs": macs / 1e9, "gflops": 2 * macs / 1e9}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_backbone(model, Path(tmp) / "w32.onnx")
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for batch in (1, 8):
+            xb = np.random.default_rng(0).standard_normal((batch, 3, 256, 192)).astype(np.float32)
+            sess.run(None, {"image": xb})
+            t = min(_timed(lambda xb=xb: sess.run(None, {"image": xb})) for _ in range(reps))
+            out[f"ort_ms_per_image_b{batch}"] = 1000 * t / batch
+            with torch.no_grad():
+                tb = torch.from_numpy(xb)
+                model(tb)
+                tt = min(_timed(lambda tb=tb: model(tb)) for _ in range(max(2, reps // 2)))
+            out[f"torch_ms_per_image_b{batch}"] = 1000 * tt / batch
+    out["matmul_gflops"] = matmul_gflops()
+    for batch in (1, 8):
+        rate = out["gflops"] / (out[f"ort_ms_per_image_b{batch}"] / 1000)
+        out[f"ort_gflops_b{batch}"] = rate
+        out[f"fraction_of_matmul_b{batch}"] = rate / out["matmul_gflops"]
+        out[f"ort_speedup_over_torch_b{batch}"] = (
+            out[f"torch_ms_per_image_b{batch}"] / out[f"ort_ms_per_image_b{batch}"]
+        )
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "demo")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    reps = 3 if args.quick else 15
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    bundle = load_bundle(args.bundle)
+    pipe = PosePipeline(bundle, device="cpu")
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "command": " ".join(["python", *sys.argv]),
+        "bundle": f"{bundle.manifest.name} {bundle.manifest.version}",
+        "gpu": "not measured: no GPU in this environment",
+    }
+    report["stages"] = stage_latency(pipe, work, reps)
+    img1, _, jpeg1 = synth_image(1, work)
+    report["end_to_end"] = end_to_end(args.bundle, pipe, img1, jpeg1, reps)
+    _, _, jpeg5 = synth_image(5, work)
+    report["load"] = load_test(args.bundle, jpeg5, 5.0 if args.quick else 20.0, (1, 4, 16))
+    report["hrnet_w32"] = hrnet_w32_efficiency(3 if args.quick else 8)
+    report["targets"] = {
+        "end-to-end <= 1.15x model inference (1 person)": report["end_to_end"]["ratio"] <= 1.15,
+        "no 5xx under load": all(v["server_errors"] == 0 for v in report["load"].values()),
+        "HRNet-W32 ORT >= 50% of fp32 matmul rate (batch 8)": report["hrnet_w32"][
+            "fraction_of_matmul_b8"
+        ]
+        >= 0.5,
+        "ORT >= 1.5x PyTorch eager (batch 1)": report["hrnet_w32"]["ort_speedup_over_torch_b1"]
+        >= 1.5,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "service_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = markdown(report)
+    (RESULTS / "service_bench.md").write_text(md)
+    print(md)
+    return 0
+
+
+def markdown(r: dict[str, Any]) -> str:
+    L = [
+        "# Service benchmarks",
+        "",
+        f"Command: `{r['command']}`  ",
+        f"Machine: {r['machine']}  ",
+        f"Bundle: {r['bundle']}. GPU: {r['gpu']}.",
+        "",
+        "## Pipeline stages (median ms)",
+        "",
+    ]
+    keys = sorted({k for v in r["stages"].values() for k in v if k.endswith("_ms")})
+    L += ["| | " + " | ".join(k[:-3] for k in keys) + " |", "|---|" + "---|" * len(keys)]
+    L += [
+        f"| {name} | " + " | ".join(f"{v.get(k, 0):.1f}" for k in keys) + " |"
+        for name, v in r["stages"].items()
+    ]
+    e = r["end_to_end"]
+    L += [
+        "",
+        "## End to end, one person",
+        "",
+        f"/pose {e['end_to_end_ms']:.1f} ms (client side, sequential) against model inference "
+        f"{e['models_sum_ms']:.1f} ms ("
+        + ", ".join(f"{k} {v:.1f}" for k, v in e["models_ms"].items())
+        + f"): ratio {e['ratio']:.2f}",
+        "",
+        "## Load test (5-person image)",
+        "",
+        "| | requests | req/s | p50 ms | p99 ms | status |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in r["load"].items():
+        L.append(
+            f"| {name} | {v['requests']} | {v['throughput_rps']:.1f} | {v['p50_ms']:.0f} | "
+            f"{v['p99_ms']:.0f} | {v['status']} |"
+        )
+    h = r["hrnet_w32"]
+    L += [
+        "",
+        "## HRNet-W32 256x192 on the CPU",
+        "",
+        f"{h['gflops']:.1f} GFLOP per image. fp32 matmul (numpy, 2048^2): "
+        f"{h['matmul_gflops']:.0f} GFLOP/s.",
+        "",
+        "| batch | ORT ms/image | ORT GFLOP/s | share of matmul rate | torch eager ms/image "
+        "| ORT speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for b in (1, 8):
+        L.append(
+            f"| {b} | {h[f'ort_ms_per_image_b{b}']:.1f} | {h[f'ort_gflops_b{b}']:.1f} | "
+            f"{h[f'fraction_of_matmul_b{b}']:.0%} | {h[f'torch_ms_per_image_b{b}']:.1f} | "
+            f"{h[f'ort_speedup_over_torch_b{b}']:.2f}x |"
+        )
+    L += ["", "## Targets", ""] + [
+        f"- {'met' if ok else 'MISSED'}: {k}" for k, ok in r["targets"].items()
+    ]
+    return "\n".join(L) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""End to end through the real app, the real pipeline and the bundled demo models.
+
+The demo models were trained on synthetic people, so on synthetic images they must find and pose
+people well enough (an accuracy floor catches a broken colour order, crop or decoder); on the
+real COCO photos only the response's shape and validity are checked.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from models.bundle import load_bundle
+from service.app import create_app
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "bundles" / "demo"
+MINI = ROOT.parent / "shared" / "data" / "coco-val-mini"
+pytestmark = pytest.mark.skipif(not (DEMO / "bundle.json").exists(), reason="no bundles/demo")
+
+
+@pytest.fixture(scope="module")
+def client() -> Any:
+    app = create_app(Settings(bundle=DEMO, device="cpu"))
+    with TestClient(app) as c:
+        for _ in range(600):
+            if c.get("/health/ready").status_code == 200:
+                break
+            import time
+
+            time.sleep(0.05)
+        assert c.get("/health/ready").status_code == 200
+        yield c
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.synth.generate import generate_dataset
+
+    d = tmp_path_factory.mktemp("synth")
+    generate_dataset(d, images=6, seed=4242, size=(256, 256), persons=(1, 2))
+    return d
+
+
+def _oks(pred: np.ndarray, gt: np.ndarray, area: float, sigmas: np.ndarray) -> float:
+    vis = gt[:, 2] > 0
+    d2 = ((pred[:, :2] - gt[:, :2]) ** 2).sum(1)
+    e = d2 / (2 * sigmas) ** 2 / (area + np.spacing(1)) / 2
+    return float(np.exp(-e)[vis].mean())
+
+
+def test_the_demo_models_pose_synthetic_people(client: Any, synthetic: Path) -> None:
+    ann = json.loads((synthetic / "person_keypoints.json").read_text())
+    sigmas = load_bundle(DEMO).manifest.spec.sigmas_array
+    scores = []
+    for im in ann["images"]:
+        gts = [
+            a for a in ann["annotations"] if a["image_id"] == im["id"] and a["num_keypoints"] >= 8
+        ]
+        if not gts:
+            continue
+        body = (synthetic / "images" / im["file_name"]).read_bytes()
+        r = client.post("/pose", content=body, headers={"content-type": "image/jpeg"})
+        assert r.status_code == 200, r.text
+        persons = r.json()["persons"]
+        for g in gts:
+            gt = np.array(g["keypoints"], dtype=float).reshape(17, 3)
+            best = max(
+                (_oks(np.array(p["keypoints"]), gt, g["area"], sigmas) for p in persons),
+                default=0.0,
+            )
+            scores.append(best)
+    assert len(scores) >= 4
+    assert float(np.mean(scores)) > 0.5, scores  # the detector finds them, the pose fits
+
+
+def test_refinement_toggle_on_the_demo_bundle(client: Any, synthetic: Path) -> None:
+    body = next((synthetic / "images").iterdir()).read_bytes()
+    on = client.post("/pose?refine=true", content=body, headers={"content-type": "image/jpeg"})
+    off = client.post("/pose?refine=false", content=body, headers={"content-type": "image/jpeg"})
+    assert on.status_code == off.status_code == 200
+    assert on.json()["refined"] is True
+    assert off.json()["refined"] is False
+    assert all(p["refinements"] == [] for p in off.json()["persons"])
+    assert client.get("/info").json()["refine_available"] is True
+
+
+def test_real_photos_give_valid_responses(client: Any) -> None:
+    if not (MINI / "images").exists():
+        pytest.skip("no ../shared/data/coco-val-mini")
+    for path in sorted((MINI / "images").glob("*.jpg"))[:5]:
+        with Image.open(path) as im:
+            w, h = im.size
+        r = client.post("/pose", files={"image": (path.name, path.read_bytes(), "image/jpeg")})
+        assert r.status_code == 200, r.text
+        data = r.json()
+        assert (data["width"], data["height"]) == (w, h)
+        for p in data["persons"]:
+            kp = np.array(p["keypoints"])
+            assert kp.shape == (17, 3)
+            assert np.isfinite(kp).all()
+            assert kp[:, 0].min() >= 0
+            assert kp[:, 0].max() <= w - 1
+            assert kp[:, 1].min() >= 0
+            assert kp[:, 1].max() <= h - 1
+
+
+def test_render_returns_a_png_of_the_image(client: Any, synthetic: Path) -> None:
+    body = next((synthetic / "images").iterdir()).read_bytes()
+    r = client.post("/pose/render", content=body, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (256, 256)
