@@ -159,6 +159,11 @@ class ScioTrainConfig:
     lr: float = 1e-3
     rank_weight: float = 1.0  # λ
     rank_margin: float = 0.1  # m: wanted loss gap at |δ| = 4 px (L2 norm units)
+    # Listwise term: the search's own decision (argmin over a lattice around an estimate),
+    # trained as a softmax over -s/τ against a target peaked at the candidates nearest the truth.
+    listwise_weight: float = 0.0
+    listwise_jitter: float = 1.5  # std of the start around the truth, heatmap px
+    listwise_tau: float = 0.05  # temperature of the loss differences
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     groups: str = "design"  # "design": DESIGN.md's table; "proximal": A = the torso joint

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 from models.checkpoint import atomic_save, read_checkpoint, save_checkpoint
 from models.keypoints import KeypointSpec, get_spec, proximal_groups
 from models.scio_nets import ScioNet, ScioNetConfig
+from models.scio_search import grid_offsets
 from models.zoo import Backbone, build_backbone
 from training.config import BackboneTrainConfig, ScioTrainConfig, from_dict, to_plain
 from training.data.coco import CocoKeypoints
@@ -207,7 +208,38 @@ def gamma_step(
         rank = rank + torch.relu(cfg.rank_margin * radius / 4 + s_true - s_off).mean()
     rank = rank / len(DISPLACEMENTS)
     loss = sq(pred_a, b.gt_a) + sq(forward_d, b.gt_d) + sq(true_a, b.gt_a) + cfg.rank_weight * rank
-    return loss, {"rank": rank.item()}
+    stats = {"rank": rank.item()}
+    if cfg.listwise_weight > 0:
+        lw = listwise(gamma, ctx, b, cfg, sigma, gen)
+        loss = loss + cfg.listwise_weight * lw
+        stats["listwise"] = lw.item()
+    return loss, stats
+
+
+LATTICE = torch.as_tensor(grid_offsets(2.0, 1.0), dtype=torch.float32)  # the default grid search
+
+
+def listwise(
+    gamma: ScioNet,
+    ctx: tuple[Tensor, ...],
+    b: GroupBatch,
+    cfg: ScioTrainConfig,
+    sigma: float,
+    gen: torch.Generator,
+) -> Tensor:
+    """Cross-entropy of the search's choice: candidates on the search lattice around a start
+    jittered off the truth; target = softmax(-d²/(2·0.5²)) of their distance to the truth,
+    prediction = softmax(-s/τ) of their self-constraint losses."""
+    h, w = b.hb.shape[-2], b.hb.shape[-1]
+    r, c = len(b.xd), len(LATTICE)
+    start = b.xd + torch.randn(r, 2, generator=gen) * cfg.listwise_jitter
+    cand = start[:, None, :] + LATTICE[None]  # (R, C, 2)
+    cand = torch.stack([cand[..., 0].clamp(0, w - 1), cand[..., 1].clamp(0, h - 1)], -1)
+    rows = torch.arange(r).repeat_interleave(c)
+    pred = gamma.head(ctx, render(cand.reshape(-1, 2), (h, w), sigma), rows)
+    s = constraint_loss(b.ha[rows], pred).reshape(r, c)
+    target = torch.softmax(-((cand - b.xd[:, None]) ** 2).sum(-1) / (2 * 0.5**2), dim=1)
+    return -(target * torch.log_softmax(-s / cfg.listwise_tau, dim=1)).sum(1).mean()
 
 
 @torch.no_grad()
@@ -380,7 +412,7 @@ def _epoch(
     gamma.train()
     order = torch.randperm(len(data), generator=gen)
     steps = len(order) // cfg.batch_size
-    sums = {"phi": 0.0, "gamma": 0.0, "rank": 0.0}
+    sums = {"phi": 0.0, "gamma": 0.0, "rank": 0.0, "listwise": 0.0}
     counts = {"phi": 0, "gamma": 0}
     bar = progress(range(steps), desc=f"scio epoch {epoch + 1}/{cfg.epochs}")
     for step in bar:
@@ -407,6 +439,7 @@ def _epoch(
             phi.requires_grad_(True)
             sums["gamma"] += loss.item()
             sums["rank"] += extra["rank"]
+            sums["listwise"] += extra.get("listwise", 0.0)
             counts["gamma"] += 1
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"SCIO loss became {loss.item()} at epoch {epoch + 1}")
@@ -418,6 +451,7 @@ def _epoch(
         "phi_loss": sums["phi"] / max(counts["phi"], 1),
         "gamma_loss": sums["gamma"] / max(counts["gamma"], 1),
         "rank_loss": sums["rank"] / max(counts["gamma"], 1),
+        "listwise_loss": sums["listwise"] / max(counts["gamma"], 1),
     }
 
 

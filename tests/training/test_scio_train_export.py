@@ -205,3 +205,39 @@ def test_variants_on_one_backbone_pass_equal_separate_evaluations(runs, tmp_path
         assert together[mode]["stats"] == alone["stats"], mode
         assert together[mode]["keypoint_accuracy"] == alone["keypoint_accuracy"], mode
     assert together["scl"]["scio"]["accepted"] == 0  # SCL: Φ's prior only, no search moves
+
+
+def test_listwise_term_prefers_a_landscape_centred_on_the_truth() -> None:
+    from models.scio_nets import ScioNetConfig
+    from training.train_scio import GroupBatch, listwise
+
+    hw, sigma = (16, 12), 1.0
+    xd = torch.tensor([[6.0, 8.0], [5.0, 7.0]])
+
+    class Fake:
+        """Γ whose prediction is G(candidate + shift): its loss against H_A = G(xd) is
+        smallest at xd - shift."""
+
+        def __init__(self, shift: float) -> None:
+            self.shift = torch.tensor([shift, 0.0])
+            self.config = ScioNetConfig(feature_channels=1)
+
+        def head(self, ctx, h3, rows):
+            ys, xs = torch.meshgrid(torch.arange(hw[0]), torch.arange(hw[1]), indexing="ij")
+            m = h3[:, 0]
+            c = (
+                torch.stack([(m * xs).sum((1, 2)), (m * ys).sum((1, 2))], 1)
+                / m.sum((1, 2))[:, None]
+            )
+            return render(c + self.shift, hw, sigma)
+
+    ha = render(xd, hw, sigma)
+    z = torch.zeros(2, 1, *hw)
+    b = GroupBatch(
+        z, z, ha, z, torch.zeros(2, 1, *hw), torch.zeros(2, dtype=torch.long), ha, ha, xd
+    )
+    cfg = replace(TINY_SCIO, listwise_weight=1.0, listwise_jitter=0.5)
+    centred = listwise(Fake(0.0), None, b, cfg, sigma, torch.Generator().manual_seed(0))
+    shifted = listwise(Fake(1.5), None, b, cfg, sigma, torch.Generator().manual_seed(0))
+    assert torch.isfinite(centred)
+    assert centred < shifted
