@@ -79,7 +79,9 @@ def test_the_demo_models_pose_synthetic_people(client: Any, synthetic: Path) -> 
             )
             scores.append(best)
     assert len(scores) >= 4
-    assert float(np.mean(scores)) > 0.5, scores  # the detector finds them, the pose fits
+    # Measured on these 6 images (8 people): the demo bundle 0.46; the same bundle told to feed
+    # BGR 0.32, with mean 0 / std 1 normalisation 0.19. The floor sits between working and broken.
+    assert float(np.mean(scores)) > 0.4, scores
 
 
 def test_refinement_toggle_on_the_demo_bundle(client: Any, synthetic: Path) -> None:
