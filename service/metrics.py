@@ -63,7 +63,8 @@ class Metrics:
         )
         self.scio_displacement = Histogram(
             "scio_pose_scio_displacement_pixels",
-            "Distance of accepted SCIO moves (image px)",
+            "Distance SCIO moved each examined keypoint from the backbone's position (image px;"
+            " the SCL prior moves keypoints even when the search's own move is not kept)",
             buckets=_PIXELS,
             registry=r,
         )
@@ -91,9 +92,9 @@ class Metrics:
             for ref in person.refinements:
                 self._examined += 1
                 self.scio_keypoints.labels(str(ref.accepted).lower()).inc()
+                self.scio_displacement.observe(ref.displacement_px)
                 if ref.accepted:
                     self._accepted += 1
-                    self.scio_displacement.observe(ref.displacement_px)
 
     def count_error(self, status: int, code: str) -> None:
         if 400 <= status < 500 or status in (503, 504):

@@ -36,7 +36,8 @@ class RefinedKeypoint:
     group: str  # the structural group whose verifier scored it
     displacement_px: float  # distance from the backbone's own position, in image pixels
     # (the SCL prior may move D even when the search's own move is not accepted)
-    loss_before: float  # self-constraint loss at the backbone's position (verification score)
+    loss_before: float  # self-constraint loss where the search started: the SCL prior's position,
+    # or the backbone's when the prior is the backbone (the verification score)
     loss_after: float  # loss at the returned position
     accepted: bool  # whether the search's move was kept
 

@@ -69,10 +69,14 @@ class Refinement(BaseModel):
     keypoint: int = Field(description="index in keypoint_names")
     name: str
     group: str = Field(description="SCIO structural group whose verifier scored it")
-    displacement_px: float = Field(description="how far it moved (0 when not accepted)")
-    loss_before: float = Field(description="self-constraint loss at the backbone's position")
+    displacement_px: float = Field(
+        description="distance from the backbone's position to the returned one, in image pixels"
+    )
+    loss_before: float = Field(
+        description="self-constraint loss where the search started (the SCL prior's position)"
+    )
     loss_after: float = Field(description="self-constraint loss at the returned position")
-    accepted: bool
+    accepted: bool = Field(description="whether the search's own move was kept")
 
 
 class Person(BaseModel):

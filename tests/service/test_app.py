@@ -193,7 +193,7 @@ def test_metrics_report_requests_stages_batches_and_scio() -> None:
         'scio_pose_scio_keypoints_total{accepted="true"} 6.0',
         'scio_pose_scio_keypoints_total{accepted="false"} 6.0',
         "scio_pose_scio_acceptance_ratio 0.5",
-        "scio_pose_scio_displacement_pixels_count 6.0",
+        "scio_pose_scio_displacement_pixels_count 12.0",  # every examined keypoint
     ]
     missing = [line for line in expected if line not in text]
     assert not missing, missing
