@@ -1,0 +1,1 @@
+"""Benchmark scripts; each is run as `python benchmarks/NAME.py` and writes benchmarks/results/."""
