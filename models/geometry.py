@@ -188,14 +188,21 @@ def resize_bilinear(
 
     x0, x1, fx = axis(w, W)
     y0, y1, fy = axis(h, H)
-    f = img.astype(np.float32)
-    rows = f[:, x0] * (1 - fx[None, :, None]).astype(np.float32) + f[:, x1] * fx[
-        None, :, None
-    ].astype(np.float32)  # (H, w, C)
-    out = rows[y0] * (1 - fy[:, None, None]).astype(np.float32) + rows[y1] * fy[
-        :, None, None
-    ].astype(np.float32)  # (h, w, C)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    # Only the source rows the output reads, and of them only the columns it reads (a large
+    # photo letterboxed for the detector reads a small fraction of its pixels).
+    cols = img[:, :, None] if img.ndim == 2 else img
+    fx3 = fx.astype(np.float32)[None, :, None]
+    fy3 = fy.astype(np.float32)[:, None, None]
+
+    def horizontal(r: npt.NDArray[np.intp]) -> npt.NDArray[np.float32]:
+        sel = cols[r]  # (h, W, C)
+        left = sel[:, x0].astype(np.float32)
+        right = sel[:, x1].astype(np.float32)
+        return left + fx3 * (right - left)  # (h, w, C)
+
+    top, bottom = horizontal(y0), horizontal(y1)
+    out = np.clip(np.rint(top + fy3 * (bottom - top)), 0, 255).astype(np.uint8)
+    return out.reshape(h, w, *img.shape[2:])
 
 
 def _invert_affine(m: F64) -> F64:

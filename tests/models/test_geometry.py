@@ -172,6 +172,19 @@ def test_resize_bilinear_matches_opencv(out_hw) -> None:
     assert diff.max() <= 1, diff.max()  # OpenCV's fixed-point weights round differently
 
 
+def test_resize_bilinear_matches_opencv_at_random_sizes_and_for_grey() -> None:
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        H, W, h, w = (int(v) for v in rng.integers(2, 300, 4))
+        for shape in ((H, W, 3), (H, W)):
+            img = rng.integers(0, 256, shape, dtype=np.uint8)
+            ours = resize_bilinear(img, (h, w))
+            ref = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+            assert ours.shape == ref.shape
+            assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
+
+
 def test_flip_keypoints_mirrors_and_swaps() -> None:
     kp = np.zeros((17, 3))
     kp[5] = [10, 20, 2]  # left shoulder
