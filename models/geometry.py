@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 PIXEL_STD = 200.0
 PADDING = 1.25
@@ -114,9 +115,9 @@ def warp_affine(
 
     image: (H, W, C) uint8, C <= 4; matrices: (N, 2, 3) image -> crop. Returns (N, h, w, C)
     uint8. Samples that fall partly outside the image blend with the zero border, as OpenCV
-    does. Each crop reads only the window of the image its samples touch, with two zero pixels
-    around it, so the taps need no bounds checks and a large photo is not copied for a small
-    person; a pixel's channels are packed in one uint32, so each tap is one gather.
+    does. A crop that reads a small window of the image copies that window with two zero pixels
+    around it, channels packed in one uint32, so each of the four taps is one gather with no
+    bounds checks; a crop that shrinks a large region reads its taps straight from the image.
     """
     img = np.asarray(image)
     if img.ndim == 2:
@@ -135,33 +136,69 @@ def warp_affine(
         sy = (a[1, 0] * gx + a[1, 1] * gy + a[1, 2]).astype(np.float32)
         x0f = np.floor(sx)
         y0f = np.floor(sy)
+        fx = sx - x0f
+        fy = sy - y0f
         # the window the taps fall in, two zero pixels beyond the image on each side
         x_lo = int(np.clip(x0f.min(), -2, W))
         x_hi = max(int(np.clip(x0f.max() + 2, -2, W + 2)), x_lo + 2)
         y_lo = int(np.clip(y0f.min(), -2, H))
         y_hi = max(int(np.clip(y0f.max() + 2, -2, H + 2)), y_lo + 2)
-        win = np.zeros((y_hi - y_lo, x_hi - x_lo, 4), np.uint8)
-        ys, ye, xs, xe = max(y_lo, 0), min(y_hi, H), max(x_lo, 0), min(x_hi, W)
-        if ys < ye and xs < xe:
-            win[ys - y_lo : ye - y_lo, xs - x_lo : xe - x_lo, :C] = img[ys:ye, xs:xe]
-        ww = win.shape[1]
-        flat = win.view(np.uint32).reshape(-1)
-        # a tap outside the window is more than a pixel outside the image: its sample is zero
-        inside = (x0f >= x_lo) & (x0f <= x_hi - 2) & (y0f >= y_lo) & (y0f <= y_hi - 2)
-        x0 = np.clip(x0f, x_lo, x_hi - 2).astype(np.intp) - x_lo
-        y0 = np.clip(y0f, y_lo, y_hi - 2).astype(np.intp) - y_lo
-        fx = sx - x0f
-        fy = sy - y0f
-        base = y0 * ww + x0
-        taps = [flat[base], flat[base + 1], flat[base + ww], flat[base + ww + 1]]
-        little = np.little_endian
-        for k in range(C):
-            shift = np.uint32(8 * (k if little else 3 - k))
-            p00, p01, p10, p11 = (((t >> shift) & 0xFF).astype(np.float32) for t in taps)
+        if (x_hi - x_lo) * (y_hi - y_lo) <= 4 * out_h * out_w:
+            planes = _taps_from_window(img, x0f, y0f, (x_lo, x_hi, y_lo, y_hi))
+        else:
+            planes = _taps_from_image(img, x0f, y0f)
+        for k, (p00, p01, p10, p11) in enumerate(planes):
             top = p00 + fx * (p01 - p00)
             v = top + fy * (p10 + fx * (p11 - p10) - top)
-            v *= inside
             out[i, :, :, k] = np.clip(np.rint(v), 0, 255)
+    return out
+
+
+_Taps = list[tuple[F32, F32, F32, F32]]  # per channel: the four taps, zero outside the image
+
+
+def _taps_from_window(
+    img: npt.NDArray[np.uint8], x0f: F32, y0f: F32, box: tuple[int, int, int, int]
+) -> _Taps:
+    H, W, C = img.shape
+    x_lo, x_hi, y_lo, y_hi = box
+    win = np.zeros((y_hi - y_lo, x_hi - x_lo, 4), np.uint8)
+    ys, ye, xs, xe = max(y_lo, 0), min(y_hi, H), max(x_lo, 0), min(x_hi, W)
+    if ys < ye and xs < xe:
+        win[ys - y_lo : ye - y_lo, xs - x_lo : xe - x_lo, :C] = img[ys:ye, xs:xe]
+    ww = win.shape[1]
+    flat = win.view(np.uint32).reshape(-1)
+    # a tap outside the window is more than a pixel outside the image: its sample is zero
+    inside = (x0f >= x_lo) & (x0f <= x_hi - 2) & (y0f >= y_lo) & (y0f <= y_hi - 2)
+    x0 = np.clip(x0f, x_lo, x_hi - 2).astype(np.intp) - x_lo
+    y0 = np.clip(y0f, y_lo, y_hi - 2).astype(np.intp) - y_lo
+    base = y0 * ww + x0
+    taps = [flat[base], flat[base + 1], flat[base + ww], flat[base + ww + 1]]
+    for t in taps:
+        t *= inside
+    out: _Taps = []
+    for k in range(C):
+        shift = np.uint32(8 * (k if np.little_endian else 3 - k))
+        p00, p01, p10, p11 = (((t >> shift) & 0xFF).astype(np.float32) for t in taps)
+        out.append((p00, p01, p10, p11))
+    return out
+
+
+def _taps_from_image(img: npt.NDArray[np.uint8], x0f: F32, y0f: F32) -> _Taps:
+    H, W, C = img.shape
+    flat = img.reshape(H * W, C)
+    x0 = x0f.astype(np.intp)
+    y0 = y0f.astype(np.intp)
+    taps = []
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        x, y = x0 + dx, y0 + dy
+        ok = (x >= 0) & (x < W) & (y >= 0) & (y < H)
+        px = flat[np.clip(y, 0, H - 1) * W + np.clip(x, 0, W - 1)]  # (h, w, C)
+        taps.append(px * ok[..., None])
+    out: _Taps = []
+    for k in range(C):
+        p = [t[..., k].astype(np.float32) for t in taps]
+        out.append((p[0], p[1], p[2], p[3]))
     return out
 
 

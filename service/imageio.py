@@ -128,8 +128,8 @@ def decode_image(data: bytes, *, allowed: frozenset[str], max_pixels: int) -> RG
     try:
         im.seek(0)
         im.load()
-        oriented = ImageOps.exif_transpose(im)
-        return to_rgb(oriented)
+        ImageOps.exif_transpose(im, in_place=True)  # no copy when there is nothing to turn
+        return to_rgb(im)
     except Image.DecompressionBombError as e:
         raise ApiError(413, "too_many_pixels", f"image too large: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
