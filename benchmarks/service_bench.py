@@ -6,7 +6,9 @@
 2. A load test of the real HTTP service (uvicorn subprocess): concurrency 1, 4, 16; p50/p99,
    throughput, status codes (there must be no 5xx).
 3. End-to-end /pose latency for a one-person image against the sum of its model inference
-   times (detector + backbone + SCIO networks, timed on the same sessions): target <= 1.15x.
+   times (detector + backbone + SCIO networks, timed on the same sessions): target <= 1.15x;
+   on the demo bundle, on the same image as a 12-megapixel photo, and on an HRNet-W32-sized
+   bundle (untrained weights, built here) to see the overhead next to a real backbone.
 4. Efficiency: HRNet-W32 256x192 on ONNX Runtime (CPU) as a fraction of this machine's measured
    fp32 matrix-multiply rate (target >= 50%), and ONNX Runtime against PyTorch eager on the same
    weights (target >= 1.5x faster).
