@@ -252,13 +252,18 @@ async def _hammer(base: str, jpeg: bytes, concurrency: int, seconds: float) -> d
 
 
 def end_to_end(
-    bundle: Path, pipe: PosePipeline, img: np.ndarray, jpeg: bytes, reps: int
+    bundle: Path,
+    pipe: PosePipeline,
+    img: np.ndarray,
+    jpeg: bytes,
+    reps: int,
+    **settings: str,
 ) -> dict[str, Any]:
     """Client-side /pose latency of a one-person image (sequential) against model time."""
     import httpx
 
     models = model_inference_ms(pipe, img, reps)
-    with running_service(bundle) as base, httpx.Client(timeout=60) as c:
+    with running_service(bundle, **settings) as base, httpx.Client(timeout=60) as c:
         for _ in range(3):
             c.post(f"{base}/pose", content=jpeg, headers={"content-type": "image/jpeg"})
         lat = []
@@ -425,6 +430,9 @@ def main() -> int:
     report["end_to_end"] = end_to_end(args.bundle, pipe, img1, jpeg1, reps)
     img_big, jpeg_big = photo_sized(img1)
     report["end_to_end_photo"] = end_to_end(args.bundle, pipe, img_big, jpeg_big, reps)
+    report["end_to_end_photo_shrunk"] = end_to_end(
+        args.bundle, pipe, img_big, jpeg_big, reps, SCIO_DECODE_MAX_SIDE="2000"
+    )
     w32 = w32_bundle(work, args.bundle)
     report["end_to_end_w32"] = end_to_end(
         w32, PosePipeline(load_bundle(w32), device="cpu"), img1, jpeg1, reps
@@ -476,6 +484,7 @@ def markdown(r: dict[str, Any]) -> str:
     for key, what in (
         ("end_to_end", "demo bundle"),
         ("end_to_end_photo", "demo bundle, the same image scaled to a 12-megapixel photo"),
+        ("end_to_end_photo_shrunk", "the same photo with SCIO_DECODE_MAX_SIDE=2000"),
         ("end_to_end_w32", "HRNet-W32 256x192 with untrained weights, the demo detector, no SCIO"),
     ):
         e = r[key]

@@ -20,6 +20,7 @@ import io
 import logging
 import struct
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 RGB = npt.NDArray[np.uint8]
 
 # Pillow plugin name for each allowed format.
+_ORIENTATION = 0x0112  # EXIF tag
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF"}
 
 # Formats we recognise only to name them in the 415 message; none of them is ever decoded.
@@ -123,13 +125,38 @@ def open_checked(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
 
 def decode_image(data: bytes, *, allowed: frozenset[str], max_pixels: int) -> RGB:
     """Untrusted bytes -> RGB uint8 (H, W, 3), EXIF-oriented, first frame."""
+    return decode_image_scaled(data, allowed=allowed, max_pixels=max_pixels).rgb
+
+
+@dataclass(frozen=True)
+class Decoded:
+    rgb: RGB  # what was decoded, EXIF-oriented
+    scale: int  # 1, or the JPEG decoder's 2, 4 or 8: original pixel = (decoded + 0.5) * s - 0.5
+    original_hw: tuple[int, int]  # the image's own size, EXIF-oriented
+
+
+def decode_image_scaled(
+    data: bytes, *, allowed: frozenset[str], max_pixels: int, max_side: int = 0
+) -> Decoded:
+    """`decode_image`, except that with `max_side` > 0 a large JPEG is decoded at 1/2, 1/4 or
+    1/8 of its size by the decoder itself (DCT scaling), keeping its long side >= `max_side`."""
     fmt = check_format(data, allowed)
     im = open_checked(data, fmt, max_pixels)
     try:
         im.seek(0)
+        w, h = im.size
+        scale = 1
+        if max_side > 0 and fmt == "jpeg":
+            s = next((s for s in (8, 4, 2) if max(w, h) // s >= max_side), 1)
+            if s > 1:
+                drafted = im.draft("RGB" if im.mode == "RGB" else None, (w // s, h // s))
+                if drafted is not None:
+                    scale = round(w / drafted[1][2])
         im.load()
+        if im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):  # a quarter turn swaps the sides
+            w, h = h, w
         ImageOps.exif_transpose(im, in_place=True)  # no copy when there is nothing to turn
-        return to_rgb(im)
+        return Decoded(to_rgb(im), scale, (h, w))
     except Image.DecompressionBombError as e:
         raise ApiError(413, "too_many_pixels", f"image too large: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:

@@ -8,7 +8,7 @@ Coordinates are image pixels of the decoded (EXIF-rotated) image; boxes are [x1,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -77,3 +77,23 @@ class PoseEstimator(Protocol):
     ) -> list[PoseResult]:
         """All images in one pass (one backbone call for all their persons)."""
         ...
+
+
+def to_original_pixels(result: PoseResult, scale: int, original_hw: tuple[int, int]) -> PoseResult:
+    """A result on an image the JPEG decoder shrank by `scale` (block averages of scale x scale
+    pixels), in the original image's pixels: x = (x' + 0.5) * scale - 0.5; distances * scale."""
+    if scale == 1:
+        return result
+
+    def point(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        out: npt.NDArray[np.float64] = (v + 0.5) * scale - 0.5
+        return out
+
+    persons = []
+    for p in result.persons:
+        kps = np.array(p.keypoints, dtype=np.float64)
+        kps[:, :2] = point(kps[:, :2])
+        refs = [replace(r, displacement_px=r.displacement_px * scale) for r in p.refinements]
+        bbox = point(np.asarray(p.bbox, dtype=np.float64))
+        persons.append(PersonPose(bbox, p.bbox_score, p.score, kps, refs))
+    return PoseResult(original_hw, persons, result.refined, dict(result.timings_ms))

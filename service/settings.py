@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     max_pixels: Annotated[int, Field(gt=0)] = 40_000_000  # width x height, from the header -> 413
     # comma-separated in the environment: SCIO_ALLOWED_FORMATS=jpeg,png,webp,gif
     allowed_formats: Annotated[frozenset[str], NoDecode] = frozenset({"jpeg", "png", "webp"})
+    # 0 = decode every image at full size. N > 0: a JPEG whose long side is at least twice N is
+    # decoded at 1/2, 1/4 or 1/8 size (in the DCT, several times faster) keeping the long side
+    # >= N; /pose still answers in the original pixels. Small people lose detail: opt-in.
+    decode_max_side: Annotated[int, Field(ge=0)] = 0
 
     # load: see service.limits
     max_concurrency: Annotated[int, Field(ge=1)] = 2  # pipeline calls in flight at once

@@ -14,12 +14,18 @@ from fastapi.responses import Response
 
 from service.deps import EstimatorDep, MetricsDep, RunnerDep, SettingsDep
 from service.errors import ApiError
-from service.imageio import decode_image
+from service.imageio import decode_image_scaled
 from service.limits import PipelineRunner
 from service.metrics import Metrics
 from service.render import render_png
 from service.respond import checked_persons, coco_results, pose_response
-from service.results import PersonPose, PoseEstimator, PoseOptions, PoseResult
+from service.results import (
+    PersonPose,
+    PoseEstimator,
+    PoseOptions,
+    PoseResult,
+    to_original_pixels,
+)
 from service.schemas import CocoResult, PoseParams, PoseResponse, error_responses, parse_boxes
 from service.settings import Settings
 from service.upload import read_image_bytes
@@ -97,7 +103,8 @@ async def pose_render(
     runner: RunnerDep,
     metrics: MetricsDep,
 ) -> Response:
-    posed = await _estimate(request, params, settings, estimator, runner, metrics)
+    # drawn on the full-size image, so never decoded shrunk
+    posed = await _estimate(request, params, settings, estimator, runner, metrics, shrink=False)
     png = await asyncio.to_thread(render_png, posed.image, posed.persons, estimator.spec)
     return Response(png, media_type="image/png")
 
@@ -109,29 +116,40 @@ async def _estimate(
     estimator: PoseEstimator,
     runner: PipelineRunner,
     metrics: Metrics,
+    shrink: bool = True,
 ) -> _Posed:
     start = time.perf_counter()
     async with runner.admit() as ticket:  # 503 when full; 504 past the deadline
         data = await read_image_bytes(request, settings.max_upload_bytes)
         t = time.perf_counter()
-        image = await asyncio.to_thread(
-            decode_image, data, allowed=settings.allowed_formats, max_pixels=settings.max_pixels
+        decoded = await asyncio.to_thread(
+            decode_image_scaled,
+            data,
+            allowed=settings.allowed_formats,
+            max_pixels=settings.max_pixels,
+            max_side=settings.decode_max_side if shrink else 0,
         )
+        image = decoded.rgb
         own = {"decode_ms": (time.perf_counter() - t) * 1000.0}
-        result, own["queue_ms"] = await runner.run(
-            ticket, estimator, image, _options(params, image)
-        )
+        options = _options(params, decoded.original_hw, decoded.scale)
+        result, own["queue_ms"] = await runner.run(ticket, estimator, image, options)
+    result = to_original_pixels(result, decoded.scale, decoded.original_hw)
     persons = checked_persons(result, estimator.spec)
     metrics.observe_result(result, own)
     total = {"total_ms": (time.perf_counter() - start) * 1000.0}
     return _Posed(image, result, persons, {**result.timings_ms, **own, **total})
 
 
-def _options(params: PoseParams, image: npt.NDArray[np.uint8]) -> PoseOptions:
+def _options(params: PoseParams, image_hw: tuple[int, int], scale: int) -> PoseOptions:
+    boxes = None
+    if params.boxes is not None:  # checked against the original image, then to decoded pixels
+        boxes = _boxes_in_image(params.boxes, image_hw)
+        if scale > 1:
+            boxes = (boxes + 0.5) / scale - 0.5
     return PoseOptions(
         refine=params.refine,
         flip=params.flip,
-        boxes=None if params.boxes is None else _boxes_in_image(params.boxes, image.shape[:2]),
+        boxes=boxes,
         min_score=params.min_score,
         max_persons=params.max_persons,
     )
