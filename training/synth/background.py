@@ -137,8 +137,8 @@ def _shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) 
             draw.ellipse([px - r, py - r, px + r, py + r], fill=fill)
 
 
-def make_background(rng: np.random.Generator, w: int, h: int) -> tuple[F32, int]:
-    """A cluttered background, (h, w, 3) float32 in [0, 1], and its horizon row."""
+def make_background(rng: np.random.Generator, w: int, h: int) -> F32:
+    """A cluttered background, (h, w, 3) float32 in [0, 1]."""
     horizon = int(rng.uniform(0.2, 0.7) * h)
     img = _gradient(rng, h, w, horizon)
     draw = ImageDraw.Draw(img)
@@ -156,4 +156,5 @@ def make_background(rng: np.random.Generator, w: int, h: int) -> tuple[F32, int]
     light = Image.fromarray((rng.uniform(0.65, 1.0, (3, 4)) * 255).astype(np.uint8), "L")
     light = light.resize((w, h), Image.Resampling.BILINEAR).convert("RGB")
     img = ImageChops.multiply(img, light)
-    return np.asarray(img, dtype=np.float32) * np.float32(1 / 255), horizon
+    out: F32 = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
+    return out

@@ -208,13 +208,18 @@ def _raise(rng: np.random.Generator) -> dict[str, F64]:
     return d
 
 
-def _reach(rng: np.random.Generator) -> dict[str, F64]:
+def _standing_arms(rng: np.random.Generator, **ranges: tuple[float, float]) -> dict[str, F64]:
+    """A standing pose with these arm angles drawn, in the order given (the order of the random
+    draws is part of what a seed produces)."""
     d = _stand(rng)
-    d["arm_elev"] = _u(rng, 25, 95)
-    d["arm_azim"] = _u(rng, -40, 45)
-    d["elbow"] = _u(rng, 20, 135)
-    d["arm_twist"] = _u(rng, -30, 60)
+    d.update({k: _u(rng, lo, hi) for k, (lo, hi) in ranges.items()})
     return d
+
+
+def _reach(rng: np.random.Generator) -> dict[str, F64]:
+    return _standing_arms(
+        rng, arm_elev=(25, 95), arm_azim=(-40, 45), elbow=(20, 135), arm_twist=(-30, 60)
+    )
 
 
 def _crouch(rng: np.random.Generator) -> dict[str, F64]:
@@ -237,22 +242,16 @@ def _crouch(rng: np.random.Generator) -> dict[str, F64]:
 
 
 def _akimbo(rng: np.random.Generator) -> dict[str, F64]:
-    d = _stand(rng)
-    d["arm_elev"] = _u(rng, 30, 50)
-    d["arm_azim"] = _u(rng, 60, 100)
-    d["arm_twist"] = _u(rng, -95, -75)
-    d["elbow"] = _u(rng, 80, 130)
-    return d
+    return _standing_arms(
+        rng, arm_elev=(30, 50), arm_azim=(60, 100), arm_twist=(-95, -75), elbow=(80, 130)
+    )
 
 
 def _behind(rng: np.random.Generator) -> dict[str, F64]:
     """Hands behind the back (or in back pockets)."""
-    d = _stand(rng)
-    d["arm_elev"] = _u(rng, 10, 35)
-    d["arm_azim"] = _u(rng, 140, 180)
-    d["arm_twist"] = _u(rng, -95, -70)
-    d["elbow"] = _u(rng, 50, 110)
-    return d
+    return _standing_arms(
+        rng, arm_elev=(10, 35), arm_azim=(140, 180), arm_twist=(-95, -70), elbow=(50, 110)
+    )
 
 
 def _anything(rng: np.random.Generator) -> dict[str, F64]:

@@ -103,14 +103,15 @@ def choose(cfg: SynthConfig, count: int, pool: int) -> list[Sample]:
     """Greedily pick samples (among the first `pool`) that show something not shown yet; then
     fill up in index order, so the rest is an unselected draw."""
     candidates = [make_sample(cfg, i) for i in range(pool)]
+    feats = {c.index: set(features(c)) for c in candidates}
     shown: set[str] = set()
     chosen: list[Sample] = []
     while len(chosen) < min(count, pool):
         taken = {c.index for c in chosen}
         rest = [c for c in candidates if c.index not in taken]
-        best = max(rest, key=lambda c: (len(set(features(c)) - shown), -c.index))
+        best = max(rest, key=lambda c: (len(feats[c.index] - shown), -c.index))
         chosen.append(best)
-        shown |= set(features(best))
+        shown |= feats[best.index]
     return sorted(chosen, key=lambda c: c.index)
 
 

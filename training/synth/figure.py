@@ -15,7 +15,7 @@ from functools import partial
 
 import numpy as np
 
-from training.synth.body import Body3D, J
+from training.synth.body import FACE_DIRS, Body3D, J
 from training.synth.render import (
     F32,
     F64,
@@ -123,7 +123,7 @@ def _head_texture(look: Look) -> SphereTexture:
     hair = (look.hat if look.hair_style == "hat" else look.hair).astype(np.float32)
     cap, angle = _HAIR_CAPS[look.hair_style]
     cos_cap = np.float32(np.cos(np.radians(angle)))
-    eye_dirs = [np.array([sx * 0.36, -0.08, 0.93]) for sx in (1, -1)]
+    eye_dirs = [np.array(FACE_DIRS[j]) for j in (J.L_EYE, J.R_EYE)]  # where the labels are
     brow_dirs = [np.array([sx * 0.34, -0.3, 0.89]) for sx in (1, -1)]
 
     def tex(x: F32, y: F32, z: F32) -> F32:

@@ -87,14 +87,14 @@ def make_sample(cfg: SynthConfig, index: int) -> Sample:
     labels = label_persons(canvas, [(p.body, p.scale) for p in scene.persons], spec)
     image_id = index + 1
     boxes = np.array([lab.bbox for lab in labels]).reshape(-1, 4)
-    visible = np.array([_visible_fraction(lab) for lab in labels])
+    visible = np.array([visible_fraction(lab) for lab in labels])
     dets = simulate_detections(det_rng, boxes, visible, image_id, cfg.width, cfg.height)
     return Sample(
         index, image_id, f"{index:08d}.jpg", image, scene, canvas, labels, dets, crowd_index(labels)
     )
 
 
-def _visible_fraction(label: PersonLabel) -> float:
+def visible_fraction(label: PersonLabel) -> float:
     v = label.keypoints[:, 2]
     return float((v == 2).sum() / max(int((v > 0).sum()), 1))
 

@@ -187,7 +187,7 @@ def plan_scene(
     rng: np.random.Generator, width: int, height: int, persons: tuple[int, int]
 ) -> Scene:
     """All the random choices of one image."""
-    background, _ = make_background(rng, width, height)
+    background = make_background(rng, width, height)
     n = int(rng.integers(persons[0], persons[1] + 1))
     sizes, xs, tops = _heights(rng, n, height)
     order = np.argsort(tops + sizes / height, kind="stable")  # feet lower in the image = nearer
