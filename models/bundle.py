@@ -55,6 +55,15 @@ class DetectorInfo:
     person_class: int = 0
     score_threshold: float = 0.25
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DetectorInfo:
+        """From bundle.json's `detector` or a training run's detector.json (extra keys ignored)."""
+        return cls(
+            input_hw=_pair(d["input_hw"]),
+            person_class=int(d.get("person_class", 0)),
+            score_threshold=float(d.get("score_threshold", 0.25)),
+        )
+
 
 @dataclass(frozen=True)
 class FileEntry:
@@ -111,15 +120,7 @@ class BundleManifest:
                 flip_shift=bool(p.get("flip_shift", True)),
             )
             det = d.get("detector")
-            detector = (
-                DetectorInfo(
-                    input_hw=_pair(det["input_hw"]),
-                    person_class=int(det.get("person_class", 0)),
-                    score_threshold=float(det.get("score_threshold", 0.25)),
-                )
-                if det
-                else None
-            )
+            detector = DetectorInfo.from_dict(det) if det else None
             files = {
                 str(k): FileEntry(str(v["path"]), str(v["sha256"])) for k, v in d["files"].items()
             }

@@ -103,12 +103,18 @@ def export_detector(pt: Path, size: int, work: Path) -> Path:
     """Export an ultralytics .pt to ONNX with NMS inside, batch 1 (see service/detector.py).
     The export runs on a copy so nothing is written beside the user's file, with ultralytics
     switched offline (training.detector.ultralytics_offline) so nothing is fetched or sent."""
-    from training.detector import ultralytics_offline
+    from training.detector import ONNX_OPSET, ultralytics_offline
 
     ul = ultralytics_offline(work / ".ultralytics")
     copy = work / pt.name
     shutil.copyfile(pt, copy)
     onnx_path = ul.YOLO(str(copy)).export(
-        format="onnx", nms=True, imgsz=size, batch=1, dynamic=False, simplify=True, opset=17
+        format="onnx",
+        nms=True,
+        imgsz=size,
+        batch=1,
+        dynamic=False,
+        simplify=True,
+        opset=ONNX_OPSET,
     )
     return Path(onnx_path)

@@ -97,11 +97,7 @@ def export_bundle(
             phi = load_scio_net(scio_dir / "phi.pt")
             report = _read_json(scio_dir / "scio.json")
             if "group_members" in report:  # the assignment Φ and Γ learned travels with them
-                spec = spec.with_groups(
-                    KeypointSpec.from_dict(
-                        {**spec.to_dict(), "groups": report["group_members"]}
-                    ).groups
-                )
+                spec = KeypointSpec.from_dict({**spec.to_dict(), "groups": report["group_members"]})
             names = tuple(g.name for g in spec.groups)
             if gamma.config.groups != names:
                 raise ValueError(f"{scio_dir}: Γ was trained for groups {gamma.config.groups}")
@@ -132,11 +128,7 @@ def export_bundle(
         if detector_dir is not None:
             det_onnx = detector_dir / "detector.onnx"
             meta = _read_json(detector_dir / "detector.json")
-            det_info = DetectorInfo(
-                input_hw=(int(meta["input_hw"][0]), int(meta["input_hw"][1])),
-                person_class=int(meta.get("person_class", 0)),
-                score_threshold=float(meta.get("score_threshold", 0.25)),
-            )
+            det_info = DetectorInfo.from_dict(meta)
             provenance["detector"] = {k: v for k, v in meta.items() if k != "input_hw"}
         for e in extra or []:
             provenance.update(e)

@@ -554,10 +554,3 @@ def _nearest(row: npt.NDArray[np.float64], others: npt.NDArray[np.float64]) -> t
     if iou[j] <= 0:
         return float("inf"), float("inf")
     return float(np.abs(row[:4] - b[j]).max()), float(abs(row[4] - others[j, 4]))
-
-
-def load_detector_info(path: Path) -> DetectorInfo:
-    """`detector.json` -> the bundle's DetectorInfo."""
-    d = json.loads(Path(path).read_text())
-    h, w = d["input_hw"]
-    return DetectorInfo((int(h), int(w)), int(d["person_class"]), float(d["score_threshold"]))

@@ -68,15 +68,14 @@ def evaluate(
     """One evaluation, `opts.refine` choosing the ablation row."""
     if opts.refine not in REFINE_MODES:
         raise ValueError(f"refine must be one of {REFINE_MODES}, not {opts.refine!r}")
-    bundle = load_bundle(bundle_path)
+    pipe = PosePipeline(load_bundle(bundle_path), device=opts.device)
     scio_cfg = None
     if opts.refine != "none":
-        pipe = PosePipeline(bundle, device=opts.device)
         if not pipe.refine_available:
             raise ValueError(f"--refine {opts.refine}: the bundle has no SCIO networks")
         scio_cfg = scio_config_for(opts.refine, opts.scio_config or pipe.scio_config)
-    out = evaluate_variants(bundle_path, ann_file, images_dir, opts, {opts.refine: scio_cfg})
-    return out[opts.refine]
+    variants = {opts.refine: scio_cfg}
+    return evaluate_variants(bundle_path, ann_file, images_dir, opts, variants, pipe)[opts.refine]
 
 
 def evaluate_variants(
@@ -85,13 +84,15 @@ def evaluate_variants(
     images_dir: str | Path,
     opts: EvalOptions,
     variants: dict[str, ScioSearchConfig | None],
+    pipe: PosePipeline | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Several SCIO settings (None: no refinement) scored on one backbone pass per image chunk,
-    so the rows of an ablation differ only by what SCIO does."""
-    bundle = load_bundle(bundle_path)
+    so the rows of an ablation differ only by what SCIO does. `pipe`: the bundle's pipeline, if
+    the caller has one already."""
+    pipe = pipe or PosePipeline(load_bundle(bundle_path), device=opts.device)
+    bundle = pipe.bundle
     spec = bundle.manifest.spec
     coco = CocoKeypoints(ann_file, spec)
-    pipe = PosePipeline(bundle, device=opts.device)
     if any(v is not None for v in variants.values()) and not pipe.refine_available:
         raise ValueError("SCIO variants asked for, but the bundle has no SCIO networks")
     image_ids = coco.image_ids[: opts.limit] if opts.limit else coco.image_ids

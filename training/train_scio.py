@@ -216,7 +216,8 @@ def gamma_step(
     return loss, stats
 
 
-LATTICE = torch.as_tensor(grid_offsets(2.0, 1.0), dtype=torch.float32)  # the default grid search
+# the candidates of a radius-2 grid search (what the listwise term trains Γ to rank)
+LATTICE = torch.as_tensor(grid_offsets(2.0, 1.0), dtype=torch.float32)
 
 
 def listwise(

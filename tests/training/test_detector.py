@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from models.bundle import DetectorInfo
 from training.data.sources import DatasetPaths
 from training.detector import (
     DetectorDataError,
     coco_to_yolo,
-    load_detector_info,
     prepare_dataset,
     write_data_yaml,
     yolo_row,
@@ -223,7 +223,9 @@ def test_train_export_and_serve_offline(tmp_path: Path, monkeypatch: pytest.Monk
 
     model = OnnxModel.load(out / "detector.onnx", device="cpu")
     assert model.session.get_outputs()[0].shape == [1, 300, 6]
-    detector = PersonDetector(model, load_detector_info(out / "detector.json"))
+    detector = PersonDetector(
+        model, DetectorInfo.from_dict(json.loads((out / "detector.json").read_text()))
+    )
     image = np.asarray(Image.open(MINI / "images" / "000000000139.jpg").convert("RGB"))
     [(boxes, scores)] = detector([image], min_score=0.001)
     assert boxes.shape == (len(scores), 4)
