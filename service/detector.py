@@ -38,6 +38,14 @@ class PersonDetector:
         self.model = model
         self.info = info
 
+    def network_input(
+        self, image: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.float32], float, tuple[float, float]]:
+        """The model's input (1, 3, h, w) in [0, 1], the letterbox scale and padding."""
+        padded, r, pad = letterbox(image, self.info.input_hw)
+        x = padded[None].astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
+        return x, r, pad
+
     def __call__(
         self, images: list[npt.NDArray[np.uint8]], min_score: float | None = None
     ) -> list[tuple[F64, F64]]:
@@ -49,8 +57,7 @@ class PersonDetector:
         # used at export, so a batch-1 export answers only the first image of a larger batch.
         outs = []
         for im in images:
-            padded, r, pad = letterbox(im, self.info.input_hw)
-            x = padded[None].astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
+            x, r, pad = self.network_input(im)
             det = next(iter(self.model.run(**{self.model.input_names[0]: x}).values()))[0]
             outs.append((det, r, pad))
         results = []

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 RGB = npt.NDArray[np.uint8]
 
 # Pillow plugin name for each allowed format.
-_ORIENTATION = 0x0112  # EXIF tag
+_ORIENTATION = 0x0112  # EXIF tag (Pillow caches the parsed EXIF; exif_transpose reuses it)
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF"}
 
 # Formats we recognise only to name them in the 415 message; none of them is ever decoded.
@@ -123,11 +123,6 @@ def open_checked(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
     return im
 
 
-def decode_image(data: bytes, *, allowed: frozenset[str], max_pixels: int) -> RGB:
-    """Untrusted bytes -> RGB uint8 (H, W, 3), EXIF-oriented, first frame."""
-    return decode_image_scaled(data, allowed=allowed, max_pixels=max_pixels).rgb
-
-
 @dataclass(frozen=True)
 class Decoded:
     rgb: RGB  # what was decoded, EXIF-oriented
@@ -135,11 +130,12 @@ class Decoded:
     original_hw: tuple[int, int]  # the image's own size, EXIF-oriented
 
 
-def decode_image_scaled(
+def decode_image(
     data: bytes, *, allowed: frozenset[str], max_pixels: int, max_side: int = 0
 ) -> Decoded:
-    """`decode_image`, except that with `max_side` > 0 a large JPEG is decoded at 1/2, 1/4 or
-    1/8 of its size by the decoder itself (DCT scaling), keeping its long side >= `max_side`."""
+    """Untrusted bytes -> RGB uint8 (H, W, 3), EXIF-oriented, first frame. With `max_side` > 0
+    a large JPEG is decoded at 1/2, 1/4 or 1/8 of its size by the decoder itself (DCT scaling),
+    keeping its long side >= `max_side`."""
     fmt = check_format(data, allowed)
     im = open_checked(data, fmt, max_pixels)
     try:
@@ -148,10 +144,9 @@ def decode_image_scaled(
         scale = 1
         if max_side > 0 and fmt == "jpeg":
             s = next((s for s in (8, 4, 2) if max(w, h) // s >= max_side), 1)
-            if s > 1:
-                drafted = im.draft("RGB" if im.mode == "RGB" else None, (w // s, h // s))
-                if drafted is not None:
-                    scale = round(w / drafted[1][2])
+            drafted = im.draft(None, (w // s, h // s)) if s > 1 else None
+            if drafted is not None:
+                scale = round(w / drafted[1][2])
         im.load()
         if im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):  # a quarter turn swaps the sides
             w, h = h, w

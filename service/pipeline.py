@@ -102,10 +102,11 @@ class PosePipeline:
         names = tuple(settings.get("groups", ()))
         expected = tuple(g.name for g in self.spec.groups)
         members = settings.get("group_members")
-        if names != expected or (members is not None and members != self.spec.to_dict()["groups"]):
+        spec_members = self.spec.to_dict()["groups"]
+        if names != expected or (members is not None and members != spec_members):
             raise ValueError(
                 f"the bundle's SCIO networks were trained for groups {names} "
-                f"({members}), its keypoint spec has {self.spec.to_dict()['groups']}"
+                f"({members}), its keypoint spec has {spec_members}"
             )
         self.scio_config = override or ScioSearchConfig.from_dict(settings.get("search", {}))
         self.verifier = OnnxVerifier(

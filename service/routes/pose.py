@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from service.deps import EstimatorDep, MetricsDep, RunnerDep, SettingsDep
 from service.errors import ApiError
-from service.imageio import decode_image_scaled
+from service.imageio import decode_image
 from service.limits import PipelineRunner
 from service.metrics import Metrics
 from service.render import render_png
@@ -123,7 +123,7 @@ async def _estimate(
         data = await read_image_bytes(request, settings.max_upload_bytes)
         t = time.perf_counter()
         decoded = await asyncio.to_thread(
-            decode_image_scaled,
+            decode_image,
             data,
             allowed=settings.allowed_formats,
             max_pixels=settings.max_pixels,
