@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -9,6 +10,9 @@ import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from service.settings import Settings
 
@@ -73,3 +77,20 @@ def python_for(minor: str) -> str:
         if probe.returncode == 0:
             return found
     return sys.executable
+
+
+def settings_from_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings the service builds from exactly this environment (validating every value)."""
+    for name in [n for n in os.environ if n.startswith("SCIO_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def scaled_object(overlay: Path) -> dict[str, Any]:
+    """The overlay's KEDA ScaledObject, freshly rendered."""
+    from tests.deploy.kustomize_lite import render
+
+    (scaled,) = [o for o in render(overlay) if o["kind"] == "ScaledObject"]
+    return scaled

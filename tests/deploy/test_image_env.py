@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import subprocess
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -26,8 +25,16 @@ import httpx
 import pytest
 
 from tests.deploy.dockerfile import Dockerfile, Instruction, Stage
-from tests.deploy.kustomize_lite import render
-from tests.deploy.support import DOCKERFILES, LOCKS, REPO, normalize, python_for, read_lock
+from tests.deploy.support import (
+    DOCKERFILES,
+    LOCKS,
+    REPO,
+    normalize,
+    python_for,
+    read_lock,
+    scaled_object,
+)
+from tests.service.support import server_process, uvicorn_port
 
 pytestmark = pytest.mark.slow
 
@@ -57,19 +64,9 @@ def test_image_environment_runs_the_entrypoint_and_serves_a_bundle(tmp_path: Pat
     env = _runtime_env(df, root, bundle)
     command = [_in_root(arg, root) for arg in df.command("runtime")]
     assert Path(command[0]).is_file(), command
-    proc = subprocess.Popen(
-        command,
-        cwd=root,  # not the repository: the installed wheel must be what runs
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
-    reader.start()
-    try:
-        port = _port(proc, lines)
+    # cwd: not the repository: the installed wheel must be what runs
+    with server_process(command, cwd=root, env=env) as (proc, lines):
+        port = uvicorn_port(proc, lines, timeout_s=60.0)
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=5) as client:
             _until_ready(proc, client, lines)
@@ -82,11 +79,6 @@ def test_image_environment_runs_the_entrypoint_and_serves_a_bundle(tmp_path: Pat
         proc.send_signal(signal.SIGTERM)
         drain = int(env["SCIO_DRAIN_TIMEOUT_S"])
         assert proc.wait(timeout=drain + 10) == 0, "".join(lines)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(5)
 
 
 def _index_or_skip() -> None:
@@ -190,20 +182,8 @@ def _runtime_env(df: Dockerfile, root: Path, bundle: Path) -> dict[str, str]:
 
 
 def _autoscaling_metrics() -> set[str]:
-    (scaled,) = [
-        o for o in render(REPO / "k8s" / "overlays" / "cpu") if o["kind"] == "ScaledObject"
-    ]
+    scaled = scaled_object(REPO / "k8s" / "overlays" / "cpu")
     return set(re.findall(r"\b(scio_pose_\w+)", scaled["spec"]["triggers"][0]["metadata"]["query"]))
-
-
-def _port(proc: subprocess.Popen[str], lines: list[str], timeout_s: float = 60.0) -> int:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end and proc.poll() is None:
-        for line in list(lines):
-            if m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
-                return int(m[1])
-        time.sleep(0.05)
-    raise AssertionError("the entrypoint did not start a server:\n" + "".join(lines))
 
 
 def _until_ready(proc: subprocess.Popen[str], client: httpx.Client, lines: list[str]) -> None:

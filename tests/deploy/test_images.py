@@ -18,9 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings
 from tests.deploy.dockerfile import Dockerfile
-from tests.deploy.support import DOCKERFILES, LOCKS, REPO, read_lock, setting_env_names
+from tests.deploy.support import (
+    DOCKERFILES,
+    LOCKS,
+    REPO,
+    read_lock,
+    setting_env_names,
+    settings_from_env,
+)
 
 # onnxruntime-gpu version -> (CUDA major, cuDNN major) it is built for, read from the wheel:
 # onnxruntime/capi/build_and_package_info.py (cuda_version), the NEEDED libraries of
@@ -75,11 +81,7 @@ def test_settings_in_the_image_are_real_and_valid(
     env = df.env("runtime")
     scio = {k: v for k, v in env.items() if k.startswith("SCIO_")}
     assert set(scio) <= setting_env_names(), set(scio) - setting_env_names()
-    for name in [n for n in os.environ if n.startswith("SCIO_")]:
-        monkeypatch.delenv(name)
-    for name, value in scio.items():
-        monkeypatch.setenv(name, value)
-    settings = Settings()  # validates every value
+    settings = settings_from_env(scio, monkeypatch)  # validates every value
     assert settings.host == "0.0.0.0", "reachable from outside the container"
     assert settings.device == {"gpu": "cuda", "cpu": "cpu"}[image]
     assert str(settings.bundle) == "/bundle"

@@ -10,7 +10,6 @@ against the subset schemas in tests/deploy/crd_schemas/.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,13 @@ from service.metrics import Metrics
 from service.settings import Settings
 from tests.deploy.dockerfile import Dockerfile
 from tests.deploy.kustomize_lite import render
-from tests.deploy.support import DOCKERFILES, REPO, setting_env_names
+from tests.deploy.support import (
+    DOCKERFILES,
+    REPO,
+    scaled_object,
+    setting_env_names,
+    settings_from_env,
+)
 
 OVERLAYS = {p.name: p for p in sorted((REPO / "k8s" / "overlays").iterdir()) if p.is_dir()}
 MIN_KUBERNETES = "1.30"  # preStop `sleep` (beta and on by default from 1.30)
@@ -35,14 +40,15 @@ CRD_SCHEMAS = {
 Obj = dict[str, Any]
 
 
-@pytest.fixture(params=sorted(OVERLAYS))
+@pytest.fixture(scope="module", params=sorted(OVERLAYS))
 def variant(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def objects(variant: str) -> dict[str, Obj]:
-    """The overlay's objects by kind (one of each kind here)."""
+    """The overlay's objects by kind (one of each kind here), rendered once per overlay: the
+    tests only read them."""
     out: dict[str, Obj] = {}
     for obj in render(OVERLAYS[variant]):
         assert obj["kind"] not in out, f"two {obj['kind']} objects: extend these tests"
@@ -59,15 +65,6 @@ def _container(objects: dict[str, Obj]) -> Obj:
 def _config(objects: dict[str, Obj]) -> dict[str, str]:
     data: dict[str, str] = objects["ConfigMap"]["data"]
     return data
-
-
-def _settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The settings the service builds from exactly this environment (validating every value)."""
-    for name in [n for n in os.environ if n.startswith("SCIO_")]:
-        monkeypatch.delenv(name)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return Settings()
 
 
 # ---- schemas ----
@@ -106,7 +103,7 @@ def test_every_object_validates_against_its_schema(objects: dict[str, Obj]) -> N
 def test_crd_schemas_reject_typos() -> None:
     """The subset schemas are strict: a misspelt field fails instead of being ignored by KEDA."""
     jsonschema = pytest.importorskip("jsonschema", reason="comes with kubernetes-validate")
-    (scaled,) = [o for o in render(OVERLAYS["cpu"]) if o["kind"] == "ScaledObject"]
+    scaled = scaled_object(OVERLAYS["cpu"])
     scaled["spec"]["triggers"][0]["metadata"]["treshold"] = "2"
     schema_file = (
         Path(__file__).parent / "crd_schemas" / CRD_SCHEMAS["keda.sh/v1alpha1", "ScaledObject"]
@@ -140,7 +137,7 @@ def test_probes_and_ports_are_what_the_service_serves(
 ) -> None:
     container = _container(objects)
     (port,) = container["ports"]
-    assert port["containerPort"] == _settings(_config(objects), monkeypatch).port
+    assert port["containerPort"] == settings_from_env(_config(objects), monkeypatch).port
     routes = _served_paths()
     probes = {
         name: container[name]["httpGet"]
@@ -179,7 +176,7 @@ def test_environment_holds_real_settings_with_valid_values(
     unknown = {k for k in env if k.startswith("SCIO_")} - setting_env_names()
     assert not unknown, f"not settings of the service: {unknown}"
     assert all(k.startswith("SCIO_") for k in env), "only the service's settings"
-    assert _settings(env, monkeypatch).host == "0.0.0.0"
+    assert settings_from_env(env, monkeypatch).host == "0.0.0.0"
 
 
 def test_autoscaler_queries_metrics_the_service_exports(objects: dict[str, Obj]) -> None:
@@ -225,7 +222,7 @@ def test_shutdown_outlasts_the_drain(
     pre_stop = _container(objects)["lifecycle"]["preStop"]
     assert set(pre_stop) == {"sleep"}, "the kubelet's sleep: no shell needed in the image"
     sleep_s = pre_stop["sleep"]["seconds"]
-    settings = _settings(_config(objects), monkeypatch)
+    settings = settings_from_env(_config(objects), monkeypatch)
     # The load balancers must have dropped the pod before SIGTERM: uvicorn closes its listener
     # about 0.1 s after SIGTERM, so readiness turning 503 cannot be what drains them.
     assert sleep_s >= 5
@@ -277,7 +274,7 @@ def test_resources_fit_the_variant(
         assert {"cpu", "memory"} <= set(resources[kind])
     gpus = resources["limits"].get("nvidia.com/gpu")
     assert gpus == (1 if variant == "gpu" else None)
-    settings = _settings(_config(objects), monkeypatch)
+    settings = settings_from_env(_config(objects), monkeypatch)
     assert settings.device == {"gpu": "cuda", "cpu": "cpu"}[variant]
     cpu_limit = float(str(resources["limits"]["cpu"]).removesuffix("m")) / (
         1000 if str(resources["limits"]["cpu"]).endswith("m") else 1

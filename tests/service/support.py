@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
+import subprocess
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -87,3 +90,34 @@ def png_bomb(w: int, h: int) -> bytes:
 
 def post_image(client: TestClient, data: bytes, ctype: str = "image/png", **params: Any) -> Any:
     return client.post("/pose", content=data, headers={"content-type": ctype}, params=params)
+
+
+@contextmanager
+def server_process(
+    command: list[str], **popen: Any
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """A server subprocess with its output collected line by line; killed if still running."""
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        yield proc, lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(5)
+
+
+def uvicorn_port(proc: subprocess.Popen[str], lines: list[str], timeout_s: float) -> int:
+    """The port uvicorn says it listens on (127.0.0.1), once it says so."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end and proc.poll() is None:
+        for line in list(lines):
+            if m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
+                return int(m[1])
+        time.sleep(0.02)
+    raise AssertionError("the server did not start:\n" + "".join(lines))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.imageio import decode_image, decode_image_scaled
+from service.imageio import decode_image
 from service.results import PersonPose, PoseResult, RefinedKeypoint, to_original_pixels
 from tests.service.fakes import FakeEstimator
 from tests.service.support import post_image, serve
@@ -30,7 +30,7 @@ def _jpeg(rgb: np.ndarray, exif: Image.Exif | None = None) -> bytes:
 
 def test_a_large_jpeg_is_decoded_shrunk_and_says_by_how_much() -> None:
     rgb = _smooth(1600, 1200)
-    d = decode_image_scaled(_jpeg(rgb), allowed=JPEG, max_pixels=10**8, max_side=400)
+    d = decode_image(_jpeg(rgb), allowed=JPEG, max_pixels=10**8, max_side=400)
     assert d.scale == 4  # the largest of 8, 4, 2 that keeps the long side >= 400
     assert d.rgb.shape == (300, 400, 3)
     assert d.original_hw == (1200, 1600)
@@ -41,15 +41,15 @@ def test_a_large_jpeg_is_decoded_shrunk_and_says_by_how_much() -> None:
 @pytest.mark.parametrize(("size", "max_side"), [((1600, 1200), 0), ((700, 500), 400)])
 def test_small_or_unshrunk_jpegs_decode_at_full_size(size: tuple[int, int], max_side: int) -> None:
     data = _jpeg(_smooth(*size))
-    d = decode_image_scaled(data, allowed=JPEG, max_pixels=10**8, max_side=max_side)
+    d = decode_image(data, allowed=JPEG, max_pixels=10**8, max_side=max_side)
     assert (d.scale, d.rgb.shape[:2], d.original_hw) == (1, size[::-1], size[::-1])
-    np.testing.assert_array_equal(d.rgb, decode_image(data, allowed=JPEG, max_pixels=10**8))
+    np.testing.assert_array_equal(d.rgb, decode_image(data, allowed=JPEG, max_pixels=10**8).rgb)
 
 
 def test_png_is_never_shrunk() -> None:
     buf = io.BytesIO()
     Image.fromarray(_smooth(1600, 1200)).save(buf, "PNG")
-    d = decode_image_scaled(buf.getvalue(), allowed=JPEG, max_pixels=10**8, max_side=400)
+    d = decode_image(buf.getvalue(), allowed=JPEG, max_pixels=10**8, max_side=400)
     assert (d.scale, d.rgb.shape[:2]) == (1, (1200, 1600))
 
 
@@ -57,7 +57,7 @@ def test_a_quarter_turn_swaps_the_original_size() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
     data = _jpeg(_smooth(1600, 1200), exif)
-    d = decode_image_scaled(data, allowed=JPEG, max_pixels=10**8, max_side=400)
+    d = decode_image(data, allowed=JPEG, max_pixels=10**8, max_side=400)
     assert d.scale == 4
     assert d.rgb.shape[:2] == (400, 300)
     assert d.original_hw == (1600, 1200)

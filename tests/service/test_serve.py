@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import cli, serve
-from tests.service.support import png_of, rgb_pattern
+from tests.service.support import png_of, rgb_pattern, server_process, uvicorn_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,19 +45,10 @@ def test_serve_verb_builds_the_app_from_settings_and_flags(
 
 
 def test_sigterm_flips_readiness_drains_in_flight_requests_and_exits_0() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.service.serve_fake", "1.0"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
-    reader.start()
-    try:
-        base = f"http://127.0.0.1:{_port(lines)}"
+    command = [sys.executable, "-m", "tests.service.serve_fake", "1.0"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with server_process(command, cwd=REPO, env=env) as (proc, lines):
+        base = f"http://127.0.0.1:{uvicorn_port(proc, lines, timeout_s=20.0)}"
         with httpx.Client(base_url=base, timeout=10) as c:
             _until(lambda: c.get("/health/ready").status_code == 200)
         with ThreadPoolExecutor(1) as pool:
@@ -72,11 +60,6 @@ def test_sigterm_flips_readiness_drains_in_flight_requests_and_exits_0() -> None
         assert response.status_code == 200
         assert len(response.json()["persons"]) == 1
         assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(5)
     log = "".join(lines)
     drained = log.find("draining: /health/ready now answers 503")
     answered = log.find('"POST /pose HTTP/1.1" 200')
@@ -90,16 +73,6 @@ def _post(base: str) -> httpx.Response:
     return httpx.post(
         f"{base}/pose", content=data, headers={"content-type": "image/png"}, timeout=15
     )
-
-
-def _port(lines: list[str], timeout_s: float = 20.0) -> int:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        for line in list(lines):
-            if m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
-                return int(m.group(1))
-        time.sleep(0.02)
-    raise AssertionError("server did not start:\n" + "".join(lines))
 
 
 def _until(cond: Any, timeout_s: float = 10.0) -> None:

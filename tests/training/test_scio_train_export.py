@@ -93,28 +93,17 @@ def test_scio_training_resumes(runs, tmp_path: Path) -> None:
     assert [h["epoch"] for h in report["history"]] == [2]
 
 
+def _export(backbone: Path, scio: Path, out: Path, *extra: str) -> None:
+    """`scio-pose export` of a backbone run and a SCIO run into `out`."""
+    args = ["export", "--backbone", str(backbone), "--scio", str(scio), "--out", str(out)]
+    assert main([*args, *extra]) == 0
+
+
 def test_export_bundle_with_scio_and_refine_through_evaluate(runs, tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     search = tmp_path / "search.json"
     search.write_text(json.dumps({"iterations": 3, "min_confidence": 0.0}))
-    assert (
-        main(
-            [
-                "export",
-                "--backbone",
-                str(runs["backbone"]),
-                "--scio",
-                str(runs["scio"]),
-                "--search",
-                str(search),
-                "--out",
-                str(out),
-                "--name",
-                "tiny",
-            ]
-        )
-        == 0
-    )
+    _export(runs["backbone"], runs["scio"], out, "--search", str(search), "--name", "tiny")
     b = load_bundle(out)
     assert b.has_scio
     assert b.manifest.scio["search"]["iterations"] == 3
@@ -148,20 +137,7 @@ def test_another_group_assignment_travels_into_the_bundle(runs, tmp_path: Path) 
     alt = COCO17.with_groups(proximal_groups(COCO17))
     assert report["group_members"] == alt.to_dict()["groups"]
     out = tmp_path / "bundle"
-    assert (
-        main(
-            [
-                "export",
-                "--backbone",
-                str(runs["backbone"]),
-                "--scio",
-                str(tmp_path / "scio"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    _export(runs["backbone"], tmp_path / "scio", out)
     b = load_bundle(out)
     assert b.manifest.spec.groups == alt.groups
     assert b.manifest.spec.keypoint_names[b.manifest.spec.groups[0].a] == "left_shoulder"
@@ -172,20 +148,7 @@ def test_variants_on_one_backbone_pass_equal_separate_evaluations(runs, tmp_path
     from training.evaluate import evaluate_variants, scio_config_for
 
     out = tmp_path / "bundle"
-    assert (
-        main(
-            [
-                "export",
-                "--backbone",
-                str(runs["backbone"]),
-                "--scio",
-                str(runs["scio"]),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    _export(runs["backbone"], runs["scio"], out)
     ann, images = MINI / "person_keypoints.json", MINI / "images"
     search = ScioSearchConfig(iterations=2, min_confidence=0.0, prior="fusion")
     opts = EvalOptions(limit=5, scio_config=search)
