@@ -1,7 +1,9 @@
-"""What the benchmark scripts share: the machine's description and a wall-clock timer."""
+"""What the benchmark scripts share: the machine's description, a wall-clock timer, and the
+frame of every result file (header with command and machine, targets, JSON + Markdown)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -10,18 +12,21 @@ from pathlib import Path
 from typing import Any
 
 
-def machine() -> str:
-    """CPU model, core count, OS and Python, for the header of every result file."""
-    cpu = "unknown CPU"
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo where there is one."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    """CPU model, core count, OS and Python, for the header of every result file."""
     system = f"{platform.system()} {platform.machine()}"
-    return f"{cpu}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -29,3 +34,23 @@ def timed(fn: Callable[[], Any]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def md_header(title: str, report: dict[str, Any]) -> list[str]:
+    command, machine_ = report["command"], report["machine"]
+    return [f"# {title}", "", f"Command: `{command}`  ", f"Machine: {machine_}  "]
+
+
+def md_targets(targets: dict[str, bool]) -> list[str]:
+    return ["## Targets", ""] + [f"- {'met' if ok else 'MISSED'}: {k}" for k, ok in targets.items()]
+
+
+def write_results(name: str, report: dict[str, Any], markdown: str) -> None:
+    """benchmarks/results/NAME.json and NAME.md; the Markdown is printed too."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(markdown)

@@ -31,7 +31,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from benchmarks._common import machine, timed  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    RESULTS,
+    machine,
+    md_header,
+    md_targets,
+    timed,
+    write_results,
+)
 from models.bundle import load_bundle  # noqa: E402
 from models.scio_search import ScioSearchConfig, refine  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
@@ -39,7 +46,6 @@ from service.results import PoseOptions  # noqa: E402
 from training.evaluate import EvalOptions, evaluate_variants, scio_config_for  # noqa: E402
 
 log = logging.getLogger("scio_ablation")
-RESULTS = ROOT / "benchmarks" / "results"
 SPLITS = {"tune": 2001, "val": 3001}
 TABLE4 = ("AP", "AP50", "AP75", "AR")
 
@@ -166,25 +172,29 @@ def correlation(rows: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def gamma_as_selector(bundle: Path, split: Path, limit: int | None) -> dict[str, Any]:
+def gamma_as_selector(
+    bundle: Path,
+    split: Path,
+    scl_cfg: ScioSearchConfig,
+    scl_rows: list[dict[str, Any]],
+    limit: int | None,
+) -> dict[str, Any]:
     """The smallest search there is: for each distal keypoint, two candidates (the backbone's
-    position and Φ's), and Γ's loss picks one. If Γ cannot pick the better of two positions that
-    are often pixels apart, a search steered by it cannot find the best of many close ones."""
-    variants = {
-        p: ScioSearchConfig(strategy="descent", iterations=0, prior=p) for p in ("backbone", "phi")
-    }
+    position and the SCL prior's, whose rows Table 4's +SCL evaluation already has), and Γ's
+    loss picks one. If Γ cannot pick the better of two positions that are often pixels apart, a
+    search steered by it cannot find the best of many close ones."""
     res = evaluate_variants(
         bundle,
         split / "person_keypoints.json",
         split / "images",
         EvalOptions(limit=limit, keep_refinements=True),
-        dict(variants),
+        {"backbone": replace(scl_cfg, prior="backbone")},
     )
 
     def by_key(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
         return {(r["image_id"], r["ann_id"], r["keypoint"]): r for r in rows}
 
-    bb, phi = (by_key(res[p]["refinement_rows"]) for p in ("backbone", "phi"))
+    bb, phi = by_key(res["backbone"]["refinement_rows"]), by_key(scl_rows)
     keys = sorted(set(bb) & set(phi))
     acc_b = np.array([bb[k]["accuracy"] for k in keys])
     acc_p = np.array([phi[k]["accuracy"] for k in keys])
@@ -192,9 +202,10 @@ def gamma_as_selector(bundle: Path, split: Path, limit: int | None) -> dict[str,
     differ = np.abs(acc_p - acc_b) > 0.05  # the two positions differ in accuracy
     right = ((acc_p > acc_b) == pick_p)[differ]
     return {
+        "prior": scl_cfg.prior,
         "keypoints": len(keys),
         "accuracy_backbone": float(acc_b.mean()),
-        "accuracy_phi": float(acc_p.mean()),
+        "accuracy_scl_prior": float(acc_p.mean()),
         "accuracy_chosen_by_gamma": float(np.where(pick_p, acc_p, acc_b).mean()),
         "accuracy_oracle": float(np.maximum(acc_p, acc_b).mean()),
         "pairs_that_differ": int(differ.sum()),
@@ -495,10 +506,13 @@ def main() -> int:
                 for row in ("baseline", "+SCL", "+SCL+SCO")
             }
             rows = res["+SCL+SCO"].pop("refinement_rows")
+            scl_rows = res["+SCL"].pop("refinement_rows")
             report["fig6b"] = correlation(rows)
             report["scio_summary"] = res["+SCL+SCO"]["scio"]
     report["table4"] = t4
-    report["gamma_as_selector"] = gamma_as_selector(args.bundle, val_split, limit)
+    report["gamma_as_selector"] = gamma_as_selector(
+        args.bundle, val_split, scio_config_for("scl", chosen), scl_rows, limit
+    )
     report["cost"] = cost(args.bundle, val_split, chosen, searching, 40 if not args.quick else 6)
     report["paper_scale_cost"] = paper_scale_cost(chosen, searching, 2 if args.quick else 5)
     report["accuracy_vs_cost"] = accuracy_vs_cost(args.bundle, tune_split, searching, limit)
@@ -509,11 +523,8 @@ def main() -> int:
         }
     report["targets"] = targets(report)
     report["seconds"] = time.perf_counter() - t0
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "scio_ablation.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_results("scio_ablation", report, markdown(report))
     plots(report, rows)
-    (RESULTS / "scio_ablation.md").write_text(markdown(report))
-    print(markdown(report))
     return 0
 
 
@@ -542,12 +553,18 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _ap_table(rows: dict[str, dict[str, float]]) -> list[str]:
+    """Table 4's columns, one row per variant, in percent."""
+    head = ["| | " + " | ".join(TABLE4) + " |", "|---|" + "---|" * len(TABLE4)]
+    return head + [
+        f"| {row} | " + " | ".join(f"{v[k] * 100:.1f}" for k in TABLE4) + " |"
+        for row, v in rows.items()
+    ]
+
+
 def markdown(r: dict[str, Any]) -> str:
     L = [
-        "# SCIO ablation and cost",
-        "",
-        f"Command: `{r['command']}`  ",
-        f"Machine: {r['machine']}  ",
+        *md_header("SCIO ablation and cost", r),
         f"Bundle: `{r['bundle']}`; settings chosen on the tuning split (synthetic seed 2001): "
         f"`{r['tuning']['best']}` (what a bundle ships); the best settings that search: "
         f"`{r['tuning']['best_with_search']}` (the +SCL+SCO row); results on the validation "
@@ -555,17 +572,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
     ]
     for key, t in r["table4"].items():
-        L += [
-            f"## Table 4 ({key})",
-            "",
-            "| | " + " | ".join(TABLE4) + " |",
-            "|---|" + "---|" * len(TABLE4),
-        ]
-        L += [
-            f"| {row} | " + " | ".join(f"{v[k] * 100:.1f}" for k in TABLE4) + " |"
-            for row, v in t.items()
-        ]
-        L.append("")
+        L += [f"## Table 4 ({key})", "", *_ap_table(t), ""]
     names = list(r["table5"]["baseline"])
     L += [
         "## Table 5: distal keypoint accuracy (GT boxes)",
@@ -591,7 +598,8 @@ def markdown(r: dict[str, Any]) -> str:
         "## Γ as a selector between two candidates",
         "",
         f"Over {g['keypoints']} distal keypoints, mean accuracy (OKS term) at the backbone's "
-        f"position {g['accuracy_backbone']:.4f}, at Φ's {g['accuracy_phi']:.4f}, at the one of "
+        f"position {g['accuracy_backbone']:.4f}, at the SCL prior's ({g['prior']}) "
+        f"{g['accuracy_scl_prior']:.4f}, at the one of "
         f"the two with the lower self-constraint loss {g['accuracy_chosen_by_gamma']:.4f}, at "
         f"the better one (oracle) {g['accuracy_oracle']:.4f}. Where the two differ by more "
         f"than 0.05 ({g['pairs_that_differ']} keypoints) Γ picks the better one "
@@ -631,17 +639,10 @@ def markdown(r: dict[str, Any]) -> str:
         L += [
             "## Other group assignment (A = the torso joint)",
             "",
-            "| | " + " | ".join(TABLE4) + " |",
-            "|---|" + "---|" * len(TABLE4),
+            *_ap_table(r["proximal_groups"]),
+            "",
         ]
-        L += [
-            f"| {row} | " + " | ".join(f"{v[k2] * 100:.1f}" for k2 in TABLE4) + " |"
-            for row, v in r["proximal_groups"].items()
-        ]
-        L.append("")
-    L += ["## Targets", ""] + [
-        f"- {'met' if ok else 'MISSED'}: {name}" for name, ok in r["targets"].items()
-    ]
+    L += md_targets(r["targets"])
     return "\n".join(L) + "\n"
 
 

@@ -27,14 +27,22 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from models.keypoints import COCO17
-from training.synth.detections import simulate_detections
-from training.synth.generate import SynthConfig, generate, image_rngs
-from training.synth.labels import coco_annotation, label_persons
-from training.synth.scene import finish_image, plan_scene, render_scene
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from benchmarks._common import RESULTS, cpu_model  # noqa: E402
+from models.keypoints import COCO17  # noqa: E402
+from training.synth.detections import simulate_detections  # noqa: E402
+from training.synth.generate import (  # noqa: E402
+    SynthConfig,
+    generate,
+    image_rngs,
+    visible_fraction,
+)
+from training.synth.labels import coco_annotation, label_persons  # noqa: E402
+from training.synth.scene import finish_image, plan_scene, render_scene  # noqa: E402
 
 log = logging.getLogger("synth_speed")
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_PER_CORE_256 = 20.0  # images/s, from the issue
 
 NOTES = """\
@@ -53,16 +61,6 @@ channel multiply for the light map, a numpy table instead of a Python lambda for
 cProfile total went from 104 to 76 ms an image at 640x480 (both runs under other users' load,
 so approximate). 256x256 met the target before these changes too (~35 images/s on one core).
 """
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _load() -> list[float]:
@@ -124,7 +122,8 @@ def stages(width: int, height: int, n: int) -> dict[str, float]:
             t = add("camera effects", t)
             labels = label_persons(canvas, [(p.body, p.scale) for p in scene.persons], COCO17)
             boxes = np.array([lab.bbox for lab in labels]).reshape(-1, 4)
-            simulate_detections(det_rng, boxes, np.ones(len(labels)), i + 1, width, height)
+            visible = np.array([visible_fraction(lab) for lab in labels])
+            simulate_detections(det_rng, boxes, visible, i + 1, width, height)
             t = add("labels and detections", t)
             for lab in labels:
                 coco_annotation(lab, lab.person, i + 1)
