@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +67,23 @@ class PosePipeline:
         intra_op_threads: int | None = None,
         max_batch: int = 64,
         scio_config: ScioSearchConfig | None = None,
+        io_binding: bool | None = None,
     ) -> None:
-        """`scio_config` overrides the bundle's SCIO search settings (evaluation ablations)."""
+        """`scio_config` overrides the bundle's SCIO search settings (evaluation ablations).
+        `io_binding`: None = on where the models run on CUDA/TensorRT (`service.runtime`)."""
         m = bundle.manifest
         self.bundle = bundle
         self.spec = m.spec
         self.max_batch = max_batch
         self.codec = HeatmapCodec(m.pose.input_hw, m.pose.heatmap_hw, m.pose.sigma)
         self.norm = Normalization(m.pose.mean, m.pose.std, m.pose.color_order)
-        self.pose = OnnxModel.load(_req(bundle.path(POSE)), device, intra_op_threads)
+        load = partial(
+            OnnxModel.load, device=device, intra_op_threads=intra_op_threads, io_binding=io_binding
+        )
+        self.pose = load(_req(bundle.path(POSE)))
         det_path = bundle.path(DETECTOR)
         self.detector = (
-            PersonDetector(OnnxModel.load(det_path, device, intra_op_threads), m.detector)
+            PersonDetector(load(det_path), m.detector)
             if det_path is not None and m.detector is not None
             else None
         )
@@ -85,7 +91,7 @@ class PosePipeline:
         self.predictor: OnnxPredictor | None = None
         self.scio_config = scio_config or ScioSearchConfig()
         if bundle.has_scio:
-            self._load_scio(bundle, device, intra_op_threads, scio_config)
+            self._load_scio(bundle, load, scio_config)
         self.refine_available = self.verifier is not None
         log.info(
             "loaded bundle %s %s from %s on %s", m.name, m.version, bundle.root, self.pose.providers
@@ -94,8 +100,7 @@ class PosePipeline:
     def _load_scio(
         self,
         bundle: Bundle,
-        device: str,
-        threads: int | None,
+        load: Callable[[Path], OnnxModel],
         override: ScioSearchConfig | None,
     ) -> None:
         settings = bundle.manifest.scio or {}
@@ -110,12 +115,11 @@ class PosePipeline:
             )
         self.scio_config = override or ScioSearchConfig.from_dict(settings.get("search", {}))
         self.verifier = OnnxVerifier(
-            OnnxModel.load(_req(bundle.path(GAMMA_CONTEXT)), device, threads),
-            OnnxModel.load(_req(bundle.path(GAMMA_HEAD)), device, threads),
+            load(_req(bundle.path(GAMMA_CONTEXT))), load(_req(bundle.path(GAMMA_HEAD)))
         )
         phi = bundle.path(PHI)
         if phi is not None:
-            self.predictor = OnnxPredictor(OnnxModel.load(phi, device, threads))
+            self.predictor = OnnxPredictor(load(phi))
 
     @classmethod
     def from_path(cls, path: str | Path, **kw: Any) -> PosePipeline:

@@ -72,29 +72,83 @@ def create_session(
     return ort.InferenceSession(str(path), sess_options=opts, providers=choose_providers(device))
 
 
-class OnnxModel:
-    """One ONNX model: named float32 inputs in, named outputs out. The only place that calls
-    onnxruntime at inference time."""
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
-    def __init__(self, session: ort.InferenceSession, name: str) -> None:
+
+class OnnxModel:
+    """One ONNX model: named inputs in, named outputs out. The only place that calls
+    onnxruntime at inference time.
+
+    On CUDA (and TensorRT) every call goes through IO binding: host inputs are bound where they
+    are and copied to the GPU once by ONNX Runtime, outputs are allocated on the GPU and copied
+    back only when the caller asks for host arrays (`run`); `run_on_device` leaves them there,
+    as `OrtValue`s another model on the same device takes as inputs without a round trip (Γ's
+    per-group context, computed once and read by every search iteration). On the CPU the plain
+    `session.run` is used unless `io_binding=True` is asked for (the tests do, to exercise the
+    bound path where there is no GPU).
+    """
+
+    def __init__(self, session: ort.InferenceSession, name: str, io_binding: bool | None = None):
         self.session = session
         self.name = name
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
+        on_gpu = bool(session.get_providers()) and session.get_providers()[0] in _GPU_PROVIDERS
+        self.device = "cuda" if on_gpu else "cpu"  # where outputs are allocated
+        self.io_binding = on_gpu if io_binding is None else io_binding
 
     @classmethod
     def load(
-        cls, path: str | Path, device: str = "auto", intra_op_threads: int | None = None
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        intra_op_threads: int | None = None,
+        io_binding: bool | None = None,
     ) -> OnnxModel:
-        return cls(create_session(path, device, intra_op_threads), Path(path).stem)
+        session = create_session(path, device, intra_op_threads)
+        return cls(session, Path(path).stem, io_binding)
 
     @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
 
-    def run(self, **inputs: npt.NDArray[Any]) -> dict[str, npt.NDArray[np.float32]]:
+    def run(self, **inputs: npt.NDArray[Any] | ort.OrtValue) -> dict[str, npt.NDArray[np.float32]]:
+        """All outputs as host arrays."""
+        if not self.io_binding:
+            feeds = self._feeds(inputs)
+            if any(isinstance(v, ort.OrtValue) for v in feeds.values()):
+                raise TypeError(f"{self.name}: OrtValue inputs need io_binding")
+            outs = self.session.run(self.output_names, feeds)
+        else:
+            outs = self._run_bound(inputs).copy_outputs_to_cpu()
+        return dict(zip(self.output_names, outs, strict=True))
+
+    def run_on_device(self, **inputs: npt.NDArray[Any] | ort.OrtValue) -> dict[str, ort.OrtValue]:
+        """All outputs as `OrtValue`s where the model ran (GPU memory on CUDA); needs IO binding."""
+        if not self.io_binding:
+            raise RuntimeError(f"{self.name}: run_on_device needs io_binding")
+        outs = self._run_bound(inputs).get_outputs()
+        return dict(zip(self.output_names, outs, strict=True))
+
+    def _feeds(
+        self, inputs: dict[str, npt.NDArray[Any] | ort.OrtValue]
+    ) -> dict[str, npt.NDArray[Any] | ort.OrtValue]:
         missing = set(self.input_names) - set(inputs)
         if missing:
             raise ValueError(f"{self.name}: missing inputs {sorted(missing)}")
-        outs = self.session.run(self.output_names, {k: inputs[k] for k in self.input_names})
-        return dict(zip(self.output_names, outs, strict=True))
+        return {k: inputs[k] for k in self.input_names}
+
+    def _run_bound(self, inputs: dict[str, npt.NDArray[Any] | ort.OrtValue]) -> ort.IOBinding:
+        binding = self.session.io_binding()
+        host = []  # the bound host arrays must outlive the run: ONNX Runtime may read them in place
+        for name, value in self._feeds(inputs).items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:  # copied to the device by ONNX Runtime when the model runs there
+                host.append(np.ascontiguousarray(value))
+                binding.bind_cpu_input(name, host[-1])
+        for name in self.output_names:
+            binding.bind_output(name, self.device)
+        self.session.run_with_iobinding(binding)
+        del host
+        return binding

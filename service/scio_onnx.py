@@ -4,9 +4,14 @@
 (person, group); `scio_gamma_head` (candidates, ctx_index, ctx0, ... -> heatmap) runs once per
 search iteration for every candidate, gathering its context row inside the graph. Φ is one graph
 (h1, h2, h3, features, group -> heatmap). Heatmaps go in and out as (M, h, w).
+
+When both Γ graphs run with IO binding (CUDA), the context stays on the device between the
+context call and the search iterations that read it.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,9 +36,12 @@ class OnnxVerifier:
                 f"Γ's graphs do not fit together: context outputs {context.output_names}, "
                 f"head takes {self.ctx_names}"
             )
+        self.context_on_device = context.io_binding and head.io_binding
 
-    def context(self, hb: F32, hc: F32, f: F32, group: I64) -> list[F32]:
-        out = self.context_model.run(
+    def context(self, hb: F32, hc: F32, f: F32, group: I64) -> list[Any]:
+        """ctx0, ctx1, ...: host arrays, or `OrtValue`s on the device under IO binding."""
+        run = self.context_model.run_on_device if self.context_on_device else self.context_model.run
+        out: dict[str, Any] = run(
             h1=_maps(hb),
             h2=_maps(hc),
             features=np.ascontiguousarray(f, dtype=np.float32),
@@ -41,7 +49,7 @@ class OnnxVerifier:
         )
         return [out[n] for n in self.ctx_names]
 
-    def head(self, context: list[F32], index: I64, hd: F32) -> F32:
+    def head(self, context: list[Any], index: I64, hd: F32) -> F32:
         feeds = dict(zip(self.ctx_names, context, strict=True))
         out = self.head_model.run(
             candidates=_maps(hd), ctx_index=np.ascontiguousarray(index, dtype=np.int64), **feeds
