@@ -80,6 +80,7 @@ def test_deadline_is_504_and_slots_are_freed_when_the_work_ends() -> None:
         assert waiting.json()["error"]["code"] == "deadline_exceeded"
         # The requests have gone, the stuck call still holds its slot, nothing is queued.
         assert (runner.running, runner.queued) == (1, 0)
+        assert not runner._pending  # the timed-out request's job left the queue with it
         fake.release.set()
         _until(lambda: runner.running == 0)
         assert post_image(client, PNG).status_code == 200

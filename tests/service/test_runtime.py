@@ -87,7 +87,8 @@ def test_io_binding_gives_the_plain_outputs() -> None:
 def test_gamma_context_stays_on_the_device_between_calls() -> None:
     bundle = load_bundle(DEMO)
     ctx_path, head_path = bundle.path(GAMMA_CONTEXT), bundle.path(GAMMA_HEAD)
-    assert ctx_path is not None and head_path is not None
+    assert ctx_path is not None
+    assert head_path is not None
     plain = OnnxVerifier(OnnxModel.load(ctx_path, "cpu"), OnnxModel.load(head_path, "cpu"))
     bound = OnnxVerifier(
         OnnxModel.load(ctx_path, "cpu", io_binding=True),
@@ -116,9 +117,7 @@ def test_the_pipeline_under_io_binding_gives_the_same_poses(tmp_path: Path) -> N
     search = ScioSearchConfig(iterations=5, prior="phi")  # so the search calls Γ's head
     results = []
     for io_binding in (False, True):
-        pipe = PosePipeline.from_path(
-            DEMO, device="cpu", io_binding=io_binding, scio_config=search
-        )
+        pipe = PosePipeline.from_path(DEMO, device="cpu", io_binding=io_binding, scio_config=search)
         assert pipe.pose.io_binding == io_binding
         results.append(pipe.estimate(img, PoseOptions(flip=True)))
     plain, bound = results
