@@ -8,7 +8,9 @@
 3. End-to-end /pose latency for a one-person image against the sum of its model inference
    times (detector + backbone + SCIO networks, timed on the same sessions): target <= 1.15x;
    on the demo bundle, on the same image as a 12-megapixel photo, and on an HRNet-W32-sized
-   bundle (untrained weights, built here) to see the overhead next to a real backbone.
+   bundle (untrained weights, built here) to see the overhead next to a real backbone; and the
+   service alone (the real app answering with a replay of the pipeline's result), to split the
+   demo bundle's time into models, service and pipeline work around the models.
 4. Efficiency: HRNet-W32 256x192 on ONNX Runtime (CPU) as a fraction of this machine's measured
    fp32 matrix-multiply rate (target >= 50%), and ONNX Runtime against PyTorch eager on the same
    weights (target >= 1.5x faster).
