@@ -148,9 +148,18 @@ def warp_affine(
         else:
             planes = _taps_from_image(img, x0f, y0f)
         for k, (p00, p01, p10, p11) in enumerate(planes):
-            top = p00 + fx * (p01 - p00)
-            v = top + fy * (p10 + fx * (p11 - p10) - top)
-            out[i, :, :, k] = np.clip(np.rint(v), 0, 255)
+            # top + fy * (bottom - top) with top = p00 + fx * (p01 - p00) and bottom likewise,
+            # in place in the planes (fresh arrays): the same operations without temporaries
+            p01 -= p00
+            p01 *= fx
+            p01 += p00
+            p11 -= p10
+            p11 *= fx
+            p11 += p10
+            p11 -= p01
+            p11 *= fy
+            p11 += p01
+            out[i, :, :, k] = np.clip(np.rint(p11, out=p11), 0, 255, out=p11)
     return out
 
 
@@ -233,12 +242,19 @@ def resize_bilinear(
 
     def horizontal(r: npt.NDArray[np.intp]) -> npt.NDArray[np.float32]:
         sel = cols[r]  # (h, W, C)
-        left = sel[:, x0].astype(np.float32)
-        right = sel[:, x1].astype(np.float32)
-        return left + fx3 * (right - left)  # (h, w, C)
+        # np.take, not sel[:, x0]: the same gather, 1.5-2x faster on (h, W, 3) uint8
+        left = np.take(sel, x0, axis=1).astype(np.float32)
+        right = np.take(sel, x1, axis=1).astype(np.float32)
+        right -= left  # left + fx * (right - left), in place: no temporaries
+        right *= fx3
+        right += left
+        return right  # (h, w, C)
 
     top, bottom = horizontal(y0), horizontal(y1)
-    out = np.clip(np.rint(top + fy3 * (bottom - top)), 0, 255).astype(np.uint8)
+    bottom -= top  # top + fy * (bottom - top), in place
+    bottom *= fy3
+    bottom += top
+    out = np.clip(np.rint(bottom, out=bottom), 0, 255, out=bottom).astype(np.uint8)
     return out.reshape(h, w, *img.shape[2:])
 
 
