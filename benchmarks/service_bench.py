@@ -270,32 +270,21 @@ def end_to_end(
     """Client-side /pose latency of a one-person image (sequential) against model time. Each
     request follows one timing of its models in this process, so that both see the same load on
     this shared machine (timed minutes apart, they need not)."""
-    import httpx
-
     models_once = model_timer(pipe, img)
     models_once()
-    with running_service(bundle, settings) as base, httpx.Client(timeout=60) as c:
-        for _ in range(3):
-            c.post(f"{base}/pose", content=jpeg, headers={"content-type": "image/jpeg"})
-        lat = []
-        runs: list[dict[str, float]] = []
-        server: list[dict[str, float]] = []
-        for _ in range(reps):
-            runs.append(models_once())
-            t = time.perf_counter()
-            r = c.post(f"{base}/pose", content=jpeg, headers={"content-type": "image/jpeg"})
-            lat.append(time.perf_counter() - t)
-            assert r.status_code == 200, r.text
-            server.append(r.json()["timings_ms"])
+    runs: list[dict[str, float]] = []
+    lat, server, last = sequential_posts(
+        bundle, jpeg, reps, settings=settings, before_each=lambda: runs.append(models_once())
+    )
     models = {k: float(np.median([m[k] for m in runs])) for k in runs[0]}
-    e2e = 1000 * float(np.median(lat))
+    e2e = float(np.median(lat))
     model_sum = sum(models.values())
     return {
         "end_to_end_ms": e2e,
         "models_ms": models,
         "models_sum_ms": model_sum,
         "ratio": e2e / model_sum,
-        "persons_found": len(r.json()["persons"]),
+        "persons_found": len(last["persons"]),
         "image": f"{img.shape[1]}x{img.shape[0]} JPEG of {len(jpeg)} bytes",
         "server_timings_ms": {k: float(np.median([t[k] for t in server])) for k in server[0]},
     }
@@ -325,9 +314,8 @@ class ReplayEstimator:
 def serve_replay(jpeg_path: Path) -> int:
     """The real app and server (`SCIO_*` settings) on a `ReplayEstimator` of the bundle's
     pipeline for this image; runs until SIGTERM."""
-    from service.app import create_app
     from service.imageio import decode_image
-    from service.serve import serve_app
+    from service.serve import serve
     from service.settings import Settings
 
     settings = Settings()
@@ -335,42 +323,53 @@ def serve_replay(jpeg_path: Path) -> int:
         jpeg_path.read_bytes(), allowed=settings.allowed_formats, max_pixels=settings.max_pixels
     )
     replay = ReplayEstimator(PosePipeline.from_path(settings.bundle, device="cpu"), decoded.rgb)
-    app = create_app(settings, lambda _: replay)
-    serve_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        drain_timeout_s=settings.drain_timeout_s,
-    )
+    serve(settings, lambda _: replay)
     return 0
 
 
 def service_alone(bundle: Path, jpeg: bytes, work: Path, reps: int) -> dict[str, Any]:
     """Client-side /pose latency when the pipeline costs nothing: the same request answered by
     a replay of the pipeline's result (same persons, same JSON), sequential."""
-    import httpx
-
     path = work / "replay.jpg"
     path.write_bytes(jpeg)
     command = [sys.executable, str(Path(__file__).resolve()), "--replay-server", str(path)]
-    with running_service(bundle, command=command) as base, httpx.Client(timeout=60) as c:
-        for _ in range(3):
-            c.post(f"{base}/pose", content=jpeg, headers={"content-type": "image/jpeg"})
-        lat, server = [], []
-        for _ in range(max(reps, 50)):  # a few ms each: more repetitions for a stable median
-            t = time.perf_counter()
-            r = c.post(f"{base}/pose", content=jpeg, headers={"content-type": "image/jpeg"})
-            lat.append(time.perf_counter() - t)
-            assert r.status_code == 200, r.text
-            server.append(r.json()["timings_ms"])
+    # a few ms each: more repetitions for a stable median
+    lat, server, last = sequential_posts(bundle, jpeg, max(reps, 50), command=command)
     return {
-        "end_to_end_ms": 1000 * float(np.median(lat)),
-        "persons": len(r.json()["persons"]),
+        "end_to_end_ms": float(np.median(lat)),
+        "persons": len(last["persons"]),
         "server_timings_ms": {
             k: float(np.median([t[k] for t in server])) for k in ("decode_ms", "total_ms")
         },
     }
+
+
+def sequential_posts(
+    bundle: Path,
+    jpeg: bytes,
+    reps: int,
+    settings: dict[str, str] | None = None,
+    command: list[str] | None = None,
+    before_each: Callable[[], object] | None = None,
+) -> tuple[list[float], list[dict[str, float]], dict[str, Any]]:
+    """POST /pose `reps` times, one at a time, to a service started as `running_service` does
+    (after three warm-up requests): client-side latencies (ms), the server's `timings_ms` of
+    each, and the last response. `before_each` runs before each timed request."""
+    import httpx
+
+    lat, server = [], []
+    with running_service(bundle, settings, command) as base, httpx.Client(timeout=60) as c:
+        for _ in range(3):
+            c.post(f"{base}/pose", content=jpeg, headers={"content-type": "image/jpeg"})
+        for _ in range(reps):
+            if before_each is not None:
+                before_each()
+            t = time.perf_counter()
+            r = c.post(f"{base}/pose", content=jpeg, headers={"content-type": "image/jpeg"})
+            lat.append(1000 * (time.perf_counter() - t))
+            assert r.status_code == 200, r.text
+            server.append(r.json()["timings_ms"])
+    return lat, server, r.json()
 
 
 def photo_sized(img: np.ndarray, size: tuple[int, int] = (4000, 3000)) -> tuple[np.ndarray, bytes]:

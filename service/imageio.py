@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 RGB = npt.NDArray[np.uint8]
 
-# Pillow plugin name for each allowed format.
 _ORIENTATION = 0x0112  # EXIF tag (Pillow caches the parsed EXIF; exif_transpose reuses it)
+
+# Pillow plugin name for each allowed format.
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF"}
 
 # Formats we recognise only to name them in the 415 message; none of them is ever decoded.

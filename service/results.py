@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -79,21 +80,30 @@ class PoseEstimator(Protocol):
         ...
 
 
+def decoded_to_original(v: npt.ArrayLike, scale: int) -> npt.NDArray[np.float64]:
+    """Pixel coordinates on an image the JPEG decoder shrank by `scale` (block averages of
+    scale x scale pixels) -> the original image's: x = (x' + 0.5) * scale - 0.5."""
+    out: npt.NDArray[np.float64] = (np.asarray(v, dtype=np.float64) + 0.5) * scale - 0.5
+    return out
+
+
+def original_to_decoded(v: npt.ArrayLike, scale: int) -> npt.NDArray[np.float64]:
+    """The inverse of `decoded_to_original`."""
+    out: npt.NDArray[np.float64] = (np.asarray(v, dtype=np.float64) + 0.5) / scale - 0.5
+    return out
+
+
 def to_original_pixels(result: PoseResult, scale: int, original_hw: tuple[int, int]) -> PoseResult:
-    """A result on an image the JPEG decoder shrank by `scale` (block averages of scale x scale
-    pixels), in the original image's pixels: x = (x' + 0.5) * scale - 0.5; distances * scale."""
+    """A result on an image the JPEG decoder shrank by `scale`, in the original image's pixels
+    (`decoded_to_original`; distances * scale)."""
     if scale == 1:
         return result
-
-    def point(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        out: npt.NDArray[np.float64] = (v + 0.5) * scale - 0.5
-        return out
-
+    point = partial(decoded_to_original, scale=scale)
     persons = []
     for p in result.persons:
         kps = np.array(p.keypoints, dtype=np.float64)
         kps[:, :2] = point(kps[:, :2])
         refs = [replace(r, displacement_px=r.displacement_px * scale) for r in p.refinements]
-        bbox = point(np.asarray(p.bbox, dtype=np.float64))
+        bbox = point(p.bbox)
         persons.append(PersonPose(bbox, p.bbox_score, p.score, kps, refs))
     return PoseResult(original_hw, persons, result.refined, dict(result.timings_ms))

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # fastapi and uvicorn are imported when the verb runs, not for its help
     from fastapi import FastAPI
 
+    from service.app import EstimatorFactory
+    from service.settings import Settings
+
 HELP = "run the HTTP pose service (FastAPI + ONNX Runtime)"
 
 log = logging.getLogger(__name__)
@@ -29,21 +32,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.app import create_app
     from service.settings import Settings, get_settings
 
     overrides = {k: v for k in ("host", "port", "bundle") if (v := getattr(args, k)) is not None}
     settings = Settings(**overrides) if overrides else get_settings()  # validated either way
     for name in ("service", "uvicorn"):
         logging.getLogger(name).setLevel(settings.log_level.upper())
+    serve(settings)
+    return 0
+
+
+def serve(settings: Settings, estimator_factory: EstimatorFactory | None = None) -> None:
+    """The app for these settings (and estimator factory, default the bundle's pipeline), served
+    where the settings say until SIGTERM/SIGINT."""
+    from service.app import create_app
+
     serve_app(
-        create_app(settings),
+        create_app(settings, estimator_factory),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         drain_timeout_s=settings.drain_timeout_s,
     )
-    return 0
 
 
 def serve_app(app: FastAPI, *, host: str, port: int, log_level: str, drain_timeout_s: int) -> None:

@@ -24,6 +24,7 @@ from service.results import (
     PoseEstimator,
     PoseOptions,
     PoseResult,
+    original_to_decoded,
     to_original_pixels,
 )
 from service.schemas import CocoResult, PoseParams, PoseResponse, error_responses, parse_boxes
@@ -145,7 +146,7 @@ def _options(params: PoseParams, image_hw: tuple[int, int], scale: int) -> PoseO
     if params.boxes is not None:  # checked against the original image, then to decoded pixels
         boxes = _boxes_in_image(params.boxes, image_hw)
         if scale > 1:
-            boxes = (boxes + 0.5) / scale - 0.5
+            boxes = original_to_decoded(boxes, scale)
     return PoseOptions(
         refine=params.refine,
         flip=params.flip,
