@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -195,17 +197,23 @@ def gamma_step(
     gen: torch.Generator,
 ) -> tuple[Tensor, dict[str, float]]:
     hw = (b.hb.shape[-2], b.hb.shape[-1])
+    r = len(b.xd)
     ctx = gamma.context(b.hb, b.hc, b.f, b.group)
     pred_a = gamma.head(ctx, b.hd)
     forward_d = phi(b.hb, b.hc, pred_a, b.f, b.group)
-    true_a = gamma.head(ctx, render(b.xd, hw, sigma))
-    s_true = constraint_loss(b.ha, true_a)
+    # The true D and its displaced copies go through Γ's head in one batch: in train mode
+    # BatchNorm normalises with the batch's statistics, and the ranking term must compare
+    # candidates normalised alike, as they are at inference (running statistics for all).
+    points = torch.cat(
+        [b.xd, *(displaced(b.xd, radius, hw, gen) for radius in DISPLACEMENTS)]
+    )  # (R·(1+n), 2): block 0 the true D, block i the i-th radius
+    rows = torch.arange(r).repeat(1 + len(DISPLACEMENTS))
+    cand_a = gamma.head(ctx, render(points, hw, sigma), rows)
+    s = constraint_loss(b.ha[rows], cand_a).reshape(1 + len(DISPLACEMENTS), r)
+    true_a = cand_a[:r]
     rank = torch.zeros(())
-    for radius in DISPLACEMENTS:
-        s_off = constraint_loss(
-            b.ha, gamma.head(ctx, render(displaced(b.xd, radius, hw, gen), hw, sigma))
-        )
-        rank = rank + torch.relu(cfg.rank_margin * radius / 4 + s_true - s_off).mean()
+    for i, radius in enumerate(DISPLACEMENTS):
+        rank = rank + torch.relu(cfg.rank_margin * radius / 4 + s[0] - s[1 + i]).mean()
     rank = rank / len(DISPLACEMENTS)
     loss = sq(pred_a, b.gt_a) + sq(forward_d, b.gt_d) + sq(true_a, b.gt_a) + cfg.rank_weight * rank
     stats = {"rank": rank.item()}
@@ -214,6 +222,21 @@ def gamma_step(
         loss = loss + cfg.listwise_weight * lw
         stats["listwise"] = lw.item()
     return loss, stats
+
+
+@contextmanager
+def frozen(net: ScioNet) -> Iterator[None]:
+    """The partner network of an alternating step: no gradients, and eval mode, so its
+    BatchNorm running statistics stay put and its feature dropout does not fire; gradients
+    still flow through it to the network that learns. Restores train mode afterwards."""
+    was = net.training
+    net.requires_grad_(False)
+    net.eval()
+    try:
+        yield
+    finally:
+        net.requires_grad_(True)
+        net.train(was)
 
 
 # the candidates of a radius-2 grid search (what the listwise term trains Γ to rank)
@@ -423,21 +446,19 @@ def _epoch(
         if b is None:
             continue
         if step % 2 == 0:  # Φ learns, Γ frozen
-            gamma.requires_grad_(False)
-            loss = phi_step(phi, gamma, b)
-            opt_phi.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_phi.step()
-            gamma.requires_grad_(True)
+            with frozen(gamma):
+                loss = phi_step(phi, gamma, b)
+                opt_phi.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_phi.step()
             sums["phi"] += loss.item()
             counts["phi"] += 1
         else:  # Γ learns, Φ frozen
-            phi.requires_grad_(False)
-            loss, extra = gamma_step(gamma, phi, b, cfg, sigma, gen)
-            opt_gamma.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_gamma.step()
-            phi.requires_grad_(True)
+            with frozen(phi):
+                loss, extra = gamma_step(gamma, phi, b, cfg, sigma, gen)
+                opt_gamma.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_gamma.step()
             sums["gamma"] += loss.item()
             sums["rank"] += extra["rank"]
             sums["listwise"] += extra.get("listwise", 0.0)
