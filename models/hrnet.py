@@ -10,7 +10,7 @@ serves the official W32/W48 and the slim CPU variant.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 from torch import Tensor, nn
@@ -55,8 +55,20 @@ class HRNetConfig:
     layer1_blocks: int = 4  # Bottlenecks at stride 4 before the first transition
     layer1_planes: int = 64  # their planes; layer1 outputs 4x this
     final_conv_kernel: int = 1  # 1 or 3
+    # Stride-2 upsampling blocks between stage 4 and the heatmap layer, one width each
+    # (SimpleBaseline-style: 4x4 deconvolution, BatchNorm, ReLU). Empty for the official models
+    # (heatmaps at stride 4); one block gives stride-2 heatmaps, e.g. 64x48 from a 128x96 input.
+    # The feature map `f` is then the upsampled one, at heatmap resolution.
+    upsample_widths: tuple[int, ...] = ()
+
+    @property
+    def output_stride(self) -> int:
+        """Input pixels per heatmap pixel."""
+        return int(4 // 2 ** len(self.upsample_widths))
 
     def __post_init__(self) -> None:
+        if len(self.upsample_widths) > 2:
+            raise ValueError("at most two upsampling blocks (stride 4 -> 1)")
         if self.color_order not in ("RGB", "BGR"):
             raise ValueError(f"color_order must be 'RGB' or 'BGR', got {self.color_order!r}")
         if self.final_conv_kernel not in (1, 3):
@@ -212,16 +224,21 @@ class HRNet(nn.Module):
         self.stage3 = _stage(config.stage3, True)
         self.transition3 = _transition(config.stage3.widths, config.stage4.widths)
         self.stage4 = _stage(config.stage4, False)
+        # No parameters when empty, so official checkpoints still match key for key.
+        self.upsample = _upsample(config.stage4.widths[0], config.upsample_widths)
         k = config.final_conv_kernel
         self.final_layer = nn.Conv2d(self.feature_channels, config.num_keypoints, k, 1, k // 2)
         init_official(self)
 
     @property
     def feature_channels(self) -> int:
+        if self.config.upsample_widths:
+            return self.config.upsample_widths[-1]
         return self.config.stage4.widths[0]
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(N, 3, H, W) -> stage 4's branch-0 output (N, C, H/4, W/4), before `final_layer`."""
+        """(N, 3, H, W) -> stage 4's branch-0 output (N, C, H/4, W/4), upsampled to the heatmap
+        resolution when the config asks, before `final_layer`."""
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
         xs: list[Tensor] = [self.layer1(x)]
@@ -231,7 +248,8 @@ class HRNet(nn.Module):
             (self.transition3, self.stage4),
         ):
             xs = stage(_apply_transition(transition, xs))
-        return xs[0]
+        f: Tensor = self.upsample(xs[0])
+        return f
 
     def forward_head(self, f: Tensor) -> Tensor:
         """(N, C, h, w) -> heatmaps (N, K, h, w)."""
@@ -241,6 +259,19 @@ class HRNet(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f = self.forward_features(x)
         return self.forward_head(f), f
+
+
+def _upsample(width: int, widths: tuple[int, ...]) -> nn.Sequential:
+    """Stride-2 4x4 deconvolutions (padding 1: exactly twice the size), each with BN and ReLU."""
+    layers: list[nn.Module] = []
+    for out in widths:
+        layers += [
+            nn.ConvTranspose2d(width, out, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU(inplace=True),
+        ]
+        width = out
+    return nn.Sequential(*layers)
 
 
 def _apply_transition(transition: nn.ModuleList, xs: list[Tensor]) -> list[Tensor]:
@@ -281,4 +312,16 @@ HRNET_SMALL = HRNetConfig(
     layer1_planes=16,
 )
 
-__all__ = ["HRNET_SMALL", "HRNET_W32", "HRNET_W48", "HRNet", "HRNetConfig", "StageConfig"]
+# HRNET_SMALL with one upsampling block: 64x48 heatmaps (the paper's resolution) from a 128x96
+# input, for the SCIO testbed. The block costs about 0.03 GMACs next to the trunk's 0.15.
+HRNET_SMALL_UP = replace(HRNET_SMALL, upsample_widths=(32,))
+
+__all__ = [
+    "HRNET_SMALL",
+    "HRNET_SMALL_UP",
+    "HRNET_W32",
+    "HRNET_W48",
+    "HRNet",
+    "HRNetConfig",
+    "StageConfig",
+]

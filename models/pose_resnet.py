@@ -121,6 +121,11 @@ class PoseResNetConfig:
     deconv_kernel: int = 4  # 4 (padding 1), 3 (padding 1, output_padding 1) or 2
     final_conv_kernel: int = 1  # 1 or 3
 
+    @property
+    def output_stride(self) -> int:
+        """Input pixels per heatmap pixel (always 4: three deconvs after stride 32)."""
+        return 4
+
     def __post_init__(self) -> None:
         if self.block not in BLOCKS:
             raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {self.block!r}")

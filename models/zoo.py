@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from models.hrnet import HRNET_SMALL, HRNET_W32, HRNET_W48, HRNet, HRNetConfig
+from models.hrnet import HRNET_SMALL, HRNET_SMALL_UP, HRNET_W32, HRNET_W48, HRNet, HRNetConfig
 from models.pose_resnet import (
     POSE_RESNET_18,
     POSE_RESNET_50,
@@ -28,6 +28,7 @@ VARIANTS: dict[str, BackboneConfig] = {
     "hrnet_w32": HRNET_W32,
     "hrnet_w48": HRNET_W48,
     "hrnet_small": HRNET_SMALL,
+    "hrnet_small_up": HRNET_SMALL_UP,
     "pose_resnet_18": POSE_RESNET_18,
     "pose_resnet_50": POSE_RESNET_50,
     "pose_resnet_101": POSE_RESNET_101,

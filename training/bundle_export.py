@@ -107,7 +107,7 @@ def build_bundle(out: str | Path, model: Backbone, b: BundleSpec) -> Bundle:
             pose=PoseModelInfo(
                 arch=b.arch,
                 input_hw=(h, w),
-                heatmap_hw=(h // 4, w // 4),
+                heatmap_hw=(h // cfg.output_stride, w // cfg.output_stride),
                 sigma=b.sigma,
                 mean=tuple(cfg.mean),  # type: ignore[arg-type]
                 std=tuple(cfg.std),  # type: ignore[arg-type]

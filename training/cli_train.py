@@ -34,7 +34,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs)")
     b.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it is there")
     b.add_argument("--epochs", type=int, help="override the number of epochs")
+    b.add_argument(
+        "--samples",
+        type=int,
+        help="override the schedule's length in samples (train_samples; 0: use epochs)",
+    )
     b.add_argument("--workers", type=int, help="override data-loader workers per process")
+    b.add_argument("--threads", type=int, help="override torch intra-op threads per process")
+    b.add_argument(
+        "--time-budget",
+        type=parse_duration,
+        metavar="DURATION",
+        help=(
+            "stop cleanly after this much wall time in this sitting (e.g. 5400, 90m, 1.5h); "
+            "continue later with --resume, exactly where it stopped"
+        ),
+    )
     b.add_argument(
         "--init-weights", help="start from an official/MMPose checkpoint (same keypoints)"
     )
@@ -152,14 +167,41 @@ def _backbone(args: argparse.Namespace) -> int:
     over: dict[str, object] = {}
     if args.epochs is not None:
         over["epochs"] = args.epochs
+    if args.samples is not None:
+        over["train_samples"] = args.samples
     if args.workers is not None:
         over["workers"] = args.workers
+    if args.threads is not None:
+        over["torch_threads"] = args.threads
     if args.init_weights:
         over["init_weights"] = args.init_weights
     cfg = merge(cfg, over)
-    metrics = train_backbone(cfg, args.out, resume=args.resume)
-    log.info("done: %s", metrics)
+    metrics = train_backbone(cfg, args.out, resume=args.resume, time_budget_s=args.time_budget)
+    if metrics.get("stopped") == "time_budget":
+        log.info(
+            "stopped at the time budget after %d samples; continue with --resume",
+            metrics["samples"],
+        )
+    else:
+        log.info("done: %s", metrics)
     return 0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "5400", "90s", "90m" or "1.5h"."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    t = text.strip().lower()
+    scale = units.get(t[-1:])
+    number = t[:-1] if scale is not None else t
+    try:
+        value = float(number) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (e.g. 5400, 90m, 1.5h)"
+        ) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"a time budget must be positive, got {text!r}")
+    return value
 
 
 def _detector(args: argparse.Namespace) -> int:

@@ -1,16 +1,23 @@
 """Train a heatmap backbone (HRNet / SimpleBaseline) top-down on COCO-format data.
 
 Runs as one process, or as several under `torchrun` (DistributedDataParallel; NCCL on GPUs,
-gloo on CPUs). Every epoch writes `last.pt` (the model, with its config) and `train_state.pt`
-(optimizer, scheduler, epoch) atomically, so `--resume` continues where a run stopped; the best
-validation accuracy is kept as `best.pt`. Rank 0 logs, shows progress and writes files.
+gloo on CPUs). The schedule is counted in optimizer steps (samples): `epochs` passes, or
+`train_samples` samples. Every report (an epoch, or `report_every` samples), and when a time
+budget ends a sitting, writes `last.pt` (the model, with its config) and `train_state.pt`
+(optimizer, learning-rate schedule, RNG states, step = data position) atomically, so `--resume`
+continues exactly where a run stopped; the best held-out AP (or PCK without annotations) is kept
+as `best.pt`. Each report row in `log.jsonl` holds samples seen, throughput (samples/s and
+GFLOP/s) and the held-out metrics: the learning curve. Rank 0 logs, shows progress and writes
+files.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -23,17 +30,19 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 from models.checkpoint import atomic_save, load_weights, read_checkpoint, save_checkpoint
 from models.codec import HeatmapCodec, decode_argmax
+from models.geometry import heatmap_to_image
 from models.keypoints import get_spec
+from models.postprocess import rescore
 from models.preprocess import Normalization
-from models.zoo import Backbone, build_backbone, get_config
+from models.zoo import Backbone, build_backbone, count_conv_macs, get_config
 from training.config import BackboneTrainConfig, to_plain
 from training.data.coco import CocoKeypoints
 from training.data.sources import DatasetPaths, resolve_data
-from training.data.topdown import TopDownDataset
+from training.data.topdown import SampleStream, TopDownDataset
 from training.progress import progress
 
 log = logging.getLogger(__name__)
@@ -93,7 +102,10 @@ def build_model(cfg: BackboneTrainConfig) -> Backbone:
 
 
 def codec_for(cfg: BackboneTrainConfig) -> HeatmapCodec:
-    return HeatmapCodec.for_input(cfg.input_hw, sigma=cfg.sigma, unbiased=cfg.unbiased_targets)
+    stride = get_config(cfg.arch).output_stride
+    return HeatmapCodec.for_input(
+        cfg.input_hw, stride=stride, sigma=cfg.sigma, unbiased=cfg.unbiased_targets
+    )
 
 
 def normalization_of(model: Backbone) -> Normalization:
@@ -101,31 +113,112 @@ def normalization_of(model: Backbone) -> Normalization:
     return Normalization(c.mean, c.std, c.color_order)
 
 
-def make_loaders(
-    cfg: BackboneTrainConfig, paths: DatasetPaths, model: Backbone, d: Dist
-) -> tuple[DataLoader[dict[str, Any]], DataLoader[dict[str, Any]] | None]:
+class StreamSampler(Sampler[tuple[int, int]]):
+    """Endless (pass, person) keys for one process: pass e is a permutation of the n persons
+    drawn from (seed, e), cut into steps of `batch * world` with the remainder dropped; process
+    `rank` takes its `batch` slice of each step. `start_step` resumes exactly where a run
+    stopped, whatever the number of loader workers."""
+
+    def __init__(
+        self, n: int, batch: int, seed: int, rank: int = 0, world: int = 1, start_step: int = 0
+    ) -> None:
+        self.n, self.batch, self.seed, self.rank, self.world = n, batch, seed, rank, world
+        self.steps_per_epoch = n // (batch * world)
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{n} training persons cannot fill one step of {batch * world}")
+        self.start_step = start_step
+
+    def permutation(self, epoch: int) -> Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        step = self.start_step
+        while True:
+            epoch, within = divmod(step, self.steps_per_epoch)
+            perm = self.permutation(epoch)
+            for s in range(within, self.steps_per_epoch):
+                first = s * self.batch * self.world + self.rank * self.batch
+                for i in perm[first : first + self.batch].tolist():
+                    yield epoch, i
+            step += self.steps_per_epoch - within
+
+    def __len__(self) -> int:  # endless; DataLoader only asks for it in len(loader)
+        raise TypeError("a StreamSampler is endless")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The run in optimizer steps: length, learning-rate milestones, reports."""
+
+    total_steps: int
+    milestones: tuple[int, ...]  # steps at which the learning rate is multiplied by factor
+    factor: float
+    warmup_steps: int
+    report_steps: int
+    step_samples: int  # samples per optimizer step, all processes together
+    epoch_samples: int  # samples in one pass over the training persons (after the drop)
+
+    @classmethod
+    def of(cls, cfg: BackboneTrainConfig, n_persons: int, world: int) -> Schedule:
+        step_samples = cfg.batch_size * world
+        steps_per_epoch = n_persons // step_samples
+        if cfg.train_samples > 0:
+            total = max(1, math.ceil(cfg.train_samples / step_samples))
+            milestones = tuple(round(f * total) for f in cfg.lr_drops)
+        else:
+            total = cfg.epochs * steps_per_epoch
+            milestones = tuple(e * steps_per_epoch for e in cfg.lr_steps)
+        report = (
+            max(1, round(cfg.report_every / step_samples)) if cfg.report_every else steps_per_epoch
+        )
+        return cls(
+            total_steps=total,
+            milestones=milestones,
+            factor=cfg.lr_factor,
+            warmup_steps=math.ceil(cfg.warmup_samples / step_samples),
+            report_steps=max(1, report),
+            step_samples=step_samples,
+            epoch_samples=steps_per_epoch * step_samples,
+        )
+
+    def lr_scale(self, step: int) -> float:
+        """Multiplier of the base learning rate for optimizer step `step` (0-based)."""
+        scale = self.factor ** sum(step >= m for m in self.milestones)
+        if self.warmup_steps and step < self.warmup_steps:
+            scale *= (step + 1) / self.warmup_steps
+        return float(scale)
+
+
+def make_datasets(
+    cfg: BackboneTrainConfig, paths: DatasetPaths, model: Backbone
+) -> tuple[TopDownDataset, TopDownDataset | None]:
     spec = get_spec(cfg.data.spec)
     codec = codec_for(cfg)
     norm = normalization_of(model)
     train = TopDownDataset(
         CocoKeypoints(paths.train_ann, spec), paths.train_images, codec, norm, cfg.augment, cfg.seed
     )
-    if d.world > 1:
-        sampler: Any = DistributedSampler(train, d.world, d.rank, shuffle=True, seed=cfg.seed)
-    else:
-        sampler = RandomSampler(train, generator=torch.Generator().manual_seed(cfg.seed))
-    common: dict[str, Any] = {
-        "batch_size": cfg.batch_size,
-        "num_workers": cfg.workers,
-        "pin_memory": torch.cuda.is_available(),
-        "persistent_workers": cfg.workers > 0,
-    }
-    train_loader = DataLoader(train, sampler=sampler, drop_last=True, **common)
-    val_loader = None
+    val = None
     if paths.val_ann is not None and paths.val_images is not None:
         val = TopDownDataset(CocoKeypoints(paths.val_ann, spec), paths.val_images, codec, norm)
-        val_loader = DataLoader(val, sampler=SequentialSampler(val), **common)
-    return train_loader, val_loader
+    return train, val
+
+
+def stream_loader(
+    cfg: BackboneTrainConfig, train: TopDownDataset, d: Dist, start_step: int
+) -> DataLoader[dict[str, Any]]:
+    sampler = StreamSampler(len(train), cfg.batch_size, cfg.seed, d.rank, d.world, start_step)
+    return DataLoader(
+        SampleStream(train),
+        sampler=sampler,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if cfg.workers > 0 else None,
+        # worker seeds from their own generator: the global RNG stays as a resumed run left it
+        generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + start_step),
+    )
 
 
 def pck_accuracy(pred: Tensor, target: Tensor, weight: Tensor, thr: float = 0.5) -> float:
@@ -140,11 +233,50 @@ def pck_accuracy(pred: Tensor, target: Tensor, weight: Tensor, thr: float = 0.5)
     return float((dist_[ok] < thr).mean()) if ok.any() else 0.0
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 natively (avx512_bf16 or AMX); else torch emulates it."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def _autocast(cfg: BackboneTrainConfig, device: torch.device) -> Any:
+    if device.type == "cuda" and cfg.amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and cfg.cpu_bf16:
+        if cpu_bf16_native():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        log.warning("cpu_bf16 asked, but this CPU has no native bf16 (avx512_bf16/AMX): off")
+    return nullcontext()
+
+
+def _model_flops(model: Backbone, cfg: BackboneTrainConfig) -> float:
+    """Arithmetic FLOPs of one training sample: forward MACs x 2, x 3 for forward + backward."""
+    x = torch.zeros(1, 3, *cfg.input_hw)
+    was = model.training
+    model.eval()
+    macs = count_conv_macs(model, lambda: model(x))
+    model.train(was)
+    return 6.0 * macs
+
+
 def train_backbone(
-    cfg: BackboneTrainConfig, out_dir: str | Path, resume: bool = False
+    cfg: BackboneTrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    time_budget_s: float | None = None,
 ) -> dict[str, Any]:
-    """Train; returns the final metrics. Files land in `out_dir`."""
+    """Train; returns the last metrics. Files land in `out_dir`.
+
+    With `time_budget_s` the run stops cleanly at the first step boundary past the budget (this
+    sitting's wall time), saving everything `resume` needs to continue exactly: model,
+    optimizer, learning-rate schedule, RNG states and the data position. `metrics["stopped"]`
+    then says "time_budget"; `final.pt` is written only when the schedule is complete.
+    """
     out = Path(out_dir)
+    t_start = time.perf_counter()
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     with distributed() as d:
@@ -154,86 +286,114 @@ def train_backbone(
         if d.world > 1:
             dist.barrier()  # rank 0 may have generated synthetic data
         model = build_model(cfg).to(device)
+        train, val = make_datasets(cfg, paths, model)
+        sched = Schedule.of(cfg, len(train), d.world)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=list(cfg.lr_steps), gamma=cfg.lr_factor
-        )
-        start_epoch, best = 0, -1.0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, sched.lr_scale)
+        state = RunState()
         if resume and (out / "train_state.pt").exists():
-            start_epoch, best = _resume(out, model, optimizer, scheduler)
-            log.info("resumed at epoch %d (best val accuracy %.4f)", start_epoch, best)
+            state = _resume(out, model, optimizer, scheduler)
+            log.info(
+                "resumed at step %d (%d samples, %.0f s of training so far)",
+                state.step,
+                state.step * sched.step_samples,
+                state.wall_seconds,
+            )
         net: nn.Module = model
         if d.world > 1:
             net = DistributedDataParallel(
                 model, device_ids=[d.local_rank] if device.type == "cuda" else None
             )
-        train_loader, val_loader = make_loaders(cfg, paths, model, d)
-        if not d.main:
-            val_loader = None
         criterion = JointsMSELoss()
+        flops = _model_flops(model, cfg)
         if d.main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.json").write_text(json.dumps(to_plain(cfg), indent=2) + "\n")
             log.info(
-                "training %s on %d persons, %d process(es), device %s, %d epochs",
+                "training %s on %d persons, %d process(es), device %s, %d steps of %d samples "
+                "(%.1f passes), %.2f GFLOP per sample (forward + backward)",
                 cfg.arch,
-                len(train_loader.dataset),  # type: ignore[arg-type]
+                len(train),
                 d.world,
                 device,
-                cfg.epochs,
+                sched.total_steps,
+                sched.step_samples,
+                sched.total_steps * sched.step_samples / max(sched.epoch_samples, 1),
+                flops / 1e9,
             )
         metrics: dict[str, Any] = {}
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            train_loss = _train_epoch(
-                cfg, net, train_loader, criterion, optimizer, device, d, epoch
-            )
-            scheduler.step()
-            metrics = {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - t0,
-            }
-            due = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
-            if d.main and val_loader is not None and due:
-                # the unwrapped model: no collectives, so other ranks just wait at the next step
-                metrics.update(_validate(model, val_loader, criterion, device))
-            if d.main:
-                best = _save_epoch(out, cfg, model, optimizer, scheduler, metrics, best)
+        if state.step >= sched.total_steps:
+            log.info("the schedule is already complete (%d steps)", state.step)
+        else:
+            metrics = _run_steps(
+                cfg, sched, net, model, train, val, paths, criterion, optimizer, scheduler,
+                state, device, d, out, flops, t_start, time_budget_s,
+            )  # fmt: skip
         if d.world > 1:
             metrics["ddp_consistent"] = _params_agree(model)
-        if d.main:
+        if d.main and state.step >= sched.total_steps:
             save_checkpoint(
                 out / "final.pt",
                 model,
-                {"train_config": to_plain(cfg), "metrics": metrics, "world_size": d.world},
+                {
+                    "train_config": to_plain(cfg),
+                    "metrics": metrics,
+                    "world_size": d.world,
+                    "samples": state.step * sched.step_samples,
+                    "train_seconds": state.wall_seconds,
+                },
             )
         return metrics
 
 
-def _train_epoch(
+@dataclass
+class RunState:
+    """What a resumed run needs beyond the model and optimizer."""
+
+    step: int = 0
+    best: float = -1.0
+    wall_seconds: float = 0.0  # training wall time over all sittings (not validation)
+    loss_sum: float = 0.0  # since the last report
+    loss_count: int = 0
+
+
+def _run_steps(
     cfg: BackboneTrainConfig,
+    sched: Schedule,
     net: nn.Module,
-    loader: DataLoader[dict[str, Any]],
+    model: Backbone,
+    train: TopDownDataset,
+    val: TopDownDataset | None,
+    paths: DatasetPaths,
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: RunState,
     device: torch.device,
     d: Dist,
-    epoch: int,
-) -> float:
+    out: Path,
+    flops: float,
+    t_start: float,
+    time_budget_s: float | None,
+) -> dict[str, Any]:
+    loader = stream_loader(cfg, train, d, state.step)
+    amp = _autocast(cfg, device)
+    metrics: dict[str, Any] = {}
     net.train()
-    loader.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
-    if isinstance(loader.sampler, DistributedSampler):
-        loader.sampler.set_epoch(epoch)
-    amp = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if cfg.amp and device.type == "cuda"
-        else nullcontext()
+    bar = progress(
+        range(state.step, sched.total_steps),
+        desc="train",
+        disable=not d.main,
+        unit="step",
+        initial=state.step,
+        total=sched.total_steps,
     )
-    total, count = 0.0, 0
-    bar = progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not d.main)
-    for batch in bar:
+    batches = iter(loader)
+    t_report, samples_report = time.perf_counter(), 0
+    stopped = None
+    for _ in bar:
+        t0 = time.perf_counter()
+        batch = next(batches)
         x = batch["image"].to(device, non_blocking=True)
         target = batch["target"].to(device, non_blocking=True)
         weight = batch["target_weight"].to(device, non_blocking=True)
@@ -241,25 +401,88 @@ def _train_epoch(
             heatmaps, _ = net(x)
         loss = criterion(heatmaps.float(), target, weight)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}")
+            raise FloatingPointError(f"loss became {loss.item()} at step {state.step + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss.item()) * len(x)
-        count += len(x)
-        bar.set_postfix(loss=f"{total / count:.6f}")
-    return total / max(count, 1)
+        scheduler.step()
+        state.step += 1
+        state.loss_sum += float(loss.item())
+        state.loss_count += 1
+        state.wall_seconds += time.perf_counter() - t0
+        samples_report += sched.step_samples
+        bar.set_postfix(loss=f"{state.loss_sum / state.loss_count:.6f}", refresh=False)
+        over = time_budget_s is not None and time.perf_counter() - t_start > time_budget_s
+        done = state.step >= sched.total_steps
+        if over and not done:
+            stopped = "time_budget"
+        if state.step % sched.report_steps == 0 or done or stopped:
+            seconds = time.perf_counter() - t_report
+            metrics = _report(state, sched, optimizer, samples_report, seconds, flops)
+            report_no = state.step // sched.report_steps
+            due = (state.step % sched.report_steps == 0 and report_no % cfg.val_every == 0) or done
+            if d.main and val is not None and due:
+                metrics.update(_validate(model, val, paths, criterion, device, cfg.batch_size))
+                net.train()
+            if stopped:
+                metrics["stopped"] = stopped
+            if d.main:
+                _save(out, cfg, model, optimizer, scheduler, metrics, state)
+            t_report, samples_report = time.perf_counter(), 0
+        if stopped:
+            log.info(
+                "time budget reached at step %d of %d (%d samples): resume with --resume",
+                state.step,
+                sched.total_steps,
+                state.step * sched.step_samples,
+            )
+            break
+    bar.close()
+    return metrics
+
+
+def _report(
+    state: RunState,
+    sched: Schedule,
+    optimizer: torch.optim.Optimizer,
+    samples: int,
+    seconds: float,
+    flops: float,
+) -> dict[str, Any]:
+    seen = state.step * sched.step_samples
+    rate = samples / max(seconds, 1e-9)
+    m: dict[str, Any] = {
+        "step": state.step,
+        "samples": seen,
+        "epoch": round(seen / max(sched.epoch_samples, 1), 3),
+        "train_loss": state.loss_sum / max(state.loss_count, 1),
+        "lr": optimizer.param_groups[0]["lr"],
+        "seconds": seconds,
+        "train_seconds_total": state.wall_seconds,
+        "samples_per_s": rate,
+        "gflops": rate * flops / 1e9,
+    }
+    state.loss_sum, state.loss_count = 0.0, 0
+    return m
 
 
 @torch.no_grad()
 def _validate(
     model: Backbone,
-    loader: DataLoader[dict[str, Any]],
+    val: TopDownDataset,
+    paths: DatasetPaths,
     criterion: nn.Module,
     device: torch.device,
+    batch_size: int,
 ) -> dict[str, float]:
+    """Held-out heatmap loss and PCK, and COCO AP with ground-truth boxes (one prediction per
+    box, argmax + quarter-pixel decoding, no flip: a learning-curve measure; `scio-pose
+    evaluate` runs the service's pipeline for the reported numbers)."""
     model.eval()
+    loader = DataLoader(val, batch_size=batch_size, sampler=SequentialSampler(val))
     loss, acc, n = 0.0, 0.0, 0
+    results: list[dict[str, Any]] = []
+    codec = val.codec
     for batch in loader:
         x = batch["image"].to(device)
         heatmaps, _ = model(x)
@@ -268,32 +491,64 @@ def _validate(
         loss += float(criterion(heatmaps.float(), target, weight)) * len(x)
         acc += pck_accuracy(heatmaps, target, weight) * len(x)
         n += len(x)
-    return {"val_loss": loss / max(n, 1), "val_acc": acc / max(n, 1)}
+        hm = heatmaps.float().cpu().numpy()
+        coords, maxvals = codec.decode(hm)
+        kp = heatmap_to_image(
+            coords, batch["center"].numpy(), batch["scale"].numpy(), codec.heatmap_hw
+        )
+        scores = rescore(np.ones(len(hm)), maxvals)
+        for i in range(len(hm)):
+            k = np.concatenate([kp[i], maxvals[i][:, None]], axis=1)
+            results.append(
+                {
+                    "image_id": int(batch["image_id"][i]),
+                    "category_id": 1,
+                    "keypoints": [round(float(v), 3) for v in k.reshape(-1)],
+                    "score": float(scores[i]),
+                }
+            )
+    out = {"val_loss": loss / max(n, 1), "val_acc": acc / max(n, 1)}
+    if paths.val_ann is not None and results:
+        from training.evaluate import coco_stats
+
+        ids = sorted({r["image_id"] for r in results})
+        stats = coco_stats(paths.val_ann, results, val.spec, ids)
+        out.update({f"val_{k}": v for k, v in stats.items() if k in ("AP", "AP50", "AP75", "AR")})
+    return out
 
 
-def _save_epoch(
+def _save(
     out: Path,
     cfg: BackboneTrainConfig,
     model: Backbone,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     metrics: dict[str, Any],
-    best: float,
-) -> float:
-    meta = {"train_config": to_plain(cfg), "metrics": metrics}
+    state: RunState,
+) -> None:
+    score = metrics.get("val_AP", metrics.get("val_acc"))
+    new_best = score is not None and float(score) > state.best
+    if score is not None and new_best:
+        state.best = float(score)
+    meta = {"train_config": to_plain(cfg), "metrics": metrics, "step": state.step}
     save_checkpoint(out / "last.pt", model, meta)
     atomic_save(
         {
-            "epoch": metrics["epoch"],
-            "best": best,
+            "step": state.step,
+            "best": state.best,
+            "wall_seconds": state.wall_seconds,
+            "loss_sum": state.loss_sum,
+            "loss_count": state.loss_count,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            # the global generators too, for any library code that draws from them
+            "numpy_rng": np.random.get_state(legacy=False),  # noqa: NPY002
+            "python_rng": random.getstate(),
         },
         out / "train_state.pt",
     )
-    acc = metrics.get("val_acc")
-    if acc is not None and acc > best:
-        best = float(acc)
+    if new_best:
         save_checkpoint(out / "best.pt", model, meta)
     with (out / "log.jsonl").open("a") as fh:
         fh.write(json.dumps(metrics) + "\n")
@@ -301,20 +556,28 @@ def _save_epoch(
         f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
     )
     log.info("%s", shown)
-    return best
 
 
 def _resume(
     out: Path, model: Backbone, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> tuple[int, float]:
+) -> RunState:
     ckpt = read_checkpoint(out / "last.pt")
-    state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
-    if int(ckpt.meta.get("metrics", {}).get("epoch", -1)) != int(state["epoch"]):
-        raise RuntimeError(f"{out}: last.pt and train_state.pt are from different epochs")
+    state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=False)
+    if int(ckpt.meta.get("step", -1)) != int(state["step"]):
+        raise RuntimeError(f"{out}: last.pt and train_state.pt are from different steps")
     model.load_state_dict(ckpt.state_dict, strict=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    return int(state["epoch"]), float(state["best"])
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(state["numpy_rng"])  # noqa: NPY002
+    random.setstate(state["python_rng"])
+    return RunState(
+        step=int(state["step"]),
+        best=float(state["best"]),
+        wall_seconds=float(state["wall_seconds"]),
+        loss_sum=float(state["loss_sum"]),
+        loss_count=int(state["loss_count"]),
+    )
 
 
 def _params_agree(model: nn.Module) -> bool:
@@ -326,4 +589,12 @@ def _params_agree(model: nn.Module) -> bool:
     return all(torch.allclose(g, gathered[0], rtol=0, atol=0) for g in gathered)
 
 
-__all__ = ["JointsMSELoss", "build_model", "codec_for", "pck_accuracy", "train_backbone"]
+__all__ = [
+    "JointsMSELoss",
+    "Schedule",
+    "StreamSampler",
+    "build_model",
+    "codec_for",
+    "pck_accuracy",
+    "train_backbone",
+]

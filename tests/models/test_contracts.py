@@ -41,8 +41,9 @@ def test_backbone_contract(name: str) -> None:
 
     net.train()
     heatmaps, f = net(x)
-    assert heatmaps.shape == (2, config.num_keypoints, h // 4, w // 4)
-    assert f.shape == (2, net.feature_channels, h // 4, w // 4)
+    s = config.output_stride
+    assert heatmaps.shape == (2, config.num_keypoints, h // s, w // s)
+    assert f.shape == (2, net.feature_channels, h // s, w // s)
     assert torch.isfinite(heatmaps).all()
     assert torch.isfinite(f).all()
     (heatmaps - 1).square().mean().backward()  # the heatmaps alone must reach every weight
@@ -62,6 +63,7 @@ def test_variant_names() -> None:
         "hrnet_w32",
         "hrnet_w48",
         "hrnet_small",
+        "hrnet_small_up",
         "pose_resnet_18",
         "pose_resnet_50",
         "pose_resnet_101",
@@ -112,7 +114,7 @@ def _realistic(net: Backbone, x: torch.Tensor) -> Backbone:
     return net.eval()
 
 
-@pytest.mark.parametrize("name", ["hrnet_small", "pose_resnet_18"])
+@pytest.mark.parametrize("name", ["hrnet_small", "hrnet_small_up", "pose_resnet_18"])
 def test_onnx_export_matches_torch(name: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = _realistic(build_backbone(get_config(name)), torch.randn(8, 3, *INPUT_HW))

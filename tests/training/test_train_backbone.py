@@ -126,3 +126,76 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     meta = read_checkpoint(tmp_path / "run" / "final.pt").meta
     assert meta["world_size"] == 2
     assert meta["metrics"]["ddp_consistent"] is True
+
+
+def test_stream_sampler_passes_are_permutations_and_resume_exactly() -> None:
+    from itertools import islice
+
+    from training.train_backbone import StreamSampler
+
+    s = StreamSampler(n=10, batch=3, seed=5)  # 3 steps per pass, one person dropped each pass
+    keys = list(islice(iter(s), 18))  # two passes
+    for e in (0, 1):
+        people = [i for ep, i in keys if ep == e]
+        assert len(people) == 9
+        assert len(set(people)) == 9
+    assert [i for _, i in keys[:9]] != [i for _, i in keys[9:]]  # a new order each pass
+    later = StreamSampler(n=10, batch=3, seed=5, start_step=4)
+    assert list(islice(iter(later), 6)) == keys[12:18]
+    ranks = [list(islice(iter(StreamSampler(10, 2, 5, r, 2)), 4)) for r in (0, 1)]
+    assert set(ranks[0]).isdisjoint(ranks[1])  # processes split each step
+
+
+def test_time_budget_sittings_equal_one_run(tmp_path: Path) -> None:
+    """Stopped by the budget after every step and resumed, a run ends with exactly the weights,
+    optimizer state and schedule of one uninterrupted run (same data, augmentation, RNG)."""
+    torch.set_num_threads(1)
+    over = _tiny(
+        train_samples=64,
+        report_every=32,
+        lr_drops=[0.5],
+        warmup_samples=16,
+        augment={"scale_factor": 0.3, "rotation_prob": 0.6, "flip_prob": 0.5},
+    )
+    cfg = merge(PRESETS["cpu-small"], over)
+    whole = train_backbone(cfg, tmp_path / "whole")
+    sittings = 0
+    while True:
+        m = train_backbone(cfg, tmp_path / "parts", resume=True, time_budget_s=1e-9)
+        sittings += 1
+        if m.get("stopped") != "time_budget":
+            break
+    assert sittings == 4  # 4 steps of 16, one per sitting
+    assert not (tmp_path / "parts" / "final.pt").exists() or m["samples"] == 64
+    a = read_checkpoint(tmp_path / "whole" / "final.pt")
+    b = read_checkpoint(tmp_path / "parts" / "final.pt")
+    assert a.meta["samples"] == b.meta["samples"] == 64
+    for k, v in a.state_dict.items():
+        assert torch.equal(v, b.state_dict[k]), k
+    assert whole["lr"] == m["lr"] == pytest.approx(3e-3 * 0.1)
+    sa = torch.load(tmp_path / "whole" / "train_state.pt", weights_only=False)
+    sb = torch.load(tmp_path / "parts" / "train_state.pt", weights_only=False)
+    assert sa["scheduler"] == sb["scheduler"]
+    assert torch.equal(sa["torch_rng"], sb["torch_rng"])
+    rows = [json.loads(x) for x in (tmp_path / "parts" / "log.jsonl").read_text().splitlines()]
+    assert [r["samples"] for r in rows] == [16, 32, 48, 64]
+    assert [r.get("stopped") for r in rows] == ["time_budget"] * 3 + [None]
+    assert "val_AP" in rows[1]  # held-out AP at each report: the learning curve
+
+
+def test_schedule_in_samples() -> None:
+    from training.train_backbone import Schedule
+
+    cfg = merge(
+        PRESETS["cpu-small"],
+        {"train_samples": 1000, "lr_drops": [0.5, 0.9], "warmup_samples": 100, "batch_size": 10},
+    )
+    s = Schedule.of(cfg, n_persons=95, world=2)
+    assert (s.total_steps, s.milestones, s.step_samples, s.epoch_samples) == (50, (25, 45), 20, 80)
+    assert s.lr_scale(0) == pytest.approx(1 / 5)
+    assert s.lr_scale(10) == 1.0
+    assert s.lr_scale(30) == pytest.approx(0.1)
+    assert s.lr_scale(49) == pytest.approx(0.01)
+    by_epochs = Schedule.of(merge(PRESETS["cpu-small"], {"batch_size": 10}), 95, 1)
+    assert by_epochs.total_steps == 14 * 9
+    assert by_epochs.milestones == (90, 117)

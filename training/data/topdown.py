@@ -72,6 +72,10 @@ class TopDownDataset(Dataset[dict[str, Any]]):
             return np.asarray(img.convert("RGB"))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.item(index, self.epoch)
+
+    def item(self, index: int, epoch: int) -> dict[str, Any]:
+        """Person `index` as augmented in pass `epoch` (the same whoever asks)."""
         im, person = self.instances[index]
         image = self.load_image(im)
         joints = person.keypoints[:, :2].copy()
@@ -80,7 +84,7 @@ class TopDownDataset(Dataset[dict[str, Any]]):
         center, scale = (a[0] for a in box_to_center_scale(box, self._aspect))
         rotation = 0.0
         if self.augment is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
+            rng = np.random.default_rng((self.seed, epoch, index))
             image, joints, vis, center, scale, rotation = self._augment(
                 rng, image, joints, vis, center, scale
             )
@@ -95,6 +99,10 @@ class TopDownDataset(Dataset[dict[str, Any]]):
             "joints": torch.from_numpy(joints_in.astype(np.float32)),  # input pixels
             "image_id": im.image_id,
             "ann_id": person.ann_id,
+            # the crop, for back-projection (official center/scale, scale in units of 200 px)
+            "center": torch.from_numpy(center.astype(np.float32)),
+            "scale": torch.from_numpy(np.asarray(scale, dtype=np.float32)),
+            "rotation": torch.tensor(rotation, dtype=torch.float32),
         }
 
     def _augment(
@@ -146,3 +154,22 @@ class TopDownDataset(Dataset[dict[str, Any]]):
         elif w < self._aspect * h:
             w = h * self._aspect
         return sel.mean(axis=0), np.array([w, h]) / 200.0 * 1.5
+
+
+class SampleStream(Dataset[dict[str, Any]]):
+    """`base` addressed by (pass, person) keys, which a `StreamSampler` hands out.
+
+    The pass travels with the key, so data-loader worker processes need no `set_epoch` (a
+    persistent worker keeps its own copy of the dataset, and an epoch set in the main process
+    never reaches it) and a resumed run sees exactly the samples it would have seen.
+    """
+
+    def __init__(self, base: TopDownDataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        return self.base.item(index, epoch)
