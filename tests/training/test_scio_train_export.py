@@ -204,3 +204,20 @@ def test_listwise_term_prefers_a_landscape_centred_on_the_truth() -> None:
     shifted = listwise(Fake(1.5), None, b, cfg, sigma, torch.Generator().manual_seed(0))
     assert torch.isfinite(centred)
     assert centred < shifted
+
+
+def test_verification_probes_on_a_bundle(runs, tmp_path: Path) -> None:
+    from training.probes import probe
+
+    out = tmp_path / "bundle"
+    _export(runs["backbone"], runs["scio"], out, "--name", "tiny")
+    pipe = PosePipeline(load_bundle(out), device="cpu")
+    cfg = ScioSearchConfig(iterations=3, min_confidence=0.0)
+    r = probe(pipe, MINI / "person_keypoints.json", MINI / "images", search=cfg, limit=6)
+    o = r["overall"]
+    assert o["rows"] > 0
+    assert sum(g["rows"] for g in r["per_group"].values()) == o["rows"]
+    for k in ("spearman", "gain", "d_error", "auroc_peak", "auroc_loss_start"):
+        assert np.isfinite(o[k]), k
+    assert 0 <= o["auroc_peak"] <= 1
+    assert o["accepted"] <= o["rows"]

@@ -1,0 +1,351 @@
+"""Verification probes: does Γ verify, measured within each keypoint rather than across samples.
+
+For every (person, group) row of a COCO-format split with ground-truth boxes, through the bundle's
+own pipeline (ONNX Runtime, the service's crops and decoding), with D's true position known:
+
+- `truth_beats_start`: P(loss at the true D < loss where the search starts), over rows whose
+  start is more than 1 heatmap px from the truth. Below 0.5, Γ prefers the wrong place.
+- `spearman`: within one row, the Spearman correlation of the loss against the distance to the
+  truth over the search's candidate lattice (radius `lattice_radius` around the start), averaged
+  over rows. 1: the loss orders candidates exactly as the truth would.
+- `accepted_closer`: of the moves the search accepts (with the bundle's settings, or `search`),
+  the share that end closer to the truth than they started; `accepted` how many rows moved.
+- `gain`: how far Γ's decoded Â moves per px that D moves (D displaced 2 px in 8 directions from
+  the truth). `a_error_over_gain` = median error of the backbone's A ÷ gain: how far D must move
+  to explain A's error; compare with `d_error` (median error of D at the start): if larger,
+  anchoring on A moves D the wrong way.
+- `auroc_*`: how well a per-keypoint score separates correct returned keypoints (OKS term ≥ 0.5,
+  image pixels, the annotation's area) from wrong ones: the verification loss where the search
+  started and where it ended (lower = more confident) against the backbone's heatmap peak for D.
+- Kept for comparison, labelled for what they are: `pooled_pearson` of the loss with the OKS
+  term over all rows, which mixes samples and mostly measures how hard a sample is.
+
+Everything is per group and overall. Heatmap pixels throughout, except where said.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from models.codec import decode_dark, render_gaussians
+from models.geometry import affine_matrices, heatmap_to_image, transform_points
+from models.scio_search import (
+    COMPASS,
+    ScioSearchConfig,
+    grid_offsets,
+    refine,
+    self_constraint_loss,
+)
+from service.pipeline import PosePipeline
+from service.results import PoseOptions
+from training.data.coco import CocoKeypoints, PersonAnn
+from training.progress import progress
+
+log = logging.getLogger(__name__)
+F64 = npt.NDArray[np.float64]
+OKS_CORRECT = 0.5  # an OKS term at or above this counts as a correct keypoint
+GAIN_STEP = 2.0  # heatmap px that D is displaced by to measure Γ's gain
+
+
+@dataclass
+class Rows:
+    """One entry per probed (person, group) row."""
+
+    group: list[int] = field(default_factory=list)
+    start_err: list[float] = field(default_factory=list)  # |start - true D|
+    backbone_err: list[float] = field(default_factory=list)  # |backbone D - true D|
+    a_err: list[float] = field(default_factory=list)  # |backbone A - true A|
+    loss_truth: list[float] = field(default_factory=list)
+    loss_start: list[float] = field(default_factory=list)
+    loss_end: list[float] = field(default_factory=list)
+    spearman: list[float] = field(default_factory=list)
+    gain: list[float] = field(default_factory=list)
+    accepted: list[bool] = field(default_factory=list)
+    end_err: list[float] = field(default_factory=list)
+    peak: list[float] = field(default_factory=list)  # the backbone's heatmap maximum for D
+    correct: list[bool] = field(default_factory=list)  # returned D's OKS term >= 0.5
+    oks: list[float] = field(default_factory=list)
+
+    def arrays(self) -> dict[str, npt.NDArray[Any]]:
+        return {k: np.asarray(v) for k, v in self.__dict__.items()}
+
+
+def rank(v: npt.ArrayLike) -> F64:
+    """Average ranks (ties share their mean rank), 0-based."""
+    x = np.asarray(v, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x), dtype=np.float64)
+    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=r)
+    out: F64 = sums[inv] / counts[inv]
+    return out
+
+
+def spearman(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
+    ra, rb = rank(a), rank(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def auroc(score: npt.ArrayLike, positive: npt.ArrayLike) -> float:
+    """P(score of a random positive > score of a random negative), ties counted half."""
+    s = np.asarray(score, dtype=np.float64)
+    y = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = rank(s) + 1
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _persons(coco: CocoKeypoints, image_id: int) -> list[PersonAnn]:
+    im = coco.images[image_id]
+    out = []
+    for p in coco.persons(image_id):
+        x, y, w, h = p.bbox_xywh
+        if p.iscrowd or p.keypoints[:, 2].max() <= 0 or w <= 0 or h <= 0:
+            continue
+        if x >= im.width or y >= im.height:
+            continue
+        out.append(p)
+    return out
+
+
+def probe(
+    pipe: PosePipeline,
+    ann_file: str | Path,
+    images_dir: str | Path,
+    search: ScioSearchConfig | None = None,
+    limit: int | None = None,
+    lattice_radius: float = 4.0,
+    batch_images: int = 16,
+) -> dict[str, Any]:
+    """The probes over a split (ground-truth boxes, no flip). `search`: the settings whose
+    accepted moves are judged (default: the bundle's)."""
+    if pipe.verifier is None:
+        raise ValueError("the bundle has no SCIO networks to probe")
+    spec = pipe.spec
+    groups = spec.groups
+    cfg = search or pipe.scio_config
+    coco = CocoKeypoints(ann_file, spec)
+    ids = coco.image_ids[:limit] if limit else coco.image_ids
+    hw = pipe.codec.heatmap_hw
+    sigma = pipe.codec.sigma
+    lattice = grid_offsets(lattice_radius, 1.0)
+    rows = Rows()
+    chunks = [ids[i : i + batch_images] for i in range(0, len(ids), batch_images)]
+    for chunk in progress(chunks, desc="probes"):
+        items, anns = [], []
+        for image_id in chunk:
+            persons = _persons(coco, image_id)
+            if not persons:
+                continue
+            xywh = np.stack([p.bbox_xywh for p in persons])
+            boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+            with Image.open(Path(images_dir) / coco.images[image_id].file_name) as img:
+                image = np.asarray(img.convert("RGB"))
+            items.append((image, PoseOptions(refine=True, flip=False, boxes=boxes)))
+            anns.extend(persons)
+        if not items:
+            continue
+        bp = pipe.backbone_pass(items)
+        p = bp.persons
+        assert len(p.item) == len(anns), "every ground-truth box must give one person"
+        mats = affine_matrices(p.centers, p.scales, None, hw)
+        gt = np.stack([a.keypoints for a in anns])  # (N, K, 3) image pixels
+        gt_hm = transform_points(gt[:, :, :2], mats)
+        labelled = gt[:, :, 2] > 0
+        inside = (
+            (gt_hm[..., 0] >= 0)
+            & (gt_hm[..., 0] <= hw[1] - 1)
+            & (gt_hm[..., 1] >= 0)
+            & (gt_hm[..., 1] <= hw[0] - 1)
+        )
+        ok = labelled & inside
+        res = refine(
+            bp.heatmaps,
+            bp.features,
+            bp.coords,
+            bp.scores,
+            groups,
+            pipe.verifier,
+            cfg,
+            phi=pipe.predictor,
+            decode=pipe.bundle.manifest.pose.decode,
+            sigma=sigma,
+        )
+        ga = np.array([g.a for g in groups], dtype=np.intp)[res.group]
+        gd = np.array([g.d for g in groups], dtype=np.intp)[res.group]
+        keep = ok[res.person, ga] & ok[res.person, gd]
+        if not keep.any():
+            continue
+        _probe_rows(pipe, bp, res, keep, gt_hm, gt, anns, lattice, rows)
+    return summarise(rows, [g.name for g in groups])
+
+
+def _probe_rows(
+    pipe: PosePipeline,
+    bp: Any,
+    res: Any,
+    keep: npt.NDArray[np.bool_],
+    gt_hm: F64,
+    gt: F64,
+    anns: list[PersonAnn],
+    lattice: F64,
+    rows: Rows,
+) -> None:
+    assert pipe.verifier is not None
+    groups = pipe.spec.groups
+    hw = pipe.codec.heatmap_hw
+    sigma = pipe.codec.sigma
+    idx = np.flatnonzero(keep)
+    person, gidx = res.person[idx], res.group[idx]
+    g_arr = np.array([[g.a, g.b, g.c, g.d] for g in groups], dtype=np.int64)
+    a, b, c, d = (g_arr[gidx, i] for i in range(4))
+    ha = bp.heatmaps[person, a]
+    ctx = pipe.verifier.context(bp.heatmaps[person, b], bp.heatmaps[person, c],
+                                bp.features[person], gidx)  # fmt: skip
+    n = len(idx)
+    true_d = gt_hm[person, d]
+    true_a = gt_hm[person, a]
+    start = res.start[idx]
+    lim = np.array([hw[1] - 1.0, hw[0] - 1.0])
+    # candidates per row: truth, the lattice around the start, truth + gain displacements
+    cand = [true_d[:, None], np.clip(start[:, None] + lattice[None], 0, lim)]
+    cand.append(np.clip(true_d[:, None] + GAIN_STEP * COMPASS[None], 0, lim))
+    allc = np.concatenate(cand, 1)  # (n, 1 + L + 8, 2)
+    m = allc.shape[1]
+    r = np.repeat(np.arange(n), m)
+    pred = pipe.verifier.head(ctx, r, render_gaussians(allc.reshape(-1, 2), hw, sigma))
+    loss = self_constraint_loss(ha[r], pred).reshape(n, m)
+    pred = pred.reshape(n, m, *hw)
+    nl = len(lattice)
+    lat = allc[:, 1 : 1 + nl]
+    lat_loss = loss[:, 1 : 1 + nl]
+    dist = np.linalg.norm(lat - true_d[:, None], axis=-1)
+    # Γ's gain: its decoded Â at D displaced, against its Â at the true D
+    a_hat, _ = decode_dark(
+        np.concatenate([pred[:, :1], pred[:, 1 + nl :]], 1).astype(np.float32),
+        blur_kernel=_kernel(sigma),
+    )
+    moved = np.linalg.norm(a_hat[:, 1:] - a_hat[:, :1], axis=-1)
+    shift = np.linalg.norm(allc[:, 1 + nl :] - true_d[:, None], axis=-1)
+    gain = (moved / np.maximum(shift, 1e-9)).mean(1)
+    # the returned D in image pixels, and its OKS term
+    end_img = heatmap_to_image(
+        res.end[idx][:, None], bp.persons.centers[person], bp.persons.scales[person], hw
+    )[:, 0]
+    sig = pipe.spec.sigmas_array[d]
+    area = np.array([max(anns[j].area, 1.0) for j in person])
+    d2 = ((end_img - gt[person, d, :2]) ** 2).sum(-1)
+    oks = np.exp(-d2 / (2 * sig) ** 2 / (area + np.spacing(1)) / 2)
+    for i in range(n):
+        rows.group.append(int(gidx[i]))
+        rows.start_err.append(float(np.linalg.norm(start[i] - true_d[i])))
+        rows.backbone_err.append(float(np.linalg.norm(res.backbone[idx[i]] - true_d[i])))
+        rows.a_err.append(float(np.linalg.norm(bp.coords[person[i], a[i]] - true_a[i])))
+        rows.loss_truth.append(float(loss[i, 0]))
+        rows.loss_start.append(float(res.loss_before[idx[i]]))
+        rows.loss_end.append(float(res.loss_after[idx[i]]))
+        rows.spearman.append(spearman(lat_loss[i], dist[i]))
+        rows.gain.append(float(gain[i]))
+        rows.accepted.append(bool(res.accepted[idx[i]]))
+        rows.end_err.append(float(np.linalg.norm(res.end[idx[i]] - true_d[i])))
+        rows.peak.append(float(bp.scores[person[i], d[i]]))
+        rows.correct.append(bool(oks[i] >= OKS_CORRECT))
+        rows.oks.append(float(oks[i]))
+
+
+def _kernel(sigma: float) -> int:
+    from models.codec import dark_kernel_size
+
+    return dark_kernel_size(sigma)
+
+
+def _measures(x: dict[str, npt.NDArray[Any]]) -> dict[str, float]:
+    n = len(x["group"])
+    if n == 0:
+        return {"rows": 0}
+    off = x["start_err"] > 1.0
+    acc = x["accepted"]
+    gain = float(np.median(x["gain"]))
+    a_err = float(np.median(x["a_err"]))
+    out = {
+        "rows": n,
+        "truth_beats_start": float((x["loss_truth"][off] < x["loss_start"][off]).mean())
+        if off.any()
+        else float("nan"),
+        "rows_off_by_1px": int(off.sum()),
+        "spearman": float(np.nanmean(x["spearman"])),
+        "accepted": int(acc.sum()),
+        "accepted_closer": float((x["end_err"][acc] < x["start_err"][acc]).mean())
+        if acc.any()
+        else float("nan"),
+        "gain": gain,
+        "a_error": a_err,
+        "a_error_over_gain": a_err / max(gain, 1e-9),
+        "d_error": float(np.median(x["start_err"])),
+        "backbone_d_error": float(np.median(x["backbone_err"])),
+        "mean_error_start": float(np.mean(x["start_err"])),
+        "mean_error_end": float(np.mean(x["end_err"])),
+        "correct": float(x["correct"].mean()),
+        "auroc_loss_start": auroc(-x["loss_start"], x["correct"]),
+        "auroc_loss_end": auroc(-x["loss_end"], x["correct"]),
+        "auroc_peak": auroc(x["peak"], x["correct"]),
+        "pooled_pearson": float(np.corrcoef(x["loss_start"], x["oks"])[0, 1])
+        if x["loss_start"].std() > 0 and x["oks"].std() > 0
+        else float("nan"),
+    }
+    return out
+
+
+def summarise(rows: Rows, group_names: list[str]) -> dict[str, Any]:
+    x = rows.arrays()
+    per = {}
+    for gi, name in enumerate(group_names):
+        sel = x["group"] == gi if len(x["group"]) else np.zeros(0, bool)
+        per[name] = _measures({k: v[sel] for k, v in x.items()})
+    return {"per_group": per, "overall": _measures(x)}
+
+
+COLUMNS = (
+    ("rows", "rows", "{:d}"),
+    ("truth_beats_start", "P(truth<start)", "{:.3f}"),
+    ("spearman", "Spearman", "{:.3f}"),
+    ("accepted", "accepted", "{:d}"),
+    ("accepted_closer", "acc. closer", "{:.3f}"),
+    ("gain", "gain", "{:.2f}"),
+    ("a_error_over_gain", "A err/gain", "{:.2f}"),
+    ("d_error", "D err", "{:.2f}"),
+    ("auroc_loss_start", "AUROC loss", "{:.3f}"),
+    ("auroc_loss_end", "AUROC loss@end", "{:.3f}"),
+    ("auroc_peak", "AUROC peak", "{:.3f}"),
+    ("pooled_pearson", "pooled r", "{:.3f}"),
+)
+
+
+def markdown_table(report: dict[str, Any]) -> list[str]:
+    head = "| group | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, m in [*report["per_group"].items(), ("all", report["overall"])]:
+        cells = []
+        for key, _, fmt in COLUMNS:
+            v = m.get(key)
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                cells.append("–")
+            else:
+                cells.append(fmt.format(v))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+__all__ = ["auroc", "markdown_table", "probe", "rank", "spearman", "summarise"]
