@@ -26,6 +26,7 @@ I64 = npt.NDArray[np.int64]
 
 STRATEGIES = ("descent", "grid")
 PRIORS = ("backbone", "phi", "fusion")
+SCORES = ("l2", "normalized")
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,13 @@ class ScioSearchConfig:
     min_improvement: float = 0.0  # accept only if loss_after < loss_before · (1 - this)
     prior: str = "backbone"  # D's heatmap before the search: backbone, phi, or their fusion
     fusion_weight: float = 0.5  # fusion: weight of the backbone's heatmap against Φ's
+    # The self-constraint loss: "l2" = ‖H_A − Ĥ_A‖₂ (the paper); "normalized" = the same between
+    # the two maps scaled to unit L2 norm (amplitude-free, in [0, 2]). Fixed by how Γ was trained.
+    score: str = "l2"
 
     def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, not {self.score!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, not {self.strategy!r}")
         if self.prior not in PRIORS:
@@ -116,10 +122,16 @@ def grid_offsets(radius: float, spacing: float) -> F64:
     return out
 
 
-def self_constraint_loss(target: F32, predicted: F32) -> F64:
-    """‖H_A − Ĥ_A‖₂ per row: (M, h, w), (M, h, w) -> (M,)."""
-    d = target.astype(np.float64) - predicted.astype(np.float64)
-    out: F64 = np.sqrt((d * d).reshape(len(d), -1).sum(axis=1))
+def self_constraint_loss(target: F32, predicted: F32, score: str = "l2") -> F64:
+    """‖H_A − Ĥ_A‖₂ per row: (M, h, w), (M, h, w) -> (M,). `score="normalized"`: between the
+    maps scaled to unit norm (the torch twin is `training.train_scio.constraint_loss`)."""
+    t = target.astype(np.float64).reshape(len(target), -1)
+    p = predicted.astype(np.float64).reshape(len(predicted), -1)
+    if score == "normalized":
+        t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-6)
+        p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-6)
+    d = t - p
+    out: F64 = np.sqrt((d * d).sum(axis=1))
     return out
 
 
@@ -161,7 +173,7 @@ def refine(
         heatmaps[person, d], ha, hb, hc, f, gidx, backbone_d, config, phi, decode
     )
     ctx = gamma.context(hb, hc, f, gidx)
-    evaluate = _Evaluator(gamma, ctx, ha, (h, w), sigma, batched)
+    evaluate = _Evaluator(gamma, ctx, ha, (h, w), sigma, batched, config.score)
     if config.strategy == "grid":
         end, loss_before, loss_after = _grid(evaluate, start, config, (h, w))
     else:
@@ -239,9 +251,10 @@ class _Evaluator:
         hw: tuple[int, int],
         sigma: float,
         batched: bool,
+        score: str = "l2",
     ) -> None:
         self.gamma, self.ctx, self.target = gamma, ctx, target
-        self.hw, self.sigma, self.batched = hw, sigma, batched
+        self.hw, self.sigma, self.batched, self.score = hw, sigma, batched, score
         self.calls = 0
 
     def __call__(self, rows: I64, positions: F64) -> F64:
@@ -258,7 +271,7 @@ class _Evaluator:
                 self.calls += 1
                 parts.append(self.gamma.head(self.ctx, rows[i : i + 1], hd[i : i + 1]))
             pred = np.concatenate(parts)
-        return self_constraint_loss(self.target[rows], pred.reshape(hd.shape))
+        return self_constraint_loss(self.target[rows], pred.reshape(hd.shape), self.score)
 
 
 def _clip(pos: F64, start: F64, radius: float, hw: tuple[int, int]) -> F64:

@@ -104,9 +104,13 @@ def export_bundle(
             ctx, head, d_gamma = export_gamma_checked(gamma, Path(tmp), codec.heatmap_hw)
             phi_path, d_phi = export_phi_checked(phi, Path(tmp), codec.heatmap_hw)
             print(f"parity SCIO: max abs difference Γ {d_gamma:.2e}, Φ {d_phi:.2e}")
-            search = ScioSearchConfig.from_dict(
-                json.loads(search_file.read_text()) if search_file else {}
-            )
+            wanted = json.loads(search_file.read_text()) if search_file else {}
+            trained = report.get("score", "l2")  # the loss Γ was trained for
+            if wanted.get("score", trained) != trained:
+                raise ValueError(
+                    f"{search_file}: score {wanted['score']!r}, but Γ was trained for {trained!r}"
+                )
+            search = ScioSearchConfig.from_dict({**wanted, "score": trained})
             scio = ScioExport(
                 ctx,
                 head,

@@ -199,6 +199,21 @@ class ScioTrainConfig:
     listwise_weight: float = 0.0
     listwise_jitter: float = 1.5  # std of the start around the truth, heatmap px
     listwise_tau: float = 0.05  # temperature of the loss differences
+    # The search's own decision (issue 13): a listwise term over the candidates the search
+    # compares: a lattice of radius `candidates_radius` around where the search starts (Φ's or
+    # the backbone's D, half the rows each), `candidates_sample` of its points per step, plus
+    # the backbone's D, Φ's D (hard negatives) and the true D, all of a row in one Γ batch;
+    # target: the true D (candidates_sigma 0), or softmax(-d²/(2·candidates_sigma²)) of the
+    # candidates' distance to it.
+    candidates_weight: float = 0.0
+    candidates_radius: float = 4.0
+    candidates_sample: int = 24
+    candidates_sigma: float = 0.0
+    candidates_tau: float = 0.05
+    # The self-constraint loss Γ is trained for and the search then uses: "l2" (the paper) or
+    # "normalized" (both maps scaled to unit norm, so Γ cannot win on amplitude alone).
+    score: str = "l2"
+    max_train_persons: int = 0  # cap on cached training persons (memory); 0: all
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     groups: str = "design"  # "design": DESIGN.md's table; "proximal": A = the torso joint
@@ -206,6 +221,16 @@ class ScioTrainConfig:
 
 SCIO_PRESETS: dict[str, ScioTrainConfig] = {
     "cpu-small": ScioTrainConfig(),
+    # For the 64x48 testbed backbone: Γ trained on the search's decision with the normalised
+    # score; one pass over at most 12,000 cached persons (64x48 maps and features in float16
+    # take about 0.3 MB a person).
+    "cpu-testbed": ScioTrainConfig(
+        passes=1,
+        max_train_persons=12_000,
+        epochs=4,
+        candidates_weight=1.0,
+        score="normalized",
+    ),
     "paper": ScioTrainConfig(
         context_widths=(32, 48, 64, 96),
         head_widths=(8, 16, 24, 32),

@@ -188,7 +188,7 @@ def probe(
         keep = ok[res.person, ga] & ok[res.person, gd]
         if not keep.any():
             continue
-        _probe_rows(pipe, bp, res, keep, gt_hm, gt, anns, lattice, rows)
+        _probe_rows(pipe, bp, res, keep, gt_hm, gt, anns, lattice, rows, cfg.score)
     return summarise(rows, [g.name for g in groups])
 
 
@@ -202,6 +202,7 @@ def _probe_rows(
     anns: list[PersonAnn],
     lattice: F64,
     rows: Rows,
+    score: str,
 ) -> None:
     assert pipe.verifier is not None
     groups = pipe.spec.groups
@@ -226,7 +227,7 @@ def _probe_rows(
     m = allc.shape[1]
     r = np.repeat(np.arange(n), m)
     pred = pipe.verifier.head(ctx, r, render_gaussians(allc.reshape(-1, 2), hw, sigma))
-    loss = self_constraint_loss(ha[r], pred).reshape(n, m)
+    loss = self_constraint_loss(ha[r], pred, score).reshape(n, m)
     pred = pred.reshape(n, m, *hw)
     nl = len(lattice)
     lat = allc[:, 1 : 1 + nl]

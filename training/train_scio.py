@@ -167,9 +167,14 @@ def sq(a: Tensor, b: Tensor) -> Tensor:
     return ((a - b) ** 2).flatten(1).sum(1).mean()
 
 
-def constraint_loss(target: Tensor, pred: Tensor) -> Tensor:
-    """s = ‖target − pred‖₂ per row: the inference objective. (R, 1, h, w) -> (R,)."""
-    return ((target - pred) ** 2).flatten(1).sum(1).clamp_min(1e-12).sqrt()
+def constraint_loss(target: Tensor, pred: Tensor, score: str = "l2") -> Tensor:
+    """s = ‖target − pred‖₂ per row: the inference objective. (R, 1, h, w) -> (R,).
+    `score="normalized"`: between the maps scaled to unit norm (models.scio_search's twin)."""
+    t, p = target.flatten(1), pred.flatten(1)
+    if score == "normalized":
+        t = t / t.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        p = p / p.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    return ((t - p) ** 2).sum(1).clamp_min(1e-12).sqrt()
 
 
 def displaced(xd: Tensor, radius: float, hw: tuple[int, int], gen: torch.Generator) -> Tensor:
@@ -209,7 +214,7 @@ def gamma_step(
     )  # (R·(1+n), 2): block 0 the true D, block i the i-th radius
     rows = torch.arange(r).repeat(1 + len(DISPLACEMENTS))
     cand_a = gamma.head(ctx, render(points, hw, sigma), rows)
-    s = constraint_loss(b.ha[rows], cand_a).reshape(1 + len(DISPLACEMENTS), r)
+    s = constraint_loss(b.ha[rows], cand_a, cfg.score).reshape(1 + len(DISPLACEMENTS), r)
     true_a = cand_a[:r]
     rank = torch.zeros(())
     for i, radius in enumerate(DISPLACEMENTS):
@@ -221,7 +226,66 @@ def gamma_step(
         lw = listwise(gamma, ctx, b, cfg, sigma, gen)
         loss = loss + cfg.listwise_weight * lw
         stats["listwise"] = lw.item()
+    if cfg.candidates_weight > 0:
+        cw = search_candidates(gamma, phi, ctx, b, cfg, sigma, gen)
+        loss = loss + cfg.candidates_weight * cw
+        stats["candidates"] = cw.item()
     return loss, stats
+
+
+def heatmap_argmax(heat: Tensor) -> Tensor:
+    """(R, 1, h, w) -> (R, 2) x, y: the maximum with the quarter-pixel shift toward the higher
+    neighbour (models.codec.decode_argmax), as the search decodes its start."""
+    r, _, h, w = heat.shape
+    flat = heat.reshape(r, -1)
+    idx = flat.argmax(1)
+    x, y = (idx % w).long(), (idx // w).long()
+    m = heat[:, 0]
+    rows = torch.arange(r)
+    xl, xr = (x - 1).clamp(0, w - 1), (x + 1).clamp(0, w - 1)
+    yu, yd = (y - 1).clamp(0, h - 1), (y + 1).clamp(0, h - 1)
+    inner = (x > 1) & (x < w - 1) & (y > 1) & (y < h - 1)  # the official condition
+    dx = torch.sign(m[rows, y, xr] - m[rows, y, xl]) * inner
+    dy = torch.sign(m[rows, yd, x] - m[rows, yu, x]) * inner
+    return torch.stack([x + 0.25 * dx, y + 0.25 * dy], 1).float()
+
+
+def search_candidates(
+    gamma: ScioNet,
+    phi: ScioNet,
+    ctx: tuple[Tensor, ...],
+    b: GroupBatch,
+    cfg: ScioTrainConfig,
+    sigma: float,
+    gen: torch.Generator,
+) -> Tensor:
+    """Cross-entropy of the search's decision over the candidates it really compares: a lattice
+    around its start (Φ's D or the backbone's D), the two estimates themselves as hard
+    negatives, and the true D; all candidates of all rows in one Γ head batch."""
+    h, w = b.hb.shape[-2], b.hb.shape[-1]
+    r = len(b.xd)
+    with torch.no_grad():
+        phi_d = heatmap_argmax(phi(b.hb, b.hc, b.ha, b.f, b.group))
+        bb_d = heatmap_argmax(b.hd)
+    start = torch.where((torch.rand(r, generator=gen) < 0.5)[:, None], phi_d, bb_d)
+    lattice = torch.as_tensor(grid_offsets(cfg.candidates_radius, 1.0), dtype=torch.float32)
+    k = min(cfg.candidates_sample, len(lattice))
+    pick = torch.cat([torch.zeros(1, dtype=torch.long),
+                      1 + torch.randperm(len(lattice) - 1, generator=gen)[: k - 1]])  # fmt: skip
+    cand = torch.cat(
+        [start[:, None] + lattice[pick][None], bb_d[:, None], phi_d[:, None], b.xd[:, None]], 1
+    )
+    cand = torch.stack([cand[..., 0].clamp(0, w - 1), cand[..., 1].clamp(0, h - 1)], -1)
+    c = cand.shape[1]
+    rows = torch.arange(r).repeat_interleave(c)
+    pred = gamma.head(ctx, render(cand.reshape(-1, 2), (h, w), sigma), rows)
+    s = constraint_loss(b.ha[rows], pred, cfg.score).reshape(r, c)
+    logp = torch.log_softmax(-s / cfg.candidates_tau, dim=1)
+    if cfg.candidates_sigma <= 0:  # the truth (last column) must beat every real candidate
+        return -logp[:, -1].mean()
+    d2 = ((cand - b.xd[:, None]) ** 2).sum(-1)
+    target = torch.softmax(-d2 / (2 * cfg.candidates_sigma**2), dim=1)
+    return -(target * logp).sum(1).mean()
 
 
 @contextmanager
@@ -261,14 +325,14 @@ def listwise(
     cand = torch.stack([cand[..., 0].clamp(0, w - 1), cand[..., 1].clamp(0, h - 1)], -1)
     rows = torch.arange(r).repeat_interleave(c)
     pred = gamma.head(ctx, render(cand.reshape(-1, 2), (h, w), sigma), rows)
-    s = constraint_loss(b.ha[rows], pred).reshape(r, c)
+    s = constraint_loss(b.ha[rows], pred, cfg.score).reshape(r, c)
     target = torch.softmax(-((cand - b.xd[:, None]) ** 2).sum(-1) / (2 * 0.5**2), dim=1)
     return -(target * torch.log_softmax(-s / cfg.listwise_tau, dim=1)).sum(1).mean()
 
 
 @torch.no_grad()
 def sensitivity(
-    gamma: ScioNet, data: BackboneOutputs, spec: KeypointSpec, sigma: float
+    gamma: ScioNet, data: BackboneOutputs, spec: KeypointSpec, sigma: float, score: str = "l2"
 ) -> dict[str, Any]:
     """Γ's self-constraint loss at the true D and at D displaced by 1, 2, 4 px (8 directions):
     means per group, and how often the displaced loss is larger (ranking accuracy)."""
@@ -281,7 +345,7 @@ def sensitivity(
         if b is None:
             continue
         ctx = gamma.context(b.hb, b.hc, b.f, b.group)
-        s0 = constraint_loss(b.ha, gamma.head(ctx, render(b.xd, hw, sigma)))
+        s0 = constraint_loss(b.ha, gamma.head(ctx, render(b.xd, hw, sigma)), score)
         rows: dict[str, Tensor] = {"0": s0}
         wins: dict[str, Tensor] = {}
         for radius in DISPLACEMENTS:
@@ -289,7 +353,7 @@ def sensitivity(
             for d in dirs:
                 x = b.xd + d * radius
                 x = torch.stack([x[:, 0].clamp(0, hw[1] - 1), x[:, 1].clamp(0, hw[0] - 1)], 1)
-                offs.append(constraint_loss(b.ha, gamma.head(ctx, render(x, hw, sigma))))
+                offs.append(constraint_loss(b.ha, gamma.head(ctx, render(x, hw, sigma)), score))
             s = torch.stack(offs, 1)  # (R, 8)
             rows[f"{radius:g}"] = s.mean(1)
             wins[f"{radius:g}"] = (s > s0[:, None]).float().mean(1)
@@ -354,7 +418,14 @@ def train_scio(
     train_ds = TopDownDataset(
         CocoKeypoints(paths.train_ann, spec), paths.train_images, codec, norm, cfg.augment, cfg.seed
     )
-    train = collect_outputs(backbone, train_ds, cfg.passes, 64, desc="train backbone outputs")
+    train = collect_outputs(
+        backbone,
+        train_ds,
+        cfg.passes,
+        64,
+        limit=cfg.max_train_persons or None,
+        desc="train backbone outputs",
+    )
     val = None
     if paths.val_ann is not None and paths.val_images is not None:
         val_ds = TopDownDataset(CocoKeypoints(paths.val_ann, spec), paths.val_images, codec, norm)
@@ -377,7 +448,7 @@ def train_scio(
     if resume and (out / "scio_state.pt").exists():
         start_epoch = _resume(out, phi, gamma, opt_phi, opt_gamma)
     if val is not None and start_epoch == 0:
-        before = sensitivity(gamma, val, spec, sigma)
+        before = sensitivity(gamma, val, spec, sigma, cfg.score)
         log.info("Γ sensitivity before training:\n%s", format_sensitivity(before))
     gen = torch.Generator().manual_seed(cfg.seed)
     history = []
@@ -402,6 +473,7 @@ def train_scio(
         "groups": [g.name for g in spec.groups],
         "group_members": spec.to_dict()["groups"],
         "sigma": sigma,
+        "score": cfg.score,
         "net": to_plain(net_cfg),
         "train_config": to_plain(cfg),
         "backbone": str(backbone_ckpt),
@@ -409,7 +481,7 @@ def train_scio(
         "history": history,
     }
     if val is not None:
-        report["sensitivity"] = sensitivity(gamma, val, spec, sigma)
+        report["sensitivity"] = sensitivity(gamma, val, spec, sigma, cfg.score)
         print(
             "Γ sensitivity on the validation split: the self-constraint loss at the true D and "
             "at D displaced\nby 1, 2, 4 heatmap px (8 directions); rank_acc = share of displaced "
@@ -436,7 +508,7 @@ def _epoch(
     gamma.train()
     order = torch.randperm(len(data), generator=gen)
     steps = len(order) // cfg.batch_size
-    sums = {"phi": 0.0, "gamma": 0.0, "rank": 0.0, "listwise": 0.0}
+    sums = {"phi": 0.0, "gamma": 0.0, "rank": 0.0, "listwise": 0.0, "candidates": 0.0}
     counts = {"phi": 0, "gamma": 0}
     bar = progress(range(steps), desc=f"scio epoch {epoch + 1}/{cfg.epochs}")
     for step in bar:
@@ -462,6 +534,7 @@ def _epoch(
             sums["gamma"] += loss.item()
             sums["rank"] += extra["rank"]
             sums["listwise"] += extra.get("listwise", 0.0)
+            sums["candidates"] += extra.get("candidates", 0.0)
             counts["gamma"] += 1
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"SCIO loss became {loss.item()} at epoch {epoch + 1}")
@@ -474,6 +547,7 @@ def _epoch(
         "gamma_loss": sums["gamma"] / max(counts["gamma"], 1),
         "rank_loss": sums["rank"] / max(counts["gamma"], 1),
         "listwise_loss": sums["listwise"] / max(counts["gamma"], 1),
+        "candidates_loss": sums["candidates"] / max(counts["gamma"], 1),
     }
 
 

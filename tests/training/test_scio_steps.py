@@ -126,3 +126,76 @@ def test_frozen_partner_keeps_its_statistics_and_drops_nothing() -> None:
     moved = [k for k in end if not torch.equal(snapshots[0][k], end[k])]
     assert moved == [], f"Φ changed during Γ's step: {moved[:5]}"
     assert any(not torch.equal(phi_before[k], end[k]) for k in end)  # Φ did learn in its step
+
+
+def test_normalized_score_is_the_same_in_training_and_search() -> None:
+    import numpy as np
+
+    from models.scio_search import self_constraint_loss
+    from training.train_scio import constraint_loss
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(5, 1, *HW, generator=g), torch.rand(5, 1, *HW, generator=g)
+    for score in ("l2", "normalized"):
+        t = constraint_loss(a, b, score).numpy()
+        n = self_constraint_loss(a[:, 0].numpy(), b[:, 0].numpy(), score)
+        assert np.allclose(t, n, rtol=1e-5), score
+    # amplitude-free: scaling Γ's output changes the L2 loss, not the normalised one
+    s1 = constraint_loss(a, b, "normalized")
+    assert torch.allclose(s1, constraint_loss(a, 3 * b, "normalized"), atol=1e-6)
+    assert not torch.allclose(constraint_loss(a, b), constraint_loss(a, 3 * b))
+
+
+def test_heatmap_argmax_matches_the_decoder() -> None:
+    import numpy as np
+
+    from models.codec import decode_argmax
+    from training.train_scio import heatmap_argmax
+
+    g = torch.Generator().manual_seed(2)
+    pts = torch.rand(20, 2, generator=g) * torch.tensor([HW[1] - 1.0, HW[0] - 1.0])
+    heat = render(pts, HW, SIGMA) + 0.01 * torch.rand(20, 1, *HW, generator=g)
+    want, _ = decode_argmax(heat[:, 0].numpy())
+    assert np.allclose(heatmap_argmax(heat).numpy(), want)
+
+
+def test_search_candidates_term_prefers_a_verifier_that_ranks_the_truth_first() -> None:
+    from dataclasses import replace
+
+    from training.train_scio import GroupBatch, search_candidates
+
+    hw, sigma = (16, 12), 1.0
+    xd = torch.tensor([[6.0, 8.0], [5.0, 7.0]])
+    ys, xs = torch.meshgrid(torch.arange(hw[0]), torch.arange(hw[1]), indexing="ij")
+
+    def centroid(m: torch.Tensor) -> torch.Tensor:
+        m = m[:, 0]
+        return torch.stack([(m * xs).sum((1, 2)), (m * ys).sum((1, 2))], 1) / m.sum((1, 2))[:, None]
+
+    class Fake:
+        """Γ whose prediction is G(candidate + shift): its loss against H_A = G(xd) is
+        smallest at xd - shift."""
+
+        def __init__(self, shift: float) -> None:
+            self.shift = torch.tensor([shift, 0.0])
+
+        def head(self, ctx, h3, rows):  # type: ignore[no-untyped-def]
+            return render(centroid(h3) + self.shift, hw, sigma)
+
+    class FakePhi:
+        def __call__(self, h1, h2, h3, f, group):  # type: ignore[no-untyped-def]
+            return render(xd + torch.tensor([2.0, 1.0]), hw, sigma)  # Φ off by (2, 1)
+
+    ha = render(xd, hw, sigma)
+    hd = render(xd + torch.tensor([-3.0, 0.0]), hw, sigma)  # the backbone off by 3
+    z = torch.zeros(2, 1, *hw)
+    b = GroupBatch(z, z, ha, hd, torch.zeros(2, 1, *hw), torch.zeros(2, dtype=torch.long),
+                   ha, ha, xd)  # fmt: skip
+    cfg = replace(CFG, candidates_weight=1.0, score="normalized")
+    phi = FakePhi()
+    losses = []
+    for shift in (0.0, 1.0, 3.0):
+        gen = torch.Generator().manual_seed(0)
+        losses.append(search_candidates(Fake(shift), phi, None, b, cfg, sigma, gen))  # type: ignore[arg-type]
+    assert all(torch.isfinite(x) for x in losses)
+    assert losses[0] < losses[1] < losses[2]

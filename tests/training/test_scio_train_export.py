@@ -221,3 +221,22 @@ def test_verification_probes_on_a_bundle(runs, tmp_path: Path) -> None:
         assert np.isfinite(o[k]), k
     assert 0 <= o["auroc_peak"] <= 1
     assert o["accepted"] <= o["rows"]
+
+
+def test_search_decision_recipe_trains_and_its_score_travels_into_the_bundle(
+    runs, tmp_path: Path
+) -> None:
+    cfg = replace(TINY_SCIO, candidates_weight=1.0, candidates_sample=6, score="normalized")
+    report = train_scio(runs["backbone"], tmp_path / "scio", cfg)
+    assert report["score"] == "normalized"
+    assert np.isfinite(report["history"][-1]["candidates_loss"])
+    assert report["history"][-1]["candidates_loss"] > 0
+    out = tmp_path / "bundle"
+    _export(runs["backbone"], tmp_path / "scio", out, "--name", "tiny")
+    assert load_bundle(out).manifest.scio["search"]["score"] == "normalized"
+    pipe = PosePipeline(load_bundle(out), device="cpu")
+    assert pipe.scio_config.score == "normalized"
+    bad = tmp_path / "search.json"
+    bad.write_text(json.dumps({"score": "l2"}))
+    with pytest.raises(ValueError, match="trained for 'normalized'"):
+        _export(runs["backbone"], tmp_path / "scio", tmp_path / "b2", "--search", str(bad))
