@@ -29,11 +29,23 @@ from benchmarks.scio_ablation import SPLITS, make_split  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
 from models.scio_search import ScioSearchConfig  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
-from training.probes import markdown_table, probe  # noqa: E402
+from training.probes import (  # noqa: E402
+    fit_acceptance,
+    fit_confidence,
+    markdown_table,
+    probe,
+)
 
 # When the bundle's own settings do not search (iterations 0), the moves judged are those of
 # the paper's search from the bundle's prior: descent, step 1.5, radius 4.
 PROBE_SEARCH = {"strategy": "descent", "iterations": 50, "radius": 4.0, "step": 1.5}
+
+
+def verification_auroc(o: dict[str, Any]) -> float:
+    """AUROC of the score the API reports: the calibrated P(correct) where the settings have a
+    calibration, else the loss where the search started."""
+    conf = o.get("auroc_confidence", float("nan"))
+    return float(conf) if conf == conf else float(o["auroc_loss_start"])
 
 
 def targets(r: dict[str, Any]) -> dict[str, bool]:
@@ -41,7 +53,7 @@ def targets(r: dict[str, Any]) -> dict[str, bool]:
     return {
         "P(loss at true D < loss at the start) >= 0.6": o["truth_beats_start"] >= 0.6,
         "accepted moves that end closer >= 65%": o["accepted_closer"] >= 0.65,
-        "verification AUROC >= heatmap-peak AUROC + 0.03": o["auroc_loss_start"]
+        "verification AUROC >= heatmap-peak AUROC + 0.03": verification_auroc(o)
         >= o["auroc_peak"] + 0.03,
     }
 
@@ -53,15 +65,50 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=400, help="images in the split")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ablation")
     ap.add_argument("--name", default="scio_probes", help="result file name")
+    ap.add_argument("--search", type=Path, help="search settings (JSON) instead of the bundle's")
+    ap.add_argument(
+        "--hypotheses",
+        help="comma-separated hypothesis kinds for the judged search (backbone,phi,peaks,mirror)",
+    )
+    ap.add_argument(
+        "--fit",
+        type=Path,
+        metavar="OUT.json",
+        help="fit the acceptance rule on this split, write the search settings with it to OUT, "
+        "and report the probes of the search with the rule",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     split = make_split(args.work, args.split, args.images)
     pipe = PosePipeline(load_bundle(args.bundle), device="cpu")
     shipped = pipe.scio_config
     search = shipped
-    if shipped.strategy == "descent" and shipped.iterations == 0:
+    if args.search is not None:
+        search = ScioSearchConfig.from_dict(
+            {**shipped.to_dict(), **json.loads(args.search.read_text())}
+        )
+    elif shipped.strategy == "descent" and shipped.iterations == 0:
         search = ScioSearchConfig.from_dict({**shipped.to_dict(), **PROBE_SEARCH})
-    r = probe(pipe, split / "person_keypoints.json", split / "images", search=search)
+    if args.hypotheses:
+        kinds = tuple(k for k in args.hypotheses.split(",") if k)
+        search = ScioSearchConfig.from_dict({**search.to_dict(), "hypotheses": kinds})
+    ann, images = split / "person_keypoints.json", split / "images"
+    fit = None
+    if args.fit is not None:
+        unruled = ScioSearchConfig.from_dict({**search.to_dict(), "accept_weights": ()})
+        rows = probe(pipe, ann, images, search=unruled).pop("_rows")
+        fit = fit_acceptance(rows) if search.hypotheses else {}
+        search = ScioSearchConfig.from_dict(
+            {**search.to_dict(), **{k: v for k, v in fit.items() if k != "fit"}}
+        )
+        # the calibration belongs to the positions the final search returns
+        rows = probe(pipe, ann, images, search=search).pop("_rows")
+        fit.update(fit_confidence(rows))
+        search = ScioSearchConfig.from_dict({**search.to_dict(), **fit_confidence(rows)})
+        args.fit.write_text(json.dumps(search.to_dict(), indent=2) + "\n")
+        print(f"acceptance rule: {json.dumps(fit)}\nwrote {args.fit}")
+    r = probe(pipe, ann, images, search=search)
+    r.pop("_rows")
     report = {
         "command": "python benchmarks/scio_probes.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
@@ -70,6 +117,7 @@ def main() -> int:
         "split": {"name": args.split, "seed": SPLITS[args.split], "images": args.images},
         "search": search.to_dict(),
         "search_is_the_bundles": search == shipped,
+        "acceptance_fit": fit,
         **r,
     }
     report["targets"] = targets(r)

@@ -11,7 +11,7 @@ the bundle's sigma) rendered at a sub-pixel position: what Γ saw for D in train
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,6 +27,23 @@ I64 = npt.NDArray[np.int64]
 STRATEGIES = ("descent", "grid")
 PRIORS = ("backbone", "phi", "fusion")
 SCORES = ("l2", "normalized")
+HYPOTHESES = ("backbone", "phi", "peaks", "mirror")
+# Features of a hypothesis h against the current position c of D (after the local search), in
+# the acceptance rule's order: the loss difference (Γ at h minus Γ at c), the backbone's H_D at
+# h and at c, their distance in heatmap widths, and which kind of hypothesis h is.
+# Inputs of the calibrated verification probability: the self-constraint loss at the returned
+# D, and the backbone's heatmap maximum for D (its own confidence).
+CONFIDENCE_FEATURES = ("loss_end", "peak")
+ACCEPT_FEATURES = (
+    "dloss",
+    "heat_h",
+    "heat_c",
+    "distance",
+    "is_backbone",
+    "is_phi",
+    "is_peak",
+    "is_mirror",
+)
 
 
 @dataclass(frozen=True)
@@ -45,10 +62,38 @@ class ScioSearchConfig:
     # The self-constraint loss: "l2" = ‖H_A − Ĥ_A‖₂ (the paper); "normalized" = the same between
     # the two maps scaled to unit L2 norm (amplitude-free, in [0, 2]). Fixed by how Γ was trained.
     score: str = "l2"
+    # Beyond the paper, for gross errors a disc cannot reach: after the local search, distinct
+    # hypotheses for D (`HYPOTHESES`: the backbone's and Φ's D, the next local maxima of H_D,
+    # the mirrored side's D) are scored by Γ, and an acceptance rule, a logistic model over
+    # `ACCEPT_FEATURES` fitted on a tuning split, moves D to the likeliest one only where it
+    # predicts "closer to the truth" with probability above `accept_threshold`.
+    hypotheses: tuple[str, ...] = ()
+    accept_weights: tuple[float, ...] = ()  # one per ACCEPT_FEATURES; empty: no rule, no moves
+    accept_bias: float = 0.0
+    accept_threshold: float = 0.5
+    # A calibrated verification probability per examined keypoint: P(the returned D is correct,
+    # OKS term >= 0.5) = sigmoid(w · CONFIDENCE_FEATURES + b), fitted on a tuning split. Empty:
+    # the API reports no probability, only the losses.
+    confidence_weights: tuple[float, ...] = ()
+    confidence_bias: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("hypotheses", "accept_weights", "confidence_weights"):  # JSON gives lists
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, not {self.score!r}")
+        unknown = set(self.hypotheses) - set(HYPOTHESES)
+        if unknown:
+            raise ValueError(f"unknown hypotheses {sorted(unknown)}; known: {HYPOTHESES}")
+        if self.confidence_weights and len(self.confidence_weights) != len(CONFIDENCE_FEATURES):
+            raise ValueError(
+                f"confidence_weights needs {len(CONFIDENCE_FEATURES)} values "
+                f"({', '.join(CONFIDENCE_FEATURES)})"
+            )
+        if self.accept_weights and len(self.accept_weights) != len(ACCEPT_FEATURES):
+            raise ValueError(
+                f"accept_weights needs {len(ACCEPT_FEATURES)} values ({', '.join(ACCEPT_FEATURES)})"
+            )
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, not {self.strategy!r}")
         if self.prior not in PRIORS:
@@ -103,6 +148,14 @@ class SearchResult:
     loss_after: F64  # (P,) loss at end
     accepted: npt.NDArray[np.bool_]  # (P,)
     calls: int  # Γ head calls made
+    # the hypothesis stage (empty without it): each row's candidates, their features and kinds
+    hyp_positions: F64 = field(default_factory=lambda: np.zeros((0, 0, 2)))  # (P, H, 2)
+    hyp_features: F64 = field(default_factory=lambda: np.zeros((0, 0, 0)))  # (P, H, F)
+    hyp_valid: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros((0, 0), bool))
+    hyp_moved: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))  # (P,)
+    local_end: F64 = field(default_factory=lambda: np.zeros((0, 2)))  # (P, 2) before hypotheses
+    # (P,) P(the returned D is correct), NaN without a calibration in the settings
+    confidence: F64 = field(default_factory=lambda: np.zeros(0))
 
 
 # The 8 compass directions, unit length.
@@ -147,12 +200,14 @@ def refine(
     decode: str = "argmax",
     sigma: float = 2.0,
     batched: bool = True,
+    flip_index: npt.NDArray[np.intp] | None = None,
 ) -> SearchResult:
     """Refine the distal keypoints of N persons.
 
     heatmaps (N, K, h, w) and features (N, C, h, w) from the backbone; coords (N, K, 2) and
     scores (N, K) decoded from those heatmaps. With `batched=False` every candidate gets its own
-    Γ call (for measuring what batching buys); the result is the same.
+    Γ call (for measuring what batching buys); the result is the same. `flip_index` (the spec's
+    left/right partner of each keypoint) is needed for the "mirror" hypothesis.
     """
     h, w = heatmaps.shape[-2:]
     rows = _active_rows(scores, groups, config.min_confidence, config.max_distal_confidence)
@@ -182,8 +237,19 @@ def refine(
     accepted &= np.any(end != start, axis=1)
     end = np.where(accepted[:, None], end, start)
     loss_after = np.where(accepted, loss_after, loss_before)
+    hyp: tuple[F64, F64, npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None = None
+    local_end = end.copy()
+    if config.hypotheses:
+        cand, kinds, valid = hypotheses(
+            heatmaps, coords, person, d, backbone_d, config.hypotheses, flip_index,
+            phi_positions(heatmaps[person, d], ha, hb, hc, f, gidx, backbone_d, phi, decode),
+        )  # fmt: skip
+        feats = hypothesis_features(evaluate, cand, kinds, valid, end, loss_after,
+                                    heatmaps[person, d])  # fmt: skip
+        end, loss_after, moved = apply_rule(config, cand, feats, valid, end, loss_after)
+        hyp = (cand, feats, valid, moved)
     out[person, d] = end
-    return SearchResult(
+    result = SearchResult(
         coords=out,
         person=person,
         group=gidx,
@@ -196,6 +262,177 @@ def refine(
         accepted=accepted,
         calls=evaluate.calls,
     )
+    result.local_end = local_end
+    result.confidence = verification_probability(config, loss_after, scores[person, d])
+    if hyp is not None:
+        result.hyp_positions, result.hyp_features, result.hyp_valid, result.hyp_moved = hyp
+        result.accepted = accepted | hyp[3]
+    return result
+
+
+def verification_probability(config: ScioSearchConfig, loss_end: F64, peak: F64) -> F64:
+    """The calibrated P(correct) of each returned D (NaN without a calibration)."""
+    if not config.confidence_weights:
+        return np.full(len(loss_end), np.nan)
+    x = np.stack([loss_end, peak], axis=1).astype(np.float64)
+    z = x @ np.asarray(config.confidence_weights, dtype=np.float64) + config.confidence_bias
+    out: F64 = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+    return out
+
+
+def phi_positions(
+    hd: F32,
+    ha: F32,
+    hb: F32,
+    hc: F32,
+    f: F32,
+    group: I64,
+    backbone_d: F64,
+    phi: Predictor | None,
+    decode: str,
+) -> F64 | None:
+    """Φ's own D, decoded (None without Φ)."""
+    if phi is None:
+        return None
+    cfg = ScioSearchConfig(prior="phi")
+    return _prior_positions(hd, ha, hb, hc, f, group, backbone_d, cfg, phi, decode)
+
+
+def local_maxima(heat: F32, count: int, min_distance: float = 2.0) -> tuple[F64, F64]:
+    """The `count` highest local maxima (3x3) of each map after its global maximum, at least
+    `min_distance` px from it and from each other: (M, count, 2) positions, (M, count) values
+    (0 where a map has fewer)."""
+    m, h, w = heat.shape
+    pad = np.pad(heat, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    neigh = np.max(
+        np.stack([pad[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+                  for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]),
+        axis=0,
+    )  # fmt: skip
+    peak = (heat >= neigh) & (heat > 0)
+    pos = np.zeros((m, count, 2))
+    val = np.zeros((m, count))
+    for i in range(m):
+        ys, xs = np.nonzero(peak[i])
+        v = heat[i, ys, xs]
+        order = np.argsort(-v, kind="stable")
+        taken: list[tuple[float, float]] = []
+        for j in order:
+            p = (float(xs[j]), float(ys[j]))
+            if any((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 < min_distance**2 for q in taken):
+                continue
+            taken.append(p)
+            if len(taken) == count + 1:
+                break
+        for k, p in enumerate(taken[1:]):  # the first is the global maximum
+            pos[i, k] = p
+            val[i, k] = heat[i, int(p[1]), int(p[0])]
+    return pos, val
+
+
+HYP_PEAKS = 2  # local maxima of H_D considered besides the global one
+
+
+def hypotheses(
+    heatmaps: F32,
+    coords: F64,
+    person: I64,
+    d: I64,
+    backbone_d: F64,
+    kinds: tuple[str, ...],
+    flip_index: npt.NDArray[np.intp] | None,
+    phi_d: F64 | None,
+) -> tuple[F64, I64, npt.NDArray[np.bool_]]:
+    """Distinct positions for each row's D: (P, H, 2), their kind index into HYPOTHESES
+    (P, H), and which exist (P, H)."""
+    p = len(person)
+    cols: list[tuple[F64, int, npt.NDArray[np.bool_]]] = []
+    yes = np.ones(p, dtype=bool)
+    if "backbone" in kinds:
+        cols.append((backbone_d, HYPOTHESES.index("backbone"), yes))
+    if "phi" in kinds and phi_d is not None:
+        cols.append((phi_d, HYPOTHESES.index("phi"), yes))
+    if "peaks" in kinds:
+        pos, val = local_maxima(heatmaps[person, d], HYP_PEAKS)
+        cols.extend((pos[:, k], HYPOTHESES.index("peaks"), val[:, k] > 0) for k in range(HYP_PEAKS))
+    if "mirror" in kinds and flip_index is not None:
+        cols.append((coords[person, flip_index[d]], HYPOTHESES.index("mirror"), yes))
+    if not cols:
+        return np.zeros((p, 0, 2)), np.zeros((p, 0), np.int64), np.zeros((p, 0), bool)
+    h, w = heatmaps.shape[-2:]
+    pos_ = np.clip(np.stack([c[0] for c in cols], 1).astype(np.float64), 0, [w - 1.0, h - 1.0])
+    kind = np.tile(np.array([c[1] for c in cols], dtype=np.int64), (p, 1))
+    valid = np.stack([c[2] for c in cols], 1)
+    return pos_, kind, valid
+
+
+def _heat_at(heat: F32, pos: F64) -> F64:
+    """H (M, h, w) at positions (M, H, 2), nearest pixel."""
+    m, h, w = heat.shape
+    x = np.clip(np.rint(pos[..., 0]).astype(np.intp), 0, w - 1)
+    y = np.clip(np.rint(pos[..., 1]).astype(np.intp), 0, h - 1)
+    out: F64 = heat[np.arange(m)[:, None], y, x].astype(np.float64)
+    return out
+
+
+def hypothesis_features(
+    evaluate: _Evaluator,
+    cand: F64,
+    kinds: I64,
+    valid: npt.NDArray[np.bool_],
+    current: F64,
+    loss_current: F64,
+    hd: F32,
+) -> F64:
+    """ACCEPT_FEATURES of every hypothesis (P, H, F); Γ scores all of them in one call."""
+    p, nh = cand.shape[:2]
+    feats = np.zeros((p, nh, len(ACCEPT_FEATURES)))
+    if p == 0 or nh == 0:
+        return feats
+    h, w = evaluate.hw
+    pos = np.clip(cand, 0.0, [w - 1.0, h - 1.0])
+    rows = np.repeat(np.arange(p), nh)
+    loss = evaluate(rows, pos.reshape(-1, 2)).reshape(p, nh)
+    feats[..., 0] = loss - loss_current[:, None]
+    feats[..., 1] = _heat_at(hd, pos)
+    feats[..., 2] = _heat_at(hd, current[:, None])[:, :1]
+    feats[..., 3] = np.linalg.norm(pos - current[:, None], axis=-1) / w
+    for j in range(len(HYPOTHESES)):
+        feats[..., 4 + j] = kinds == j
+    feats[~valid] = 0.0
+    return feats
+
+
+def accept_probability(config: ScioSearchConfig, feats: F64) -> F64:
+    """The acceptance rule's P(hypothesis closer to the truth than the current D)."""
+    w = np.asarray(config.accept_weights, dtype=np.float64)
+    z = feats @ w + config.accept_bias
+    out: F64 = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+    return out
+
+
+def apply_rule(
+    config: ScioSearchConfig,
+    cand: F64,
+    feats: F64,
+    valid: npt.NDArray[np.bool_],
+    current: F64,
+    loss_current: F64,
+) -> tuple[F64, F64, npt.NDArray[np.bool_]]:
+    """Move each row to its likeliest hypothesis where the rule says "closer" with probability
+    above the threshold; hypotheses within half a pixel of the current D do not count."""
+    p = len(current)
+    if not config.accept_weights or cand.shape[1] == 0:
+        return current, loss_current, np.zeros(p, dtype=bool)
+    prob = accept_probability(config, feats)
+    far = np.linalg.norm(cand - current[:, None], axis=-1) > 0.5
+    prob = np.where(valid & far, prob, -1.0)
+    best = np.argmax(prob, axis=1)
+    rows = np.arange(p)
+    moved = prob[rows, best] > config.accept_threshold
+    end = np.where(moved[:, None], cand[rows, best], current)
+    loss = np.where(moved, loss_current + feats[rows, best, 0], loss_current)
+    return end, loss, moved
 
 
 def _active_rows(

@@ -311,6 +311,7 @@ class PosePipeline:
             phi=self.predictor,
             decode=self.bundle.manifest.pose.decode,
             sigma=self.codec.sigma,
+            flip_index=self.spec.flip_index,
         )
         # Back onto all persons: row person indices refer to `sel`.
         full = coords.copy()
@@ -381,9 +382,16 @@ class PosePipeline:
                     loss_before=float(search.loss_before[r]),
                     loss_after=float(search.loss_after[r]),
                     accepted=bool(search.accepted[r]),
+                    confidence=_finite_or_none(search.confidence, int(r)),
                 )
             )
         return out
+
+
+def _finite_or_none(values: F64, i: int) -> float | None:
+    if len(values) <= i or not np.isfinite(values[i]):
+        return None
+    return float(values[i])
 
 
 def _req(path: Path | None) -> Path:

@@ -96,6 +96,7 @@ def _person(p: PersonPose, spec: KeypointSpec) -> Person:
                 loss_before=float(r.loss_before),
                 loss_after=float(r.loss_after),
                 accepted=bool(r.accepted),
+                confidence=None if r.confidence is None else float(r.confidence),
             )
             for r in p.refinements
         ],

@@ -41,6 +41,8 @@ class RefinedKeypoint:
     # or the backbone's when the prior is the backbone (the verification score)
     loss_after: float  # loss at the returned position
     accepted: bool  # whether the search's move was kept
+    # P(the returned keypoint is correct), calibrated on a tuning split; None without calibration
+    confidence: float | None = None
 
 
 @dataclass

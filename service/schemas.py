@@ -77,6 +77,14 @@ class Refinement(BaseModel):
     )
     loss_after: float = Field(description="self-constraint loss at the returned position")
     accepted: bool = Field(description="whether the search's own move was kept")
+    confidence: float | None = Field(
+        default=None,
+        description=(
+            "probability that the returned keypoint is correct (OKS term >= 0.5), from the "
+            "verification loss and the heatmap peak, calibrated on a tuning split; null when "
+            "the bundle has no calibration"
+        ),
+    )
 
 
 class Person(BaseModel):

@@ -71,10 +71,19 @@ class Rows:
     end_err: list[float] = field(default_factory=list)
     peak: list[float] = field(default_factory=list)  # the backbone's heatmap maximum for D
     correct: list[bool] = field(default_factory=list)  # returned D's OKS term >= 0.5
+    confidence: list[float] = field(default_factory=list)  # the calibrated P(correct), or NaN
     oks: list[float] = field(default_factory=list)
+    # the hypothesis stage, when the search has one: per row (H, F) features, (H,) validity,
+    # the OKS term each hypothesis would give, and whether it is closer than the current D
+    hyp_features: list[F64] = field(default_factory=list)
+    hyp_valid: list[npt.NDArray[np.bool_]] = field(default_factory=list)
+    hyp_oks: list[F64] = field(default_factory=list)
+    hyp_closer: list[npt.NDArray[np.bool_]] = field(default_factory=list)
+    current_oks: list[float] = field(default_factory=list)  # OKS term after the local search
 
     def arrays(self) -> dict[str, npt.NDArray[Any]]:
-        return {k: np.asarray(v) for k, v in self.__dict__.items()}
+        skip = {"hyp_features", "hyp_valid", "hyp_oks", "hyp_closer", "current_oks"}
+        return {k: np.asarray(v) for k, v in self.__dict__.items() if k not in skip}
 
 
 def rank(v: npt.ArrayLike) -> F64:
@@ -182,6 +191,7 @@ def probe(
             phi=pipe.predictor,
             decode=pipe.bundle.manifest.pose.decode,
             sigma=sigma,
+            flip_index=spec.flip_index,
         )
         ga = np.array([g.a for g in groups], dtype=np.intp)[res.group]
         gd = np.array([g.d for g in groups], dtype=np.intp)[res.group]
@@ -189,7 +199,9 @@ def probe(
         if not keep.any():
             continue
         _probe_rows(pipe, bp, res, keep, gt_hm, gt, anns, lattice, rows, cfg.score)
-    return summarise(rows, [g.name for g in groups])
+    out = summarise(rows, [g.name for g in groups])
+    out["_rows"] = rows  # for fit_acceptance; dropped before writing
+    return out
 
 
 def _probe_rows(
@@ -242,13 +254,33 @@ def _probe_rows(
     shift = np.linalg.norm(allc[:, 1 + nl :] - true_d[:, None], axis=-1)
     gain = (moved / np.maximum(shift, 1e-9)).mean(1)
     # the returned D in image pixels, and its OKS term
-    end_img = heatmap_to_image(
-        res.end[idx][:, None], bp.persons.centers[person], bp.persons.scales[person], hw
-    )[:, 0]
     sig = pipe.spec.sigmas_array[d]
     area = np.array([max(anns[j].area, 1.0) for j in person])
-    d2 = ((end_img - gt[person, d, :2]) ** 2).sum(-1)
-    oks = np.exp(-d2 / (2 * sig) ** 2 / (area + np.spacing(1)) / 2)
+
+    def oks_of(pos_hm: F64) -> F64:
+        """OKS terms of heatmap positions (n, H, 2) of each row's D."""
+        img = heatmap_to_image(pos_hm, bp.persons.centers[person], bp.persons.scales[person], hw)
+        d2_ = ((img - gt[person, d, None, :2]) ** 2).sum(-1)
+        out: F64 = np.exp(-d2_ / ((2 * sig) ** 2)[:, None] / (area[:, None] + np.spacing(1)) / 2)
+        return out
+
+    oks = oks_of(res.end[idx][:, None])[:, 0]
+    if res.hyp_positions.shape[1:2] != (0,) and len(res.hyp_positions):
+        # where the local search left D: the hypotheses' features are relative to it
+        cur = res.local_end[idx]
+        hyp = res.hyp_positions[idx]
+        cur_oks = oks_of(cur[:, None])[:, 0]
+        h_oks = oks_of(hyp)
+        closer = (
+            np.linalg.norm(hyp - true_d[:, None], axis=-1)
+            < np.linalg.norm(cur - true_d, axis=-1)[:, None]
+        )
+        for i in range(n):
+            rows.hyp_features.append(res.hyp_features[idx[i]])
+            rows.hyp_valid.append(res.hyp_valid[idx[i]])
+            rows.hyp_oks.append(h_oks[i])
+            rows.hyp_closer.append(closer[i])
+            rows.current_oks.append(float(cur_oks[i]))
     for i in range(n):
         rows.group.append(int(gidx[i]))
         rows.start_err.append(float(np.linalg.norm(start[i] - true_d[i])))
@@ -263,7 +295,68 @@ def _probe_rows(
         rows.end_err.append(float(np.linalg.norm(res.end[idx[i]] - true_d[i])))
         rows.peak.append(float(bp.scores[person[i], d[i]]))
         rows.correct.append(bool(oks[i] >= OKS_CORRECT))
+        rows.confidence.append(float(res.confidence[idx[i]]))
         rows.oks.append(float(oks[i]))
+
+
+def logistic_fit(x: F64, y: F64, l2: float = 1e-2) -> F64:
+    """Weights (F,) then bias of an L2-regularised logistic regression, by Newton's method."""
+    a = np.concatenate([x, np.ones((len(x), 1))], 1)
+    w = np.zeros(a.shape[1])
+    reg = l2 * np.r_[np.ones(len(w) - 1), 0.0]
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-np.clip(a @ w, -50, 50)))
+        grad = a.T @ (p - y) + reg * w
+        hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(reg)
+        step = np.linalg.solve(hess + 1e-9 * np.eye(len(w)), grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
+
+
+def fit_confidence(rows: Rows) -> dict[str, Any]:
+    """The calibrated verification probability: logistic regression of "the returned D is
+    correct" on CONFIDENCE_FEATURES (the loss at the returned D, the backbone's peak)."""
+    x = np.stack([np.asarray(rows.loss_end), np.asarray(rows.peak)], 1)
+    y = np.asarray(rows.correct, dtype=np.float64)
+    w = logistic_fit(x, y)
+    return {"confidence_weights": [float(v) for v in w[:-1]], "confidence_bias": float(w[-1])}
+
+
+def fit_acceptance(rows: Rows, l2: float = 1e-2) -> dict[str, Any]:
+    """The acceptance rule from probed rows: logistic regression of "the hypothesis is closer to
+    the truth than the current D" on ACCEPT_FEATURES (Newton's method, L2-regularised), then the
+    threshold that maximises the summed OKS-term gain of the moves it makes on these rows."""
+    if not rows.hyp_features:
+        raise ValueError("no hypothesis rows: probe with a search that has hypotheses")
+    x = np.stack(rows.hyp_features)  # (n, H, F)
+    valid = np.stack(rows.hyp_valid)
+    y = np.stack(rows.hyp_closer).astype(np.float64)
+    xs, ys = x[valid], y[valid]
+    w = logistic_fit(xs, ys, l2)
+    prob = 1 / (1 + np.exp(-np.clip(x @ w[:-1] + w[-1], -50, 50)))
+    prob = np.where(valid, prob, -1.0)
+    best = prob.argmax(1)
+    r = np.arange(len(prob))
+    gain = np.stack(rows.hyp_oks)[r, best] - np.asarray(rows.current_oks)
+    top = prob[r, best]
+    grid = np.linspace(0.3, 0.95, 27)
+    totals = [float(gain[top > t].sum()) for t in grid]
+    k = int(np.argmax(totals))
+    threshold = float(grid[k]) if totals[k] > 0 else 1.0  # nothing helps: never move
+    return {
+        "accept_weights": [float(v) for v in w[:-1]],
+        "accept_bias": float(w[-1]),
+        "accept_threshold": threshold,
+        "fit": {
+            "hypotheses": int(valid.sum()),
+            "closer_rate": float(ys.mean()),
+            "moves_at_threshold": int((top > threshold).sum()),
+            "oks_gain_at_threshold": totals[k],
+            "rows": len(prob),
+        },
+    }
 
 
 def _kernel(sigma: float) -> int:
@@ -302,6 +395,9 @@ def _measures(x: dict[str, npt.NDArray[Any]]) -> dict[str, float]:
         "auroc_loss_start": auroc(-x["loss_start"], x["correct"]),
         "auroc_loss_end": auroc(-x["loss_end"], x["correct"]),
         "auroc_peak": auroc(x["peak"], x["correct"]),
+        "auroc_confidence": auroc(x["confidence"], x["correct"])
+        if np.isfinite(x["confidence"]).all()
+        else float("nan"),
         "pooled_pearson": float(np.corrcoef(x["loss_start"], x["oks"])[0, 1])
         if x["loss_start"].std() > 0 and x["oks"].std() > 0
         else float("nan"),
@@ -330,6 +426,7 @@ COLUMNS = (
     ("auroc_loss_start", "AUROC loss", "{:.3f}"),
     ("auroc_loss_end", "AUROC loss@end", "{:.3f}"),
     ("auroc_peak", "AUROC peak", "{:.3f}"),
+    ("auroc_confidence", "AUROC P(correct)", "{:.3f}"),
     ("pooled_pearson", "pooled r", "{:.3f}"),
 )
 
@@ -349,4 +446,14 @@ def markdown_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["auroc", "markdown_table", "probe", "rank", "spearman", "summarise"]
+__all__ = [
+    "auroc",
+    "fit_acceptance",
+    "fit_confidence",
+    "logistic_fit",
+    "markdown_table",
+    "probe",
+    "rank",
+    "spearman",
+    "summarise",
+]

@@ -222,3 +222,64 @@ def test_config_validation_and_round_trip() -> None:
         ScioSearchConfig(strategy="random")
     with pytest.raises(ValueError, match="unknown"):
         ScioSearchConfig.from_dict({"steps": 3})
+
+
+def test_local_maxima_skip_the_global_one_and_near_duplicates() -> None:
+    from models.scio_search import local_maxima
+
+    pts = np.array([[5.0, 5.0], [15.0, 20.0], [6.0, 6.0], [20.0, 8.0]])
+    amp = np.array([1.0, 0.7, 0.9, 0.5])
+    heat = (render_gaussians(pts, HW, 1.0) * amp[:, None, None]).max(0)[None].astype(np.float32)
+    pos, val = local_maxima(heat, 2)
+    assert pos[0].tolist() == [[15.0, 20.0], [20.0, 8.0]]  # (6, 6) merges with the top peak
+    assert val[0] == pytest.approx([0.7, 0.5], abs=1e-3)
+
+
+def test_hypotheses_reach_a_gross_error_only_where_the_rule_says_so() -> None:
+    """The backbone put D on the wrong side (the mirrored keypoint's place): no local search can
+    get there, a hypothesis can; a rule that trusts lower loss takes it, an impossible
+    threshold does not, and the chosen move is reported."""
+    from models.scio_search import ACCEPT_FEATURES
+
+    heat, feats, coords, scores, truth, gamma = _problem(4, shift=0.0)
+    g = GROUPS[0]  # left arm: D = left wrist, its mirror the right wrist
+    mirror = COCO17.flip_index[g.d]
+    coords[:, mirror] = truth[:, g.d]  # the right wrist's estimate sits where the left one is
+    coords[:, g.d] = truth[:, g.d] + np.array([9.0, 0.0])  # far beyond a radius-2 search
+    coords[:, g.d, 0] = np.minimum(coords[:, g.d, 0], HW[1] - 1.0)
+    weights = [0.0] * len(ACCEPT_FEATURES)
+    weights[0] = -20.0  # lower loss than the current D -> closer
+    base = ScioSearchConfig(strategy="grid", radius=2.0, hypotheses=("mirror",),
+                            accept_weights=tuple(weights))  # fmt: skip
+    res = refine(heat, feats, coords, scores, GROUPS, gamma, base, sigma=SIGMA,
+                 flip_index=COCO17.flip_index)  # fmt: skip
+    rows = np.flatnonzero(res.group == 0)
+    assert res.hyp_moved[rows].all()
+    assert np.allclose(res.coords[:, g.d], truth[:, g.d])
+    assert res.accepted[rows].all()
+    assert res.hyp_features.shape[-1] == len(ACCEPT_FEATURES)
+    never = replace(base, accept_threshold=1.0)
+    res2 = refine(heat, feats, coords, scores, GROUPS, gamma, never, sigma=SIGMA,
+                  flip_index=COCO17.flip_index)  # fmt: skip
+    assert not res2.hyp_moved.any()
+    assert np.linalg.norm(res2.coords[:, g.d] - truth[:, g.d], axis=-1).min() > 5
+
+
+def test_calibrated_confidence_is_a_probability_or_absent() -> None:
+    heat, feats, coords, scores, _, gamma = _problem(3)
+    plain = refine(heat, feats, coords, scores, GROUPS, gamma, ScioSearchConfig(), sigma=SIGMA)
+    assert np.isnan(plain.confidence).all()
+    cfg = ScioSearchConfig(confidence_weights=(-4.0, 3.0), confidence_bias=0.5)
+    res = refine(heat, feats, coords, scores, GROUPS, gamma, cfg, sigma=SIGMA)
+    z = -4.0 * res.loss_after + 3.0 * scores[res.person, res.keypoint] + 0.5
+    assert np.allclose(res.confidence, 1 / (1 + np.exp(-z)))
+    with pytest.raises(ValueError, match="confidence_weights needs 2"):
+        ScioSearchConfig(confidence_weights=(1.0,))
+    with pytest.raises(ValueError, match="unknown hypotheses"):
+        ScioSearchConfig(hypotheses=("elsewhere",))
+    # settings travel through JSON (lists) and back
+    back = ScioSearchConfig.from_dict(
+        {**cfg.to_dict(), "hypotheses": ["peaks"], "confidence_weights": [-4.0, 3.0]}
+    )
+    assert back.hypotheses == ("peaks",)
+    assert back.confidence_weights == (-4.0, 3.0)
