@@ -97,7 +97,15 @@ class FakeEstimator:
             kps[0, :2] = (-50.0, -7.0)
             kps[-1, :2] = (x2 + 1e4, y2 + 1e4)
         refs = [
-            RefinedKeypoint(g.d, g.name, 1.5 if i % 2 == 0 else 0.0, 0.4, 0.2, i % 2 == 0)
+            RefinedKeypoint(
+                g.d,
+                g.name,
+                1.5 if i % 2 == 0 else 0.0,
+                0.4,
+                0.2,
+                i % 2 == 0,
+                0.75 if i % 2 == 0 else None,
+            )
             for i, g in enumerate(self.spec.groups)
         ]
         score = 0.9 - 0.1 * rank

@@ -46,7 +46,9 @@ def test_pose_json_schema_and_values() -> None:
         "loss_before": 0.4,
         "loss_after": 0.2,
         "accepted": True,
+        "confidence": 0.75,
     }
+    assert person["refinements"][1]["confidence"] is None  # a bundle without calibration
 
 
 def test_multipart_upload_gives_the_same_answer_as_raw_body() -> None:

@@ -53,6 +53,7 @@ def test_summary_measures_on_hand_made_rows() -> None:
         r.end_err.append(end_err)
         r.peak.append(peak)
         r.correct.append(correct)
+        r.confidence.append(float("nan"))  # no calibration
         r.oks.append(float(correct))
     s = summarise(r, ["a", "b"])
     g0 = s["per_group"]["a"]
@@ -63,3 +64,4 @@ def test_summary_measures_on_hand_made_rows() -> None:
     assert s["overall"]["rows"] == 3
     assert np.isnan(s["per_group"]["b"]["truth_beats_start"])  # no row off by 1 px there
     assert s["overall"]["auroc_peak"] == 1.0  # the peaks separate right from wrong here
+    assert np.isnan(s["overall"]["auroc_confidence"])

@@ -1,0 +1,83 @@
+"""Held-out AP against samples seen, from a backbone run's log (`log.jsonl`).
+
+    python benchmarks/learning_curve.py --run RUN_DIR --name learning_curve_cpu_testbed
+
+The run's own validation (ground-truth boxes, argmax + quarter-pixel decoding, no flip, one
+prediction per box) at each report; `scio-pose evaluate` gives the pipeline's numbers for the
+finished model. Writes benchmarks/results/NAME.{png,json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import RESULTS, machine, md_header, write_results  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", type=Path, required=True, help="backbone run folder")
+    ap.add_argument("--name", default="learning_curve")
+    args = ap.parse_args()
+    rows = [json.loads(x) for x in (args.run / "log.jsonl").read_text().splitlines() if x]
+    points = [r for r in rows if "val_AP" in r]
+    if not points:
+        raise SystemExit(f"{args.run}/log.jsonl has no validation rows")
+    cfg = json.loads((args.run / "config.json").read_text())
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [r["samples"] / 1000 for r in points]
+    for key, style in (("val_AP", "o-"), ("val_AP50", "s--")):
+        ax.plot(x, [100 * r[key] for r in points], style, label=key.replace("val_", ""))
+    ax.set_xlabel("training samples seen (thousands)")
+    ax.set_ylabel("held-out AP (GT boxes)")
+    ax.set_title(f"{cfg['arch']} {cfg['input_hw'][0]}x{cfg['input_hw'][1]}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(RESULTS / f"{args.name}.png", dpi=110)
+    train_s = rows[-1].get("train_seconds_total", 0.0)
+    report = {
+        "command": "python benchmarks/learning_curve.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "arch": cfg["arch"],
+        "input_hw": cfg["input_hw"],
+        "train_samples": cfg.get("train_samples"),
+        "train_seconds": train_s,
+        "points": [
+            {k: r.get(k) for k in ("samples", "val_AP", "val_AP50", "val_acc", "samples_per_s")}
+            for r in points
+        ],
+    }
+    lines = md_header(f"Learning curve: {cfg['arch']}", report)
+    lines += [
+        f"Training wall time {train_s / 60:.1f} min (steps only, all sittings). "
+        "Held-out split: the run's validation images, ground-truth boxes, no flip.",
+        "",
+        f"![learning curve]({args.name}.png)",
+        "",
+        "| samples | AP | AP50 | PCK@0.5 | samples/s |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['samples']} | {100 * r['val_AP']:.1f} | {100 * r['val_AP50']:.1f} | "
+        f"{r['val_acc']:.3f} | {r['samples_per_s']:.1f} |"
+        for r in points
+    ]
+    write_results(args.name, report, "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
