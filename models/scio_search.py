@@ -270,14 +270,20 @@ def refine(
     return result
 
 
+def sigmoid(z: F64) -> F64:
+    """The logistic function, clipped so that it never overflows."""
+    out: F64 = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+    return out
+
+
 def verification_probability(config: ScioSearchConfig, loss_end: F64, peak: F64) -> F64:
     """The calibrated P(correct) of each returned D (NaN without a calibration)."""
     if not config.confidence_weights:
         return np.full(len(loss_end), np.nan)
     x = np.stack([loss_end, peak], axis=1).astype(np.float64)
-    z = x @ np.asarray(config.confidence_weights, dtype=np.float64) + config.confidence_bias
-    out: F64 = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
-    return out
+    return sigmoid(
+        x @ np.asarray(config.confidence_weights, dtype=np.float64) + config.confidence_bias
+    )
 
 
 def phi_positions(
@@ -405,10 +411,7 @@ def hypothesis_features(
 
 def accept_probability(config: ScioSearchConfig, feats: F64) -> F64:
     """The acceptance rule's P(hypothesis closer to the truth than the current D)."""
-    w = np.asarray(config.accept_weights, dtype=np.float64)
-    z = feats @ w + config.accept_bias
-    out: F64 = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
-    return out
+    return sigmoid(feats @ np.asarray(config.accept_weights, dtype=np.float64) + config.accept_bias)
 
 
 def apply_rule(

@@ -42,6 +42,7 @@ from models.scio_search import (
     grid_offsets,
     refine,
     self_constraint_loss,
+    sigmoid,
 )
 from service.pipeline import PosePipeline
 from service.results import PoseOptions
@@ -305,7 +306,7 @@ def logistic_fit(x: F64, y: F64, l2: float = 1e-2) -> F64:
     w = np.zeros(a.shape[1])
     reg = l2 * np.r_[np.ones(len(w) - 1), 0.0]
     for _ in range(50):
-        p = 1 / (1 + np.exp(-np.clip(a @ w, -50, 50)))
+        p = sigmoid(a @ w)
         grad = a.T @ (p - y) + reg * w
         hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(reg)
         step = np.linalg.solve(hess + 1e-9 * np.eye(len(w)), grad)
@@ -335,7 +336,7 @@ def fit_acceptance(rows: Rows, l2: float = 1e-2) -> dict[str, Any]:
     y = np.stack(rows.hyp_closer).astype(np.float64)
     xs, ys = x[valid], y[valid]
     w = logistic_fit(xs, ys, l2)
-    prob = 1 / (1 + np.exp(-np.clip(x @ w[:-1] + w[-1], -50, 50)))
+    prob = sigmoid(x @ w[:-1] + w[-1])
     prob = np.where(valid, prob, -1.0)
     best = prob.argmax(1)
     r = np.arange(len(prob))
