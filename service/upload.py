@@ -17,9 +17,10 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from service.errors import ApiError
 from service.imageio import read_capped
 
-# Raw-body content types; the magic bytes decide the format, these only say "this is an image".
+# Raw-body content types; the magic bytes decide the format, these only say "this is an image"
+# (image/jpg is not registered, but clients send it).
 RAW_TYPES = frozenset(
-    {"image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream"}
+    {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif", "application/octet-stream"}
 )
 MULTIPART = "multipart/form-data"
 FIELD = "image"

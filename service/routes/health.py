@@ -11,13 +11,17 @@ from service.schemas import Status, error_responses
 router = APIRouter(prefix="/health", tags=["health"])
 
 
-@router.get("/live", response_model=Status, summary="The process is up")
+# HEAD as well as GET: load balancers often probe with HEAD.
+@router.api_route(
+    "/live", methods=["GET", "HEAD"], response_model=Status, summary="The process is up"
+)
 async def live() -> Status:
     return Status(status="alive")
 
 
-@router.get(
+@router.api_route(
     "/ready",
+    methods=["GET", "HEAD"],
     response_model=Status,
     responses=error_responses(503),
     summary="Bundle loaded, warmed up and not draining; else 503 with the reason",

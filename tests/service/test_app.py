@@ -39,6 +39,10 @@ def test_health_info_and_ready_when_loaded() -> None:
     with serve(fake) as client:
         assert client.get("/health/live").json() == {"status": "alive"}
         assert client.get("/health/ready").json() == {"status": "ready"}
+        for path in ("/health/live", "/health/ready"):  # load balancers probe with HEAD
+            head = client.head(path)
+            assert head.status_code == 200, path
+            assert head.content == b""
         info = client.get("/info").json()
     assert fake.warmed
     assert info["bundle"] == {"name": "fake-bundle", "version": "0.0.1", "spec": "coco17"}
@@ -59,6 +63,7 @@ def test_live_answers_and_ready_waits_while_the_model_loads() -> None:
         r = client.get("/health/ready")
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "loading"
+        assert client.head("/health/ready").status_code == 503
         assert post_image(client, PNG).status_code == 503
         gate.set()
         wait_ready(client)

@@ -51,6 +51,15 @@ def test_pose_json_schema_and_values() -> None:
     assert person["refinements"][1]["confidence"] is None  # a bundle without calibration
 
 
+def test_image_jpg_is_taken_as_jpeg() -> None:
+    from tests.service.support import encode
+
+    jpeg = encode(Image.fromarray(rgb_pattern(64, 48)), "JPEG")
+    with serve(FakeEstimator()) as client:
+        r = post_image(client, jpeg, ctype="image/jpg")
+    assert r.status_code == 200, r.text
+
+
 def test_multipart_upload_gives_the_same_answer_as_raw_body() -> None:
     fake = FakeEstimator()
     with serve(fake) as client:
