@@ -23,6 +23,7 @@ from service.cli import _version
 from service.errors import install_error_handlers
 from service.limits import Limits, PipelineRunner
 from service.metrics import RequestMetricsMiddleware
+from service.request_id import RequestIdMiddleware
 from service.results import PoseEstimator
 from service.routes import health, meta, pose
 from service.settings import Settings, get_settings
@@ -61,6 +62,7 @@ def create_app(
     app.state.service = state
     install_error_handlers(app, state.metrics.count_error)
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the ID
     for module in (pose, health, meta):
         app.include_router(module.router)
     return app

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ import numpy.typing as npt
 
 from service.errors import ApiError
 from service.metrics import Metrics
+from service.request_id import REQUEST_ID
 from service.results import PoseEstimator, PoseOptions, PoseResult
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,11 @@ class _Job:
     future: asyncio.Future[PoseResult]
     submitted: float = field(default_factory=time.monotonic)
     queue_ms: float = 0.0
+    request_id: str = field(default_factory=REQUEST_ID.get)  # made in the request's task
+
+
+def _ids(batch: list[_Job]) -> str:
+    return ",".join(dict.fromkeys(job.request_id for job in batch))
 
 
 class PipelineRunner:
@@ -219,7 +226,10 @@ class PipelineRunner:
         self.running += 1
         if self._metrics is not None:
             self._metrics.batch_size.observe(len(batch))
-        call = self._executor.submit(batch[0].estimator.estimate_many, items)
+        # the pipeline's own log lines carry the IDs of the requests in this call
+        ctx = contextvars.copy_context()
+        ctx.run(REQUEST_ID.set, _ids(batch))
+        call = self._executor.submit(ctx.run, batch[0].estimator.estimate_many, items)
         done = asyncio.wrap_future(call)
         done.add_done_callback(partial(self._finish, batch, started))
 
@@ -232,9 +242,13 @@ class PipelineRunner:
         outcome = _outcome(done, len(batch))
         if isinstance(outcome, PipelineError):
             cause = done.exception()
-            log.error(
-                "pipeline call on %d image(s): %s", len(batch), outcome.message, exc_info=cause
-            )
+            token = REQUEST_ID.set(_ids(batch))
+            try:
+                log.error(
+                    "pipeline call on %d image(s): %s", len(batch), outcome.message, exc_info=cause
+                )
+            finally:
+                REQUEST_ID.reset(token)
         for i, job in enumerate(batch):
             if job.future.done():
                 continue  # its request has gone (deadline); the result is dropped

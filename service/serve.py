@@ -38,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(**overrides) if overrides else get_settings()  # validated either way
     for name in ("service", "uvicorn"):
         logging.getLogger(name).setLevel(settings.log_level.upper())
+    from service.request_id import install_log_format
+
+    install_log_format(settings.log_format)
     serve(settings)
     return 0
 

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"  # 0.0.0.0 in a container
     port: Annotated[int, Field(ge=0, le=65535)] = 8000  # 0 = any free port
     log_level: LogLevel = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, with request_id
     drain_timeout_s: Annotated[int, Field(ge=1)] = 25  # after SIGTERM, for in-flight requests
 
     @field_validator("allowed_formats", mode="before")
@@ -72,7 +73,7 @@ class Settings(BaseSettings):
             raise ValueError("allow at least one image format")
         return frozenset(names)
 
-    @field_validator("device", "log_level", mode="before")
+    @field_validator("device", "log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
