@@ -361,7 +361,8 @@ class PosePipeline:
                         refinements=self._refinements(search, int(j), p),
                     )
                 )
-            refined = bool(o.refine and self.refine_available)
+            # true only where SCIO examined a keypoint of a returned person
+            refined = any(person.refinements for person in persons)
             results.append(PoseResult(image_hw=(h, w), persons=persons, refined=refined))
         return results
 

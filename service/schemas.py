@@ -106,7 +106,13 @@ class PoseResponse(BaseModel):
     keypoint_names: list[str]
     skeleton: list[Edge] = Field(description="0-based keypoint index pairs")
     persons: list[Person]
-    refined: bool = Field(description="SCIO refinement ran on this image")
+    refined: bool = Field(
+        description=(
+            "SCIO examined at least one keypoint of the returned persons (false with "
+            "refine=false, a bundle without SCIO networks, nobody found, or no group confident "
+            "enough to verify)"
+        )
+    )
     timings_ms: dict[str, float] = Field(
         description="per stage (`*_ms`), plus decode_ms, queue_ms, total_ms"
     )

@@ -113,6 +113,9 @@ def test_refine_toggle_and_the_response_fields(nets_and_bundle) -> None:
     off = pipe.estimate(img, PoseOptions(boxes=boxes, refine=False))
     assert on.refined
     assert not off.refined
+    nobody = pipe.estimate(img, PoseOptions(boxes=np.zeros((0, 4)), refine=True))
+    assert nobody.persons == []
+    assert not nobody.refined  # nothing was refined, so it does not say so
     assert "refine_ms" in on.timings_ms
     assert "refine_ms" not in off.timings_ms
     for p_on, p_off in zip(on.persons, off.persons, strict=True):
