@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -110,8 +111,8 @@ def open_checked(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
     pixels, 422 if it is unreadable or zero-sized."""
     try:
         im = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]])
-    except Image.DecompressionBombError as e:
-        raise ApiError(413, "too_many_pixels", f"image too large: {e}") from None
+    except Image.DecompressionBombError:
+        raise _too_many(max_pixels) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         raise _corrupt(fmt, e) from None
     w, h = im.size
@@ -153,8 +154,8 @@ def decode_image(
             w, h = h, w
         ImageOps.exif_transpose(im, in_place=True)  # no copy when there is nothing to turn
         return Decoded(to_rgb(im), scale, (h, w))
-    except Image.DecompressionBombError as e:
-        raise ApiError(413, "too_many_pixels", f"image too large: {e}") from None
+    except Image.DecompressionBombError:
+        raise _too_many(max_pixels) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         raise _corrupt(fmt, e) from None
     finally:
@@ -190,7 +191,18 @@ def _over_white(im: Image.Image) -> RGB:
     return out.astype(np.uint8)
 
 
+def _too_many(max_pixels: int) -> ApiError:
+    # Pillow's own message quotes its internal limit, not this service's setting
+    return ApiError(
+        413, "too_many_pixels", f"image too large: more than the limit of {max_pixels} pixels"
+    )
+
+
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
 def _corrupt(fmt: str, e: BaseException) -> ApiError:
     log.debug("undecodable %s upload: %r", fmt, e)
-    detail = str(e)[:_MAX_DETAIL] or type(e).__name__
+    # Pillow names the in-memory file by its repr (<_io.BytesIO object at 0x...>): not for clients
+    detail = _OBJECT_REPR.sub("the upload", str(e))[:_MAX_DETAIL] or type(e).__name__
     return ApiError(422, "invalid_image", f"cannot decode the {fmt} image: {detail}")
