@@ -100,11 +100,20 @@ async def _load(state: ServiceState, factory: EstimatorFactory) -> None:
     bundle = state.settings.bundle
     try:
         estimator = await asyncio.to_thread(factory, state.settings)
-        state.readiness.advance(Phase.WARMING_UP, f"warming up the model from {bundle}")
+        state.readiness.advance(Phase.WARMING_UP, "warming up the model")
         await asyncio.to_thread(estimator.warmup)
     except Exception as e:
-        reason = f"could not load the model bundle {bundle}: {type(e).__name__}: {e}"
-        log.error("%s; the service stays up but not ready", reason, exc_info=e)
+        # the log gets the path and the message; clients only the kind of failure
+        log.error(
+            "could not load the model bundle %s: %s: %s; the service stays up but not ready",
+            bundle,
+            type(e).__name__,
+            e,
+            exc_info=e,
+        )
+        reason = (
+            f"could not load the model bundle ({type(e).__name__}); the server log has the details"
+        )
         state.readiness.advance(Phase.LOAD_FAILED, reason)
         return
     state.estimator = estimator

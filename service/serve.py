@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -32,10 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from service.settings import Settings, get_settings
 
     overrides = {k: v for k in ("host", "port", "bundle") if (v := getattr(args, k)) is not None}
-    settings = Settings(**overrides) if overrides else get_settings()  # validated either way
+    try:
+        settings = Settings(**overrides) if overrides else get_settings()  # validated either way
+    except ValidationError as e:
+        for err in e.errors():
+            name = "SCIO_" + "_".join(str(p) for p in err["loc"]).upper()
+            print(f"scio-pose serve: invalid setting {name}: {err['msg']}", file=sys.stderr)
+        return 2
     for name in ("service", "uvicorn"):
         logging.getLogger(name).setLevel(settings.log_level.upper())
     from service.request_id import install_log_format

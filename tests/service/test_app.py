@@ -83,7 +83,7 @@ def test_failed_load_keeps_the_app_up_and_not_ready(caplog: pytest.LogCaptureFix
         assert wait_for.status_code == 503
         error = wait_for.json()["error"]
         assert error["code"] == "load_failed"
-        assert "/nowhere" in error["message"]
+        assert "/nowhere" not in error["message"]  # server paths stay in the log
         assert "FileNotFoundError" in error["message"]
         assert client.get("/health/live").status_code == 200
         pose = post_image(client, PNG)
@@ -101,7 +101,7 @@ def test_failed_warmup_is_not_ready() -> None:
             r = client.get("/health/ready")
             if r.json()["error"]["code"] == "load_failed":
                 break
-        assert "no CUDA device" in r.json()["error"]["message"]
+        assert "RuntimeError" in r.json()["error"]["message"]
 
 
 def test_default_factory_without_a_bundle_starts_not_ready() -> None:
@@ -112,7 +112,7 @@ def test_default_factory_without_a_bundle_starts_not_ready() -> None:
             if r.json()["error"]["code"] == "load_failed":
                 break
         assert r.status_code == 503
-        assert "/nonexistent-bundle" in r.json()["error"]["message"]
+        assert "/nonexistent-bundle" not in r.json()["error"]["message"]
 
 
 def test_draining_turns_ready_503_but_serves_in_flight_work() -> None:

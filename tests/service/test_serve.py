@@ -80,3 +80,22 @@ def _until(cond: Any, timeout_s: float = 10.0) -> None:
     while not cond():
         assert time.monotonic() < end, "condition not reached"
         time.sleep(0.02)
+
+
+def test_a_bad_setting_is_one_clear_line_per_setting_not_a_traceback() -> None:
+    import subprocess
+
+    env = {**os.environ, "SCIO_PORT": "abc", "SCIO_LOG_FORMAT": "xml"}
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr
+    assert any(line.startswith("scio-pose serve: invalid setting SCIO_PORT:") for line in lines)
+    assert any("SCIO_LOG_FORMAT" in line for line in lines)
