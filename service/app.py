@@ -61,7 +61,12 @@ def create_app(
     )
     app.state.service = state
     install_error_handlers(app, state.metrics.count_error)
-    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    app.add_middleware(
+        RequestMetricsMiddleware,
+        metrics=state.metrics,
+        fixed_paths=frozenset(p for p in docs if p),
+    )
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the ID
     for module in (pose, health, meta):
         app.include_router(module.router)

@@ -107,9 +107,14 @@ class Metrics:
 class RequestMetricsMiddleware:
     """Pure ASGI middleware: count every HTTP answer by route template, method and status."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, fixed_paths: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        # routes that are not API routes (FastAPI's /docs, /redoc, /openapi.json leave no
+        # route in the scope): counted under their own path rather than "unmatched"
+        self.fixed_paths = fixed_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -128,10 +133,11 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route")
-            name = (
-                route.path
-                if isinstance(route, BaseRoute) and hasattr(route, "path")
-                else "unmatched"
-            )
+            if isinstance(route, BaseRoute) and hasattr(route, "path"):
+                name = route.path
+            elif scope.get("path") in self.fixed_paths:
+                name = scope["path"]
+            else:
+                name = "unmatched"
             self.metrics.requests.labels(name, scope["method"], str(status)).inc()
             self.metrics.request_seconds.labels(name).observe(time.perf_counter() - start)

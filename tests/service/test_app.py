@@ -181,8 +181,13 @@ def test_metrics_report_requests_stages_batches_and_scio() -> None:
     with serve(FakeEstimator(persons=2)) as client:
         post_image(client, PNG)
         post_image(client, b"not an image")
+        client.get("/openapi.json")
+        client.get("/no-such-page")
         text = client.get("/metrics").text
     expected = [
+        # FastAPI's own pages are counted under their paths, not as "unmatched"
+        'scio_pose_http_requests_total{method="GET",route="/openapi.json",status="200"} 1.0',
+        'scio_pose_http_requests_total{method="GET",route="unmatched",status="404"} 1.0',
         'scio_pose_http_requests_total{method="POST",route="/pose",status="200"} 1.0',
         'scio_pose_http_requests_total{method="POST",route="/pose",status="415"} 1.0',
         'scio_pose_http_request_duration_seconds_count{route="/pose"} 2.0',
