@@ -62,6 +62,24 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+MAX_LOGGED_QUERY = 100  # characters of a query string kept in an access-log line
+
+
+class ShortQueryFilter(logging.Filter):
+    """Shortens long query strings in uvicorn's access-log lines (100 boxes are 3 KB)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            path, sep, query = args[2].partition("?")
+            if sep and len(query) > MAX_LOGGED_QUERY:
+                cut = (
+                    f"{path}?{query[:MAX_LOGGED_QUERY]}...(+{len(query) - MAX_LOGGED_QUERY} chars)"
+                )
+                record.args = (*args[:2], cut, *args[3:])
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, request_id, message (and the exception)."""
 
@@ -88,6 +106,9 @@ def install_log_format(fmt: str) -> None:
         if not any(isinstance(f, RequestIdFilter) for f in handler.filters):
             handler.addFilter(RequestIdFilter())
         handler.setFormatter(formatter)
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, ShortQueryFilter) for f in access.filters):
+        access.addFilter(ShortQueryFilter())
 
 
 __all__ = [
@@ -96,6 +117,7 @@ __all__ = [
     "JsonFormatter",
     "RequestIdFilter",
     "RequestIdMiddleware",
+    "ShortQueryFilter",
     "install_log_format",
     "request_id_from",
 ]

@@ -75,3 +75,21 @@ def test_json_log_format() -> None:
     assert Settings(log_format="JSON").log_format == "json"
     with pytest.raises(ValueError, match="log_format"):
         Settings(log_format="xml")
+
+
+def test_access_log_lines_keep_short_queries_whole_and_cut_long_ones() -> None:
+    from service.request_id import ShortQueryFilter
+
+    def line(path: str) -> str:
+        rec = logging.LogRecord(
+            "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+            ("127.0.0.1:5", "POST", path, "1.1", 200), None,
+        )  # fmt: skip
+        ShortQueryFilter().filter(rec)
+        return rec.getMessage()
+
+    assert line("/pose?refine=false") == '127.0.0.1:5 - "POST /pose?refine=false HTTP/1.1" 200'
+    long = "boxes=" + "[1,2,3,4]," * 300
+    out = line("/pose?" + long)
+    assert len(out) < 250
+    assert f"(+{len(long) - 100} chars)" in out
