@@ -73,6 +73,16 @@ async def _image_part(request: Request, body: bytes) -> bytes:
         part = form.get(FIELD)
         if not isinstance(part, UploadFile):
             raise ApiError(422, "missing_image", f"multipart field '{FIELD}' must be a file upload")
+        others = sorted({k for k in form if k != FIELD})
+        if others:
+            # refine, boxes, flip... are query parameters; a form field would be ignored silently
+            raise ApiError(
+                422,
+                "unexpected_form_field",
+                f"unexpected multipart field(s) {', '.join(repr(k) for k in others)}: send only "
+                f"the file field '{FIELD}'; options such as refine or boxes go in the query "
+                "string (/pose?refine=false)",
+            )
         return await part.read()
     finally:
         await form.close()

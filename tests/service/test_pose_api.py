@@ -51,6 +51,22 @@ def test_pose_json_schema_and_values() -> None:
     assert person["refinements"][1]["confidence"] is None  # a bundle without calibration
 
 
+def test_form_fields_are_refused_naming_them_not_ignored() -> None:
+    fake = FakeEstimator()
+    with serve(fake) as client:
+        r = client.post(
+            "/pose",
+            files={"image": ("x.png", PNG, "image/png")},
+            data={"refine": "false", "boxes": "[[0,0,10,10]]"},
+        )
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "unexpected_form_field"
+    assert "'boxes'" in err["message"]
+    assert "'refine'" in err["message"]
+    assert fake.seen == []  # nothing ran with the options dropped
+
+
 def test_image_jpg_is_taken_as_jpeg() -> None:
     from tests.service.support import encode
 
