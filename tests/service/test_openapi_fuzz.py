@@ -33,6 +33,8 @@ OPERATIONS = [
     ("POST", "/pose/render"),
     ("GET", "/health/live"),
     ("GET", "/health/ready"),
+    ("HEAD", "/health/live"),
+    ("HEAD", "/health/ready"),
     ("GET", "/info"),
     ("GET", "/metrics"),
 ]
