@@ -143,7 +143,7 @@ PRESETS: dict[str, BackboneTrainConfig] = {
         unbiased_targets=True,
         data=DataConfig(spec="coco17", synthetic=SyntheticData(train_images=30000, val_images=400)),
         augment=AugmentConfig(scale_factor=0.3, rotation_factor=30.0, half_body_prob=0.2),
-        train_samples=200_000,
+        train_samples=160_000,
         lr_drops=(0.75, 0.92),
         warmup_samples=3_000,
         report_every=20_000,
