@@ -1,0 +1,53 @@
+"""In-process pipeline latency of bundles on one 5-person synthetic image (640x480, seed 77):
+median of 20 calls after 5 warm-ups, with the image's ground-truth boxes (so every bundle poses
+the same 5 persons) and with its own detector; refinement on. No HTTP (service_bench has that).
+
+    python benchmarks/pipeline_latency.py BUNDLE [BUNDLE ...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import machine  # noqa: E402
+from service.pipeline import PosePipeline  # noqa: E402
+from service.results import PoseOptions  # noqa: E402
+from training.synth.generate import SynthConfig, make_sample  # noqa: E402
+
+
+def p50(pipe: PosePipeline, image: np.ndarray, options: PoseOptions) -> tuple[float, int]:
+    times, persons = [], 0
+    for i in range(25):
+        t = time.perf_counter()
+        r = pipe.estimate(image, options)
+        if i >= 5:
+            times.append(time.perf_counter() - t)
+        persons = len(r.persons)
+    return 1000 * float(np.median(times)), persons
+
+
+def main() -> int:
+    sample = make_sample(SynthConfig(width=640, height=480, persons=(5, 5), seed=77), 0)
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (lab.bbox for lab in sample.labels)])
+    out: dict[str, object] = {"machine": machine(), "command": " ".join(sys.argv)}
+    for path in sys.argv[1:]:
+        pipe = PosePipeline.from_path(path, device="cpu")
+        pipe.warmup()
+        gt_ms, gt_n = p50(pipe, sample.image, PoseOptions(refine=True, boxes=boxes))
+        det_ms, det_n = p50(pipe, sample.image, PoseOptions(refine=True))
+        out[path] = {"p50_ms_gt_boxes": gt_ms, "persons_gt": gt_n,
+                     "p50_ms_detector": det_ms, "persons_detector": det_n}  # fmt: skip
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
