@@ -224,9 +224,10 @@ def refine(
     hc = heatmaps[person, c]
     f = features[person]
     backbone_d = coords[person, d].astype(np.float64)
-    start = _prior_positions(
-        heatmaps[person, d], ha, hb, hc, f, gidx, backbone_d, config, phi, decode
-    )
+    # Φ runs once: for the prior and for the "phi" hypothesis alike
+    wants_phi = config.prior != "backbone" or "phi" in config.hypotheses
+    phi_heat = phi(ha, hb, hc, f, gidx) if phi is not None and wants_phi else None
+    start = _prior_positions(heatmaps[person, d], phi_heat, backbone_d, config, decode)
     ctx = gamma.context(hb, hc, f, gidx)
     evaluate = _Evaluator(gamma, ctx, ha, (h, w), sigma, batched, config.score)
     if config.strategy == "grid":
@@ -242,7 +243,7 @@ def refine(
     if config.hypotheses:
         cand, kinds, valid = hypotheses(
             heatmaps, coords, person, d, backbone_d, config.hypotheses, flip_index,
-            phi_positions(heatmaps[person, d], ha, hb, hc, f, gidx, backbone_d, phi, decode),
+            None if phi_heat is None else _decoded(phi_heat, backbone_d, decode),
         )  # fmt: skip
         feats = hypothesis_features(evaluate, cand, kinds, valid, end, loss_after,
                                     heatmaps[person, d])  # fmt: skip
@@ -284,24 +285,6 @@ def verification_probability(config: ScioSearchConfig, loss_end: F64, peak: F64)
     return sigmoid(
         x @ np.asarray(config.confidence_weights, dtype=np.float64) + config.confidence_bias
     )
-
-
-def phi_positions(
-    hd: F32,
-    ha: F32,
-    hb: F32,
-    hc: F32,
-    f: F32,
-    group: I64,
-    backbone_d: F64,
-    phi: Predictor | None,
-    decode: str,
-) -> F64 | None:
-    """Φ's own D, decoded (None without Φ)."""
-    if phi is None:
-        return None
-    cfg = ScioSearchConfig(prior="phi")
-    return _prior_positions(hd, ha, hb, hc, f, group, backbone_d, cfg, phi, decode)
 
 
 def local_maxima(heat: F32, count: int, min_distance: float = 2.0) -> tuple[F64, F64]:
@@ -454,30 +437,26 @@ def _active_rows(
 
 
 def _prior_positions(
-    hd: F32,
-    ha: F32,
-    hb: F32,
-    hc: F32,
-    f: F32,
-    group: I64,
-    backbone_d: F64,
-    config: ScioSearchConfig,
-    phi: Predictor | None,
-    decode: str,
+    hd: F32, phi_heat: F32 | None, backbone_d: F64, config: ScioSearchConfig, decode: str
 ) -> F64:
     """Where the search starts: the backbone's D, or the decoded Φ / fused heatmap (SCL)."""
-    if config.prior == "backbone" or phi is None:
+    if config.prior == "backbone" or phi_heat is None:
         return backbone_d.copy()
-    pred = phi(ha, hb, hc, f, group)
     prior = (
-        pred
+        phi_heat
         if config.prior == "phi"
-        else (config.fusion_weight * hd + (1 - config.fusion_weight) * pred)
+        else (config.fusion_weight * hd + (1 - config.fusion_weight) * phi_heat)
     )
+    return _decoded(prior, backbone_d, decode)
+
+
+def _decoded(heat: F32, fallback: F64, decode: str) -> F64:
+    """Decoded positions of (M, h, w) maps; a map with no positive peak says nothing, so the
+    fallback (the backbone's D) stays."""
     fn = decode_dark if decode == "dark" else decode_argmax
-    pos, val = fn(prior.astype(np.float32))
-    # A prior with no positive peak says nothing; keep the backbone's position.
-    return np.where((val > 0)[:, None], pos, backbone_d)
+    pos, val = fn(heat.astype(np.float32))
+    out: F64 = np.where((val > 0)[:, None], pos, fallback)
+    return out
 
 
 class _Evaluator:

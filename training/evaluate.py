@@ -163,21 +163,29 @@ def _person_boxes(
     """{image_id: (boxes x1y1x2y2 (n, 4), scores (n,))}."""
     out: dict[int, tuple[F64, F64]] = {}
     if source == "gt":
-        by_image: dict[int, list[PersonAnn]] = {}
-        for im, p in coco.training_instances():
-            by_image.setdefault(im.image_id, []).append(p)
-        for image_id in image_ids:
-            persons = by_image.get(image_id, [])
-            if not persons:
-                continue
-            im = coco.images[image_id]
-            xywh = clean_gt_boxes(np.stack([p.bbox_xywh for p in persons]), (im.height, im.width))
-            out[image_id] = (_xyxy(xywh), np.ones(len(persons)))
+        for image_id, (boxes, persons) in gt_persons(coco, image_ids).items():
+            out[image_id] = (boxes, np.ones(len(persons)))
         return out
     dets = load_detections(source, set(image_ids))
     for image_id, rows in dets.items():
         xywh = np.stack([b for b, _ in rows])
         out[image_id] = (_xyxy(xywh), np.array([s for _, s in rows]))
+    return out
+
+
+def gt_persons(coco: CocoKeypoints, image_ids: list[int]) -> dict[int, tuple[F64, list[PersonAnn]]]:
+    """{image_id: (cleaned ground-truth boxes x1y1x2y2 (n, 4), their annotations)} for the
+    official training-instance filter: the persons that `--boxes gt` evaluates."""
+    by_image: dict[int, list[PersonAnn]] = {}
+    for im, p in coco.training_instances():
+        by_image.setdefault(im.image_id, []).append(p)
+    out: dict[int, tuple[F64, list[PersonAnn]]] = {}
+    for image_id in image_ids:
+        persons = by_image.get(image_id, [])
+        if persons:
+            im = coco.images[image_id]
+            xywh = clean_gt_boxes(np.stack([p.bbox_xywh for p in persons]), (im.height, im.width))
+            out[image_id] = (_xyxy(xywh), persons)
     return out
 
 
@@ -268,11 +276,11 @@ def match_predictions(
 def _oks(kp: F64, gt: PersonAnn, sigmas: F64) -> float:
     """OKS of a prediction against one ground-truth person, over its labelled keypoints."""
     vis = gt.keypoints[:, 2] > 0
-    sim = _similarity(kp[:, :2], gt.keypoints[:, :2], max(gt.area, 1.0), sigmas)
+    sim = oks_terms(kp[:, :2], gt.keypoints[:, :2], max(gt.area, 1.0), sigmas)
     return float(sim[vis].mean())
 
 
-def _similarity(pred: F64, gt: F64, area: float, sigmas: F64) -> F64:
+def oks_terms(pred: F64, gt: F64, area: float | F64, sigmas: F64) -> F64:
     """Per-keypoint OKS terms exp(-d² / (2 s² k²)) with s² = area and k = 2σ (COCO's form)."""
     d2 = ((pred - gt) ** 2).sum(-1)
     var = (2 * sigmas) ** 2
@@ -287,7 +295,7 @@ def keypoint_accuracy(matches: list[Match], spec: KeypointSpec) -> dict[str, flo
         vis = m.gt.keypoints[:, 2] > 0
         counts += vis
         if m.pred is not None:
-            sim = _similarity(
+            sim = oks_terms(
                 m.pred.keypoints[:, :2],
                 m.gt.keypoints[:, :2],
                 max(m.gt.area, 1.0),
@@ -330,7 +338,7 @@ def refinement_rows(matches: list[Match], spec: KeypointSpec) -> list[dict[str, 
             k = r.keypoint
             if m.gt.keypoints[k, 2] <= 0:
                 continue
-            acc = _similarity(
+            acc = oks_terms(
                 m.pred.keypoints[k : k + 1, :2],
                 m.gt.keypoints[k : k + 1, :2],
                 max(m.gt.area, 1.0),

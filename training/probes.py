@@ -47,6 +47,7 @@ from models.scio_search import (
 from service.pipeline import PosePipeline
 from service.results import PoseOptions
 from training.data.coco import CocoKeypoints, PersonAnn
+from training.evaluate import gt_persons, oks_terms
 from training.progress import progress
 
 log = logging.getLogger(__name__)
@@ -117,19 +118,6 @@ def auroc(score: npt.ArrayLike, positive: npt.ArrayLike) -> float:
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _persons(coco: CocoKeypoints, image_id: int) -> list[PersonAnn]:
-    im = coco.images[image_id]
-    out = []
-    for p in coco.persons(image_id):
-        x, y, w, h = p.bbox_xywh
-        if p.iscrowd or p.keypoints[:, 2].max() <= 0 or w <= 0 or h <= 0:
-            continue
-        if x >= im.width or y >= im.height:
-            continue
-        out.append(p)
-    return out
-
-
 def probe(
     pipe: PosePipeline,
     ann_file: str | Path,
@@ -155,12 +143,7 @@ def probe(
     chunks = [ids[i : i + batch_images] for i in range(0, len(ids), batch_images)]
     for chunk in progress(chunks, desc="probes"):
         items, anns = [], []
-        for image_id in chunk:
-            persons = _persons(coco, image_id)
-            if not persons:
-                continue
-            xywh = np.stack([p.bbox_xywh for p in persons])
-            boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+        for image_id, (boxes, persons) in gt_persons(coco, chunk).items():
             with Image.open(Path(images_dir) / coco.images[image_id].file_name) as img:
                 image = np.asarray(img.convert("RGB"))
             items.append((image, PoseOptions(refine=True, flip=False, boxes=boxes)))
@@ -261,9 +244,7 @@ def _probe_rows(
     def oks_of(pos_hm: F64) -> F64:
         """OKS terms of heatmap positions (n, H, 2) of each row's D."""
         img = heatmap_to_image(pos_hm, bp.persons.centers[person], bp.persons.scales[person], hw)
-        d2_ = ((img - gt[person, d, None, :2]) ** 2).sum(-1)
-        out: F64 = np.exp(-d2_ / ((2 * sig) ** 2)[:, None] / (area[:, None] + np.spacing(1)) / 2)
-        return out
+        return oks_terms(img, gt[person, d, None, :2], area[:, None], sig[:, None])
 
     oks = oks_of(res.end[idx][:, None])[:, 0]
     if res.hyp_positions.shape[1:2] != (0,) and len(res.hyp_positions):

@@ -39,6 +39,7 @@ from models.keypoints import get_spec
 from models.postprocess import rescore
 from models.preprocess import Normalization
 from models.zoo import Backbone, build_backbone, count_conv_macs, get_config
+from service.results import PersonPose
 from training.config import BackboneTrainConfig, to_plain
 from training.data.coco import CocoKeypoints
 from training.data.sources import DatasetPaths, resolve_data
@@ -481,7 +482,7 @@ def _validate(
     model.eval()
     loader = DataLoader(val, batch_size=batch_size, sampler=SequentialSampler(val))
     loss, acc, n = 0.0, 0.0, 0
-    results: list[dict[str, Any]] = []
+    results: dict[int, list[PersonPose]] = {}
     codec = val.codec
     for batch in loader:
         x = batch["image"].to(device)
@@ -497,22 +498,16 @@ def _validate(
             coords, batch["center"].numpy(), batch["scale"].numpy(), codec.heatmap_hw
         )
         scores = rescore(np.ones(len(hm)), maxvals)
+        no_box = np.zeros(4)  # the box is not scored in keypoint AP
         for i in range(len(hm)):
             k = np.concatenate([kp[i], maxvals[i][:, None]], axis=1)
-            results.append(
-                {
-                    "image_id": int(batch["image_id"][i]),
-                    "category_id": 1,
-                    "keypoints": [round(float(v), 3) for v in k.reshape(-1)],
-                    "score": float(scores[i]),
-                }
-            )
+            pose = PersonPose(no_box, 1.0, float(scores[i]), k, [])
+            results.setdefault(int(batch["image_id"][i]), []).append(pose)
     out = {"val_loss": loss / max(n, 1), "val_acc": acc / max(n, 1)}
     if paths.val_ann is not None and results:
-        from training.evaluate import coco_stats
+        from training.evaluate import coco_stats, to_coco_results
 
-        ids = sorted({r["image_id"] for r in results})
-        stats = coco_stats(paths.val_ann, results, val.spec, ids)
+        stats = coco_stats(paths.val_ann, to_coco_results(results), val.spec, sorted(results))
         out.update({f"val_{k}": v for k, v in stats.items() if k in ("AP", "AP50", "AP75", "AR")})
     return out
 

@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
 
 from models.checkpoint import atomic_save, read_checkpoint, save_checkpoint
+from models.codec import decode_argmax
 from models.keypoints import KeypointSpec, get_spec, proximal_groups
 from models.scio_nets import ScioNet, ScioNetConfig
 from models.scio_search import grid_offsets
@@ -234,20 +235,10 @@ def gamma_step(
 
 
 def heatmap_argmax(heat: Tensor) -> Tensor:
-    """(R, 1, h, w) -> (R, 2) x, y: the maximum with the quarter-pixel shift toward the higher
-    neighbour (models.codec.decode_argmax), as the search decodes its start."""
-    r, _, h, w = heat.shape
-    flat = heat.reshape(r, -1)
-    idx = flat.argmax(1)
-    x, y = (idx % w).long(), (idx // w).long()
-    m = heat[:, 0]
-    rows = torch.arange(r)
-    xl, xr = (x - 1).clamp(0, w - 1), (x + 1).clamp(0, w - 1)
-    yu, yd = (y - 1).clamp(0, h - 1), (y + 1).clamp(0, h - 1)
-    inner = (x > 1) & (x < w - 1) & (y > 1) & (y < h - 1)  # the official condition
-    dx = torch.sign(m[rows, y, xr] - m[rows, y, xl]) * inner
-    dy = torch.sign(m[rows, yd, x] - m[rows, yu, x]) * inner
-    return torch.stack([x + 0.25 * dx, y + 0.25 * dy], 1).float()
+    """(R, 1, h, w) -> (R, 2) x, y as the search decodes its start (models.codec.decode_argmax;
+    no gradient flows through a decoded position)."""
+    pos, _ = decode_argmax(heat[:, 0].detach().float().cpu().numpy())
+    return torch.from_numpy(pos).float()
 
 
 def search_candidates(
