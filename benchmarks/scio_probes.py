@@ -36,8 +36,8 @@ from training.probes import (  # noqa: E402
     probe,
 )
 
-# When the bundle's own settings do not search (iterations 0), the moves judged are those of
-# the paper's search from the bundle's prior: descent, step 1.5, radius 4.
+# When the bundle's own settings do not search (iterations 0, no hypotheses), the moves judged
+# are those of the paper's search from the bundle's prior: descent, step 1.5, radius 4.
 PROBE_SEARCH = {"strategy": "descent", "iterations": 50, "radius": 4.0, "step": 1.5}
 
 
@@ -87,7 +87,7 @@ def main() -> int:
         search = ScioSearchConfig.from_dict(
             {**shipped.to_dict(), **json.loads(args.search.read_text())}
         )
-    elif shipped.strategy == "descent" and shipped.iterations == 0:
+    elif shipped.strategy == "descent" and shipped.iterations == 0 and not shipped.hypotheses:
         search = ScioSearchConfig.from_dict({**shipped.to_dict(), **PROBE_SEARCH})
     if args.hypotheses:
         kinds = tuple(k for k in args.hypotheses.split(",") if k)
