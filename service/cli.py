@@ -28,6 +28,7 @@ VERBS: dict[str, str] = {
     "convert": "training.cli_convert",
     "evaluate": "training.cli_evaluate",
     "export": "training.cli_export",
+    "predict": "service.predict",
 }
 
 # Top-level packages that only the `train` extra installs.
@@ -97,6 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     except ModuleNotFoundError as e:
         root = (e.name or "").split(".")[0]
+        if verb == "predict" and root in {"tqdm", "cv2"}:
+            print(
+                f"scio-pose predict: needs the predict extra ({root} is not installed); "
+                "install it with: pip install 'scio-pose[predict]'",
+                file=sys.stderr,
+            )
+            return 2
         if root in _TRAIN_ONLY:
             print(
                 f"scio-pose {verb or ''}: needs the training extra ({root} is not installed); "

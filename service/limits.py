@@ -80,16 +80,18 @@ class Limits:
 
 
 class Ticket:
-    """A request's place in the queue; it leaves the queue once (taken, or finished)."""
+    """A request's place in the queue, `images` places for a request with several images; it
+    leaves the queue once (taken, or finished)."""
 
-    def __init__(self, runner: PipelineRunner) -> None:
+    def __init__(self, runner: PipelineRunner, images: int = 1) -> None:
         self._runner = runner
+        self.images = images
         self.queued = True
 
     def leave_queue(self) -> None:
         if self.queued:
             self.queued = False
-            self._runner.queued -= 1
+            self._runner.queued -= self.images
 
 
 # eq=False: jobs are compared by identity. repr=False: the generated repr prints the image
@@ -97,11 +99,12 @@ class Ticket:
 # request about 0.5 ms before `run` stopped removing jobs that were already taken.
 @dataclass(eq=False, repr=False)
 class _Job:
+    """One request's images; they go into one pipeline call together."""
+
     estimator: PoseEstimator
-    image: npt.NDArray[np.uint8]
-    options: PoseOptions
+    items: list[tuple[npt.NDArray[np.uint8], PoseOptions]]
     ticket: Ticket
-    future: asyncio.Future[PoseResult]
+    future: asyncio.Future[list[PoseResult]]
     submitted: float = field(default_factory=time.monotonic)
     queue_ms: float = 0.0
     request_id: str = field(default_factory=REQUEST_ID.get)  # made in the request's task
@@ -142,13 +145,16 @@ class PipelineRunner:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     @contextlib.asynccontextmanager
-    async def admit(self) -> AsyncIterator[Ticket]:
-        """503 when full; otherwise a ticket whose deadline covers everything inside the block."""
+    async def admit(self, images: int = 1) -> AsyncIterator[Ticket]:
+        """503 when full; otherwise a ticket whose deadline covers everything inside the block.
+        A request with several images takes that many places in the queue."""
         free_slots = self.limits.max_concurrency - self.running
-        if self.queued >= self.limits.max_queue + max(free_slots, 0) * self.limits.per_call:
+        room = self.limits.max_queue + max(free_slots, 0) * self.limits.per_call
+        # the first request always fits, however many images it has
+        if self.queued and self.queued + images > room:
             raise OverloadedError(self._retry_after_s())
-        self.queued += 1
-        ticket = Ticket(self)
+        self.queued += images
+        ticket = Ticket(self, images)
         try:
             async with asyncio.timeout(self.limits.timeout_s) as deadline:
                 yield ticket
@@ -167,7 +173,17 @@ class PipelineRunner:
         options: PoseOptions,
     ) -> tuple[PoseResult, float]:
         """The pose of one image and the ms it waited for the pipeline."""
-        job = _Job(estimator, image, options, ticket, asyncio.get_running_loop().create_future())
+        results, queue_ms = await self.run_many(ticket, estimator, [(image, options)])
+        return results[0], queue_ms
+
+    async def run_many(
+        self,
+        ticket: Ticket,
+        estimator: PoseEstimator,
+        items: list[tuple[npt.NDArray[np.uint8], PoseOptions]],
+    ) -> tuple[list[PoseResult], float]:
+        """The poses of several images, in one pipeline call, and the ms they waited for it."""
+        job = _Job(estimator, items, ticket, asyncio.get_running_loop().create_future())
         self._pending.append(job)
         self._wakeup.set()
         try:
@@ -176,6 +192,19 @@ class PipelineRunner:
             if job in self._pending:
                 self._pending.remove(job)
         return result, job.queue_ms
+
+    def grow(self, ticket: Ticket, images: int) -> None:
+        """A request admitted for one image turned out to carry `images` (known once its body
+        has arrived): it takes that many places, or 503 when they are not free."""
+        extra = images - ticket.images
+        if extra <= 0 or not ticket.queued:
+            return
+        free_slots = self.limits.max_concurrency - self.running
+        room = self.limits.max_queue + max(free_slots, 0) * self.limits.per_call
+        if self.queued > ticket.images and self.queued + extra > room:
+            raise OverloadedError(self._retry_after_s())
+        self.queued += extra
+        ticket.images = images
 
     def _retry_after_s(self) -> int:
         waiting = self.queued + self.running
@@ -209,23 +238,29 @@ class PipelineRunner:
 
     def _take_batch(self) -> list[_Job]:
         batch: list[_Job] = []
-        while self._pending and len(batch) < self.limits.per_call:
-            if batch and self._pending[0].estimator is not batch[0].estimator:
-                break  # one call per estimator (only differs when tests swap it)
+        images = 0
+        while self._pending:
+            head = self._pending[0]
+            if batch and (
+                head.estimator is not batch[0].estimator  # only differs when tests swap it
+                or images + len(head.items) > self.limits.per_call
+            ):
+                break
             job = self._pending.popleft()
             if not job.future.done():  # done = abandoned at its deadline
                 job.ticket.leave_queue()
                 batch.append(job)
+                images += len(job.items)
         return batch
 
     def _launch(self, batch: list[_Job]) -> None:
         started = time.monotonic()
         for job in batch:
             job.queue_ms = (started - job.submitted) * 1000.0
-        items = [(job.image, job.options) for job in batch]
+        items = [item for job in batch for item in job.items]
         self.running += 1
         if self._metrics is not None:
-            self._metrics.batch_size.observe(len(batch))
+            self._metrics.batch_size.observe(len(items))
         # the pipeline's own log lines carry the IDs of the requests in this call
         ctx = contextvars.copy_context()
         ctx.run(REQUEST_ID.set, _ids(batch))
@@ -239,23 +274,25 @@ class PipelineRunner:
         self.running -= 1
         self._slots.release()
         self._call_s = 0.8 * self._call_s + 0.2 * (time.monotonic() - started)
-        outcome = _outcome(done, len(batch))
+        n = sum(len(job.items) for job in batch)
+        outcome = _outcome(done, n)
         if isinstance(outcome, PipelineError):
             cause = done.exception()
             token = REQUEST_ID.set(_ids(batch))
             try:
-                log.error(
-                    "pipeline call on %d image(s): %s", len(batch), outcome.message, exc_info=cause
-                )
+                log.error("pipeline call on %d image(s): %s", n, outcome.message, exc_info=cause)
             finally:
                 REQUEST_ID.reset(token)
-        for i, job in enumerate(batch):
+        first = 0
+        for job in batch:
+            k = len(job.items)
+            first += k
             if job.future.done():
                 continue  # its request has gone (deadline); the result is dropped
             if isinstance(outcome, ApiError):
                 job.future.set_exception(outcome)
             else:
-                job.future.set_result(outcome[i])
+                job.future.set_result(outcome[first - k : first])
 
 
 def _outcome(done: asyncio.Future[list[PoseResult]], n: int) -> list[PoseResult] | ApiError:

@@ -46,7 +46,9 @@ class Metrics:
             "scio_pose_pipeline_calls_in_flight", "Pipeline calls running", registry=r
         )
         self.queue_depth = Gauge(
-            "scio_pose_queue_depth", "Requests waiting for the pipeline", registry=r
+            "scio_pose_queue_depth",
+            "Images waiting for the pipeline (/pose/batch: each image)",
+            registry=r,
         )
         self.batch_size = Histogram(
             "scio_pose_batch_size", "Images per pipeline call", buckets=_BATCH, registry=r

@@ -23,25 +23,38 @@ def render_png(
     image: npt.NDArray[np.uint8], persons: list[PersonPose], spec: KeypointSpec
 ) -> bytes:
     """RGB (H, W, 3) and clipped persons -> PNG bytes of the annotated image."""
+    buf = io.BytesIO()
+    draw_poses(image, persons, spec).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def draw_poses(
+    image: npt.NDArray[np.uint8],
+    persons: list[PersonPose],
+    spec: KeypointSpec,
+    labels: list[str] | None = None,
+    colours: list[int] | None = None,
+) -> Image.Image:
+    """The annotated image. `labels`: the text at each box's corner (default: the person's
+    score); `colours`: a palette index per person (default: its position; a tracker passes the
+    track ID so a person keeps its colour across frames)."""
     canvas = Image.fromarray(image)  # (H, W, 3) uint8 -> RGB
     draw = ImageDraw.Draw(canvas)
     lw = max(2, round(max(canvas.size) / 320))
     font = ImageFont.load_default(size=max(10, 6 * lw))
     for i, person in enumerate(persons):
-        colour = _PALETTE[i % len(_PALETTE)]
+        colour = _PALETTE[(i if colours is None else colours[i]) % len(_PALETTE)]
         _draw_person(draw, person, spec, colour, lw)
         x1, y1 = float(person.bbox[0]), float(person.bbox[1])
         draw.text(
             (x1 + lw, y1 + lw),
-            f"{person.score:.2f}",
+            f"{person.score:.2f}" if labels is None else labels[i],
             fill=colour,
             font=font,
             stroke_width=1,
             stroke_fill=_OUTLINE,
         )
-    buf = io.BytesIO()
-    canvas.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    return canvas
 
 
 def _draw_person(

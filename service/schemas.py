@@ -39,23 +39,32 @@ def parse_boxes(text: str) -> list[tuple[float, float, float, float]]:
     return boxes
 
 
-class PoseParams(BaseModel):
-    """Query parameters of /pose and /pose/render. Unknown parameters are refused (422)."""
-
+class _CommonParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     refine: bool = Field(True, description="run SCIO refinement when the bundle has it")
     flip: bool = Field(False, description="flip test (average with the mirrored crop)")
+    min_score: float = Field(0.0, ge=0.0, le=1.0, description="drop persons scoring below this")
+    max_persons: int | None = Field(None, ge=1, le=1000, description="keep the best N persons")
+    format: Literal["json", "coco"] = Field("json", description="json, or the COCO results list")
+    image_id: int = Field(
+        0,
+        ge=0,
+        le=2**53,
+        description="image_id in format=coco results (/pose/batch: of the first image; the "
+        "next images count up from it)",
+    )
+
+
+class PoseParams(_CommonParams):
+    """Query parameters of /pose and /pose/render. Unknown parameters are refused (422)."""
+
     boxes: str | None = Field(
         None,
         description="person boxes as JSON [[x1, y1, x2, y2], ...] in image pixels (after EXIF "
         "orientation); given boxes replace the detector, [] means no persons",
         max_length=8192,
     )
-    min_score: float = Field(0.0, ge=0.0, le=1.0, description="drop persons scoring below this")
-    max_persons: int | None = Field(None, ge=1, le=1000, description="keep the best N persons")
-    format: Literal["json", "coco"] = Field("json", description="json, or the COCO results list")
-    image_id: int = Field(0, ge=0, le=2**53, description="image_id in format=coco results")
 
     @field_validator("boxes")
     @classmethod
@@ -63,6 +72,11 @@ class PoseParams(BaseModel):
         if value is not None:
             parse_boxes(value)
         return value
+
+
+class BatchPoseParams(_CommonParams):
+    """Query parameters of /pose/batch: those of /pose but `boxes` (boxes belong to one image;
+    send such images to /pose). Unknown parameters are refused (422)."""
 
 
 class Refinement(BaseModel):
@@ -117,6 +131,10 @@ class PoseResponse(BaseModel):
         description="per stage (`*_ms`), plus decode_ms, queue_ms, total_ms"
     )
     bundle: BundleRef
+
+
+class BatchPoseResponse(BaseModel):
+    results: list[PoseResponse] = Field(description="one per image part, in the order sent")
 
 
 class CocoResult(BaseModel):

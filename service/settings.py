@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # what a request may carry
     max_upload_bytes: Annotated[int, Field(gt=0)] = 20 * 1024 * 1024  # body cap -> 413
     max_pixels: Annotated[int, Field(gt=0)] = 40_000_000  # width x height, from the header -> 413
+    # image parts of one /pose/batch request (all of them within max_upload_bytes together)
+    max_images_per_request: Annotated[int, Field(ge=1, le=64)] = 8
     # comma-separated in the environment: SCIO_ALLOWED_FORMATS=jpeg,png,webp,gif
     allowed_formats: Annotated[frozenset[str], NoDecode] = frozenset({"jpeg", "png", "webp"})
     # 0 = decode every image at full size. N > 0: a JPEG whose long side is at least twice N is

@@ -58,21 +58,51 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return await read_capped(request.stream(), limit)
 
 
+async def read_image_parts(request: Request, max_bytes: int, max_images: int) -> list[bytes]:
+    """The `image` parts of a multipart body, in order (/pose/batch): at least one, at most
+    `max_images`, all within `max_bytes` together."""
+    mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if mime != MULTIPART:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send the images as multipart/form-data, one field '{FIELD}' per image "
+            f"(got {mime or 'none'!r})",
+        )
+    body = await _read_body(request, max_bytes + MULTIPART_SLACK)
+    parts = await _image_parts(request, body, max_images)
+    if sum(len(p) for p in parts) > max_bytes:
+        raise ApiError(
+            413, "payload_too_large", f"the images are larger than {max_bytes} bytes together"
+        )
+    return parts
+
+
 async def _image_part(request: Request, body: bytes) -> bytes:
+    parts = await _image_parts(request, body, 1)
+    return parts[0]
+
+
+async def _image_parts(request: Request, body: bytes, max_images: int) -> list[bytes]:
     async def replay() -> AsyncGenerator[bytes, None]:
         yield body
 
-    parser = _InMemoryParser(request.headers, replay(), max_files=1, max_fields=16)
+    # one file more than allowed parses, so that too many images get their own answer
+    parser = _InMemoryParser(request.headers, replay(), max_files=max_images + 1, max_fields=16)
     try:
         form = await parser.parse()
     except MultiPartException as e:
+        if e.message.startswith("Too many files"):
+            raise _too_many(max_images) from None
         raise ApiError(
             400, "bad_multipart", f"cannot parse the multipart body: {e.message}"
         ) from None
     try:
-        part = form.get(FIELD)
-        if not isinstance(part, UploadFile):
+        files = form.getlist(FIELD)
+        if not files or not all(isinstance(part, UploadFile) for part in files):
             raise ApiError(422, "missing_image", f"multipart field '{FIELD}' must be a file upload")
+        if len(files) > max_images:
+            raise _too_many(max_images)
         others = sorted({k for k in form if k != FIELD})
         if others:
             # refine, boxes, flip... are query parameters; a form field would be ignored silently
@@ -83,6 +113,14 @@ async def _image_part(request: Request, body: bytes) -> bytes:
                 f"the file field '{FIELD}'; options such as refine or boxes go in the query "
                 "string (/pose?refine=false)",
             )
-        return await part.read()
+        return [await part.read() for part in files if isinstance(part, UploadFile)]
     finally:
         await form.close()
+
+
+def _too_many(max_images: int) -> ApiError:
+    if max_images == 1:
+        message = f"one '{FIELD}' part per request here; send several images to /pose/batch"
+    else:
+        message = f"at most {max_images} '{FIELD}' parts per request (SCIO_MAX_IMAGES_PER_REQUEST)"
+    return ApiError(422, "too_many_images", message)

@@ -302,7 +302,20 @@ def ultralytics_offline(config_dir: Path) -> ModuleType:
         from matplotlib import font_manager
 
         font_manager.fontManager.addfont(str(font))
+    _restore_pillow_open()
     return ul
+
+
+def _restore_pillow_open() -> None:
+    """ultralytics replaces PIL.Image.open, process-wide, with a wrapper that on an unidentified
+    image tries to install pi-heif and retries; our decoders (service.imageio) rely on Pillow's
+    own errors for untrusted bytes, so Pillow's function is put back."""
+    from PIL import Image
+
+    patches = sys.modules.get("ultralytics.utils.patches")
+    original = getattr(patches, "_image_open", None)
+    if original is not None and Image.open is not original:
+        Image.open = original
 
 
 def _local_font(dst: Path) -> None:

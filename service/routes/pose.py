@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from service.deps import EstimatorDep, MetricsDep, RunnerDep, SettingsDep
 from service.errors import ApiError
-from service.imageio import decode_image
+from service.imageio import Decoded, decode_image
 from service.limits import PipelineRunner
 from service.metrics import Metrics
 from service.render import render_png
@@ -27,13 +27,22 @@ from service.results import (
     original_to_decoded,
     to_original_pixels,
 )
-from service.schemas import CocoResult, PoseParams, PoseResponse, error_responses, parse_boxes
+from service.schemas import (
+    BatchPoseParams,
+    BatchPoseResponse,
+    CocoResult,
+    PoseParams,
+    PoseResponse,
+    error_responses,
+    parse_boxes,
+)
 from service.settings import Settings
-from service.upload import read_image_bytes
+from service.upload import FIELD, read_image_bytes, read_image_parts
 
 router = APIRouter(tags=["pose"])
 
 ParamsDep = Annotated[PoseParams, Query()]
+BatchParamsDep = Annotated[BatchPoseParams, Query()]
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 # The body is read by hand (to cap it while it streams), so it is declared here for OpenAPI.
@@ -52,6 +61,23 @@ _IMAGE_BODY: dict[str, Any] = {
             "image/jpeg": _BINARY,
             "image/png": _BINARY,
             "image/webp": _BINARY,
+        },
+    }
+}
+_BATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": f"the images: one multipart field `{FIELD}` per image, in order",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FIELD],
+                    "properties": {
+                        FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            }
         },
     }
 }
@@ -110,6 +136,77 @@ async def pose_render(
     return Response(png, media_type="image/png")
 
 
+@router.post(
+    "/pose/batch",
+    response_model=BatchPoseResponse | list[CocoResult],
+    responses=_ERRORS,
+    openapi_extra=_BATCH_BODY,
+    summary="Keypoints of every person in each of several images (one pipeline call)",
+)
+async def pose_batch(
+    request: Request,
+    params: BatchParamsDep,
+    settings: SettingsDep,
+    estimator: EstimatorDep,
+    runner: RunnerDep,
+    metrics: MetricsDep,
+) -> BatchPoseResponse | list[CocoResult]:
+    """Several images in one request, each a multipart `image` part (at most
+    SCIO_MAX_IMAGES_PER_REQUEST, within SCIO_MAX_UPLOAD_BYTES together): one result per image,
+    in order, the same as /pose would give for each. Each image takes its own place in the
+    admission queue. A bad image fails the whole request (4xx naming it)."""
+    start = time.perf_counter()
+    async with runner.admit() as ticket:
+        parts = await read_image_parts(
+            request, settings.max_upload_bytes, settings.max_images_per_request
+        )
+        runner.grow(ticket, len(parts))
+        t = time.perf_counter()
+        decoded = []
+        for i, data in enumerate(parts):
+            try:
+                decoded.append(await asyncio.to_thread(_decode, data, settings, True))
+            except ApiError as e:
+                raise ApiError(e.status, e.code, f"image {i}: {e.message}", e.headers) from None
+        own = {"decode_ms": (time.perf_counter() - t) * 1000.0}
+        items = [(d.rgb, _options(params, d.original_hw, d.scale)) for d in decoded]
+        results, own["queue_ms"] = await runner.run_many(ticket, estimator, items)
+    posed = []
+    for d, result in zip(decoded, results, strict=True):
+        result = to_original_pixels(result, d.scale, d.original_hw)
+        persons = checked_persons(result, estimator.spec)
+        metrics.observe_result(result, own)
+        posed.append((result, persons))
+    total = {"total_ms": (time.perf_counter() - start) * 1000.0}
+    if params.format == "coco":
+        return [
+            r
+            for i, (_, persons) in enumerate(posed)
+            for r in coco_results(persons, params.image_id + i)
+        ]
+    return BatchPoseResponse(
+        results=[
+            pose_response(
+                result,
+                persons,
+                estimator.spec,
+                estimator.info,
+                {**result.timings_ms, **own, **total},
+            )
+            for result, persons in posed
+        ]
+    )
+
+
+def _decode(data: bytes, settings: Settings, shrink: bool) -> Decoded:
+    return decode_image(
+        data,
+        allowed=settings.allowed_formats,
+        max_pixels=settings.max_pixels,
+        max_side=settings.decode_max_side if shrink else 0,
+    )
+
+
 async def _estimate(
     request: Request,
     params: PoseParams,
@@ -123,13 +220,7 @@ async def _estimate(
     async with runner.admit() as ticket:  # 503 when full; 504 past the deadline
         data = await read_image_bytes(request, settings.max_upload_bytes)
         t = time.perf_counter()
-        decoded = await asyncio.to_thread(
-            decode_image,
-            data,
-            allowed=settings.allowed_formats,
-            max_pixels=settings.max_pixels,
-            max_side=settings.decode_max_side if shrink else 0,
-        )
+        decoded = await asyncio.to_thread(_decode, data, settings, shrink)
         image = decoded.rgb
         own = {"decode_ms": (time.perf_counter() - t) * 1000.0}
         options = _options(params, decoded.original_hw, decoded.scale)
@@ -141,9 +232,13 @@ async def _estimate(
     return _Posed(image, result, persons, {**result.timings_ms, **own, **total})
 
 
-def _options(params: PoseParams, image_hw: tuple[int, int], scale: int) -> PoseOptions:
+def _options(
+    params: PoseParams | BatchPoseParams, image_hw: tuple[int, int], scale: int
+) -> PoseOptions:
     boxes = None
-    if params.boxes is not None:  # checked against the original image, then to decoded pixels
+    if (
+        isinstance(params, PoseParams) and params.boxes is not None
+    ):  # checked against the original image, then to decoded pixels
         boxes = _boxes_in_image(params.boxes, image_hw)
         if scale > 1:
             boxes = original_to_decoded(boxes, scale)

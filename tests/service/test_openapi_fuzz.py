@@ -31,6 +31,7 @@ PNG = png_of(rgb_pattern(32, 24))
 OPERATIONS = [
     ("POST", "/pose"),
     ("POST", "/pose/render"),
+    ("POST", "/pose/batch"),
     ("GET", "/health/live"),
     ("GET", "/health/ready"),
     ("HEAD", "/health/live"),

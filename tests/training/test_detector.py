@@ -234,3 +234,20 @@ def test_train_export_and_serve_offline(tmp_path: Path, monkeypatch: pytest.Monk
     assert (boxes >= 0).all()
     assert (boxes[:, [0, 2]] <= w).all()
     assert (boxes[:, [1, 3]] <= h).all()
+
+
+def test_importing_ultralytics_leaves_pillow_open_alone(tmp_path: Path) -> None:
+    """ultralytics wraps PIL.Image.open to install pi-heif on an unidentified image; after
+    `ultralytics_offline` an unknown file gets Pillow's own error, nothing is installed."""
+    if importlib.util.find_spec("ultralytics") is None:
+        pytest.skip("ultralytics is in the train extra")
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    from training.detector import ultralytics_offline
+
+    ultralytics_offline(tmp_path / "ul")
+    assert Image.open.__module__ == "PIL.Image"
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(b"\x89PNG\r\n\x1a\n not a png"))
