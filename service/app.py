@@ -20,7 +20,9 @@ from fastapi import FastAPI
 from PIL import Image
 
 from service.cli import _version
+from service.decode_budget import MB, DecodeBudget
 from service.errors import install_error_handlers
+from service.guards import DrainGuardMiddleware
 from service.limits import Limits, PipelineRunner
 from service.metrics import RequestMetricsMiddleware
 from service.request_id import RequestIdMiddleware
@@ -67,6 +69,7 @@ def create_app(
         metrics=state.metrics,
         fixed_paths=frozenset(p for p in docs if p),
     )
+    app.add_middleware(DrainGuardMiddleware)  # the drain's end: JSON 503, not uvicorn's 500
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the ID
     for module in (pose, health, meta):
         app.include_router(module.router)
@@ -82,11 +85,17 @@ def begin_drain(app: FastAPI) -> None:
 async def _running(state: ServiceState, factory: EstimatorFactory) -> AsyncIterator[None]:
     """The lifespan: start the runner, load in the background, drain and stop at the end."""
     runner = PipelineRunner(_limits(state.settings), state.metrics)
+    budget = DecodeBudget(
+        state.settings.decode_memory_mb * MB, threads=2 * state.settings.max_concurrency
+    )
     state.runner, state.estimator, state.readiness = runner, None, Readiness()
+    state.decode_budget = budget
     state.metrics.bind(
         ready=lambda: state.readiness.ready,
         in_flight=lambda: runner.running,
         queued=lambda: runner.queued,
+        decode_bytes=lambda: budget.held,
+        decodes_running=lambda: budget.running,
     )
     runner.start()
     loading = asyncio.create_task(_load(state, factory))
@@ -98,7 +107,9 @@ async def _running(state: ServiceState, factory: EstimatorFactory) -> AsyncItera
         with contextlib.suppress(asyncio.CancelledError):
             await loading
         await runner.stop()
+        budget.close()
         state.runner = None
+        state.decode_budget = None
 
 
 async def _load(state: ServiceState, factory: EstimatorFactory) -> None:

@@ -11,6 +11,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
+from service.decode_budget import DecodeBudget
 from service.errors import ApiError
 from service.limits import PipelineRunner
 from service.metrics import Metrics
@@ -47,7 +48,14 @@ async def get_runner(state: StateDep) -> PipelineRunner:
     return state.runner
 
 
+async def get_decode_budget(state: StateDep) -> DecodeBudget:
+    if state.decode_budget is None:
+        raise ApiError(503, "not_ready", "the service is not running (no lifespan)")
+    return state.decode_budget
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+BudgetDep = Annotated[DecodeBudget, Depends(get_decode_budget)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 EstimatorDep = Annotated[PoseEstimator, Depends(get_estimator)]
 RunnerDep = Annotated[PipelineRunner, Depends(get_runner)]

@@ -140,6 +140,22 @@ def decode_image(
     keeping its long side >= `max_side`."""
     fmt = check_format(data, allowed)
     im = open_checked(data, fmt, max_pixels)
+    return decode_opened(im, fmt, max_pixels, max_side)
+
+
+def probe_image(data: bytes, *, allowed: frozenset[str], max_pixels: int) -> int:
+    """The checks `decode_image` makes before decoding (format, header, pixel limit), and the
+    decode's memory cost in bytes (`decode_cost_bytes`); raises the same errors."""
+    fmt = check_format(data, allowed)
+    im = open_checked(data, fmt, max_pixels)
+    try:
+        return decode_cost_bytes(im, fmt)
+    finally:
+        im.close()
+
+
+def decode_opened(im: Image.Image, fmt: str, max_pixels: int, max_side: int = 0) -> Decoded:
+    """`decode_image` after `open_checked`; closes `im`."""
     try:
         im.seek(0)
         w, h = im.size
@@ -162,8 +178,24 @@ def decode_image(
         im.close()
 
 
+# Rows converted at a time: the conversion's temporaries stay a few MB, so decoding an image
+# costs what Pillow holds plus the RGB array, whatever its mode (`decode_cost_bytes`).
+_BLOCK_PIXELS = 1 << 20
+
+
 def to_rgb(im: Image.Image) -> RGB:
-    """Any Pillow mode -> the RGB uint8 (H, W, 3) it stands for (alpha over white)."""
+    """Any Pillow mode -> the RGB uint8 (H, W, 3) it stands for (alpha over white), converted a
+    block of rows at a time."""
+    w, h = im.size
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    rows = max(1, _BLOCK_PIXELS // max(w, 1))
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        out[y0:y1] = _block_to_rgb(im.crop((0, y0, w, y1)) if (y0, y1) != (0, h) else im)
+    return out
+
+
+def _block_to_rgb(im: Image.Image) -> RGB:
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         return _grey16_to_rgb(im)
@@ -174,13 +206,13 @@ def to_rgb(im: Image.Image) -> RGB:
         return _over_white(im)
     if mode != "RGB":
         im = im.convert("RGB")  # L, 1, CMYK (Adobe inversion handled by the JPEG plugin), YCbCr
-    return np.asarray(im, dtype=np.uint8).copy()
+    return np.asarray(im, dtype=np.uint8)
 
 
 def _grey16_to_rgb(im: Image.Image) -> RGB:
-    # Pillow's own I;16 -> L conversion clips at 255 instead of scaling.
-    v = np.asarray(im).astype(np.float64)
-    grey = np.clip(np.rint(v / 257.0), 0, 255).astype(np.uint8)
+    # Pillow's own I;16 -> L conversion clips at 255 instead of scaling: v / 257, rounded
+    v = np.asarray(im).astype(np.int64)
+    grey = np.clip((v + 128) // 257, 0, 255).astype(np.uint8)
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
@@ -189,6 +221,20 @@ def _over_white(im: Image.Image) -> RGB:
     rgb, alpha = rgba[:, :, :3], rgba[:, :, 3:]
     out = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
     return out.astype(np.uint8)
+
+
+# Bytes per pixel Pillow holds for a decoded image of each mode (RGB is stored as 4 bytes).
+_PIL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+
+
+def decode_cost_bytes(im: Image.Image, fmt: str) -> int:
+    """Peak memory that decoding this opened (header-only) image takes, from its header: what
+    Pillow holds (its mode's bytes per pixel; alpha and 16-bit included), a second copy while a
+    JPEG's EXIF orientation is applied, the RGB array, and the row blocks' temporaries."""
+    w, h = im.size
+    pil = _PIL_BYTES.get(im.mode, 4)
+    per_pixel = pil + 3 + (pil if fmt == "jpeg" else 0)
+    return w * h * per_pixel + 64 * _BLOCK_PIXELS
 
 
 def _too_many(max_pixels: int) -> ApiError:

@@ -193,19 +193,6 @@ class PipelineRunner:
                 self._pending.remove(job)
         return result, job.queue_ms
 
-    def grow(self, ticket: Ticket, images: int) -> None:
-        """A request admitted for one image turned out to carry `images` (known once its body
-        has arrived): it takes that many places, or 503 when they are not free."""
-        extra = images - ticket.images
-        if extra <= 0 or not ticket.queued:
-            return
-        free_slots = self.limits.max_concurrency - self.running
-        room = self.limits.max_queue + max(free_slots, 0) * self.limits.per_call
-        if self.queued > ticket.images and self.queued + extra > room:
-            raise OverloadedError(self._retry_after_s())
-        self.queued += extra
-        ticket.images = images
-
     def _retry_after_s(self) -> int:
         waiting = self.queued + self.running
         return max(1, math.ceil(self._call_s * waiting / self.limits.max_concurrency))

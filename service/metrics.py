@@ -56,6 +56,16 @@ class Metrics:
         self.rejections = Counter(
             "scio_pose_rejections", "Requests refused, by reason", ["reason"], registry=r
         )
+        self.decode_bytes = Gauge(
+            "scio_pose_decode_bytes_held",
+            "Bytes of the decode budget held (decoding, or decoded images awaiting the pipeline)",
+            registry=r,
+        )
+        self.decodes_running = Gauge(
+            "scio_pose_decodes_running",
+            "Decode threads running (a request that gave up shows until its thread ends)",
+            registry=r,
+        )
         self.model_ready = Gauge("scio_pose_model_ready", "1 when /health/ready is 200", registry=r)
         self.scio_keypoints = Counter(
             "scio_pose_scio_keypoints",
@@ -80,9 +90,17 @@ class Metrics:
         self.scio_acceptance.set_function(lambda: self._accepted / max(self._examined, 1))
 
     def bind(
-        self, *, ready: Callable[[], bool], in_flight: Callable[[], int], queued: Callable[[], int]
+        self,
+        *,
+        ready: Callable[[], bool],
+        in_flight: Callable[[], int],
+        queued: Callable[[], int],
+        decode_bytes: Callable[[], int] = lambda: 0,
+        decodes_running: Callable[[], int] = lambda: 0,
     ) -> None:
         """Read the live gauges from the app's state at scrape time (no duplicated counters)."""
+        self.decode_bytes.set_function(lambda: float(decode_bytes()))
+        self.decodes_running.set_function(lambda: float(decodes_running()))
         self.model_ready.set_function(lambda: float(ready()))
         self.in_flight.set_function(lambda: float(in_flight()))
         self.queue_depth.set_function(lambda: float(queued()))

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # fastapi and uvicorn are imported when the verb runs, not fo
     from fastapi import FastAPI
 
     from service.app import EstimatorFactory
+    from service.http_protocol import ServerLimits
     from service.settings import Settings
 
 HELP = "run the HTTP pose service (FastAPI + ONNX Runtime)"
@@ -58,6 +59,7 @@ def serve(settings: Settings, estimator_factory: EstimatorFactory | None = None)
     """The app for these settings (and estimator factory, default the bundle's pipeline), served
     where the settings say until SIGTERM/SIGINT."""
     from service.app import create_app
+    from service.http_protocol import ServerLimits
 
     serve_app(
         create_app(settings, estimator_factory),
@@ -65,14 +67,30 @@ def serve(settings: Settings, estimator_factory: EstimatorFactory | None = None)
         port=settings.port,
         log_level=settings.log_level,
         drain_timeout_s=settings.drain_timeout_s,
+        limits=ServerLimits.from_settings(settings),
     )
 
 
-def serve_app(app: FastAPI, *, host: str, port: int, log_level: str, drain_timeout_s: int) -> None:
-    """Run `app` (from `create_app`) until SIGTERM/SIGINT, draining as described above."""
+def serve_app(
+    app: FastAPI,
+    *,
+    host: str,
+    port: int,
+    log_level: str,
+    drain_timeout_s: int,
+    limits: ServerLimits | None = None,
+) -> None:
+    """Run `app` (from `create_app`) until SIGTERM/SIGINT, draining as described above, with
+    these connection limits (`service.http_protocol`; default: the settings' defaults)."""
     import uvicorn
 
     from service.app import begin_drain
+    from service.http_protocol import ServerLimits, protocol_class
+
+    limits = limits or ServerLimits()
+    from service.memory import tune_malloc
+
+    tune_malloc()  # freed image buffers go back to the system (service.memory)
 
     class DrainingServer(uvicorn.Server):
         # uvicorn's signal handler only sets `should_exit`; its lifespan shutdown runs after the
@@ -88,6 +106,9 @@ def serve_app(app: FastAPI, *, host: str, port: int, log_level: str, drain_timeo
         log_level=log_level,
         timeout_graceful_shutdown=drain_timeout_s,
         log_config=None,  # keep the CLI's logging setup
+        http=protocol_class(limits),
+        timeout_keep_alive=int(max(1, round(limits.keep_alive_timeout_s))),
+        h11_max_incomplete_event_size=limits.max_header_bytes,
     )
     server = DrainingServer(config)
     # uvicorn re-raises the signal it handled once it has shut down; under the default SIGTERM

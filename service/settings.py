@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     # what a request may carry
     max_upload_bytes: Annotated[int, Field(gt=0)] = 20 * 1024 * 1024  # body cap -> 413
     max_pixels: Annotated[int, Field(gt=0)] = 40_000_000  # width x height, from the header -> 413
+    # seconds a request's body may take to arrive, before it is admitted -> 408
+    body_timeout_s: Annotated[float, Field(gt=0)] = 15.0
+    # decoded images held at once (estimated from headers before decoding); beyond -> wait,
+    # an image that alone needs more -> 413. Sized for the 3 GiB CPU container: the models and
+    # runtime take about 0.4 GB, the pipeline's buffers about 0.5 GB at the default concurrency.
+    decode_memory_mb: Annotated[int, Field(ge=64)] = 768
     # image parts of one /pose/batch request (all of them within max_upload_bytes together)
     max_images_per_request: Annotated[int, Field(ge=1, le=64)] = 8
     # comma-separated in the environment: SCIO_ALLOWED_FORMATS=jpeg,png,webp,gif
@@ -58,6 +64,14 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     log_format: Literal["text", "json"] = "text"  # json: one object per line, with request_id
     drain_timeout_s: Annotated[int, Field(ge=1)] = 25  # after SIGTERM, for in-flight requests
+    # connections (service.http_protocol): the request line and headers must arrive within
+    # header_timeout_s (-> 408 and close); an idle keep-alive connection closes after
+    # keep_alive_timeout_s; beyond max_connections a connection gets 503 and is closed; an
+    # incomplete request (line + headers) larger than max_header_bytes gets 400
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    keep_alive_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    max_connections: Annotated[int, Field(ge=1)] = 512
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024
 
     @field_validator("allowed_formats", mode="before")
     @classmethod

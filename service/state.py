@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from service.decode_budget import DecodeBudget
 from service.limits import PipelineRunner
 from service.metrics import Metrics
 from service.results import PoseEstimator
@@ -51,3 +52,4 @@ class ServiceState:
     readiness: Readiness = field(default_factory=Readiness)
     estimator: PoseEstimator | None = None  # set once loaded and warmed up
     runner: PipelineRunner | None = None  # set while the lifespan runs
+    decode_budget: DecodeBudget | None = None  # set while the lifespan runs

@@ -8,6 +8,7 @@ holds a URL or a path is just a body that is not an image.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 
 from fastapi import Request
@@ -32,13 +33,13 @@ class _InMemoryParser(MultiPartParser):
     spool_max_size = 2**31  # the whole body is already in memory and capped; keep the part there
 
 
-async def read_image_bytes(request: Request, max_bytes: int) -> bytes:
+async def read_image_bytes(request: Request, max_bytes: int, timeout_s: float) -> bytes:
     mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if mime == MULTIPART:
-        body = await _read_body(request, max_bytes + MULTIPART_SLACK)
+        body = await _read_body(request, max_bytes + MULTIPART_SLACK, timeout_s)
         data = await _image_part(request, body)
     elif mime in RAW_TYPES:
-        data = await _read_body(request, max_bytes)
+        data = await _read_body(request, max_bytes, timeout_s)
     else:
         raise ApiError(
             415,
@@ -51,14 +52,26 @@ async def read_image_bytes(request: Request, max_bytes: int) -> bytes:
     return data
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, capped at `limit` bytes (413) and `timeout_s` seconds (408)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
-    return await read_capped(request.stream(), limit)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await read_capped(request.stream(), limit)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {timeout_s:g} s (SCIO_BODY_TIMEOUT_S)",
+            headers={"Connection": "close"},
+        ) from None
 
 
-async def read_image_parts(request: Request, max_bytes: int, max_images: int) -> list[bytes]:
+async def read_image_parts(
+    request: Request, max_bytes: int, max_images: int, timeout_s: float
+) -> list[bytes]:
     """The `image` parts of a multipart body, in order (/pose/batch): at least one, at most
     `max_images`, all within `max_bytes` together."""
     mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -69,7 +82,7 @@ async def read_image_parts(request: Request, max_bytes: int, max_images: int) ->
             f"send the images as multipart/form-data, one field '{FIELD}' per image "
             f"(got {mime or 'none'!r})",
         )
-    body = await _read_body(request, max_bytes + MULTIPART_SLACK)
+    body = await _read_body(request, max_bytes + MULTIPART_SLACK, timeout_s)
     parts = await _image_parts(request, body, max_images)
     if sum(len(p) for p in parts) > max_bytes:
         raise ApiError(

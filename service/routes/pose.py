@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from functools import partial
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from service.deps import EstimatorDep, MetricsDep, RunnerDep, SettingsDep
+from service.decode_budget import DecodeBudget
+from service.deps import BudgetDep, EstimatorDep, MetricsDep, RunnerDep, SettingsDep
 from service.errors import ApiError
-from service.imageio import Decoded, decode_image
+from service.imageio import Decoded, decode_image, probe_image
 from service.limits import PipelineRunner
 from service.metrics import Metrics
 from service.render import render_png
@@ -40,6 +43,7 @@ from service.settings import Settings
 from service.upload import FIELD, read_image_bytes, read_image_parts
 
 router = APIRouter(tags=["pose"])
+T = TypeVar("T")
 
 ParamsDep = Annotated[PoseParams, Query()]
 BatchParamsDep = Annotated[BatchPoseParams, Query()]
@@ -81,7 +85,7 @@ _BATCH_BODY: dict[str, Any] = {
         },
     }
 }
-_ERRORS = error_responses(400, 413, 415, 422, 500, 503, 504)
+_ERRORS = error_responses(400, 408, 413, 415, 422, 500, 503, 504)
 
 
 @dataclass
@@ -105,9 +109,10 @@ async def pose(
     settings: SettingsDep,
     estimator: EstimatorDep,
     runner: RunnerDep,
+    budget: BudgetDep,
     metrics: MetricsDep,
 ) -> PoseResponse | list[CocoResult]:
-    posed = await _estimate(request, params, settings, estimator, runner, metrics)
+    posed = await _estimate(request, params, settings, estimator, runner, budget, metrics)
     if params.format == "coco":
         return coco_results(posed.persons, params.image_id)
     return pose_response(
@@ -128,10 +133,13 @@ async def pose_render(
     settings: SettingsDep,
     estimator: EstimatorDep,
     runner: RunnerDep,
+    budget: BudgetDep,
     metrics: MetricsDep,
 ) -> Response:
     # drawn on the full-size image, so never decoded shrunk
-    posed = await _estimate(request, params, settings, estimator, runner, metrics, shrink=False)
+    posed = await _estimate(
+        request, params, settings, estimator, runner, budget, metrics, shrink=False
+    )
     png = await asyncio.to_thread(render_png, posed.image, posed.persons, estimator.spec)
     return Response(png, media_type="image/png")
 
@@ -149,6 +157,7 @@ async def pose_batch(
     settings: SettingsDep,
     estimator: EstimatorDep,
     runner: RunnerDep,
+    budget: BudgetDep,
     metrics: MetricsDep,
 ) -> BatchPoseResponse | list[CocoResult]:
     """Several images in one request, each a multipart `image` part (at most
@@ -156,18 +165,20 @@ async def pose_batch(
     in order, the same as /pose would give for each. Each image takes its own place in the
     admission queue. A bad image fails the whole request (4xx naming it)."""
     start = time.perf_counter()
-    async with runner.admit() as ticket:
-        parts = await read_image_parts(
-            request, settings.max_upload_bytes, settings.max_images_per_request
-        )
-        runner.grow(ticket, len(parts))
+    parts = await read_image_parts(
+        request,
+        settings.max_upload_bytes,
+        settings.max_images_per_request,
+        settings.body_timeout_s,
+    )
+    costs = [_named(i, _probe, data, settings) for i, data in enumerate(parts)]
+    async with runner.admit(len(parts)) as ticket, budget.hold(sum(costs)) as hold:
         t = time.perf_counter()
         decoded = []
         for i, data in enumerate(parts):
-            try:
-                decoded.append(await asyncio.to_thread(_decode, data, settings, True))
-            except ApiError as e:
-                raise ApiError(e.status, e.code, f"image {i}: {e.message}", e.headers) from None
+            job = partial(_named, i, _decode, data, settings, True)
+            decoded.append(await budget.run(hold, job))
+        hold.shrink(sum(d.rgb.nbytes for d in decoded))
         own = {"decode_ms": (time.perf_counter() - t) * 1000.0}
         items = [(d.rgb, _options(params, d.original_hw, d.scale)) for d in decoded]
         results, own["queue_ms"] = await runner.run_many(ticket, estimator, items)
@@ -198,6 +209,18 @@ async def pose_batch(
     )
 
 
+def _named(index: int, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` for image `index` of a batch: its errors name the image."""
+    try:
+        return fn(*args)
+    except ApiError as e:
+        raise ApiError(e.status, e.code, f"image {index}: {e.message}", e.headers) from None
+
+
+def _probe(data: bytes, settings: Settings) -> int:
+    return probe_image(data, allowed=settings.allowed_formats, max_pixels=settings.max_pixels)
+
+
 def _decode(data: bytes, settings: Settings, shrink: bool) -> Decoded:
     return decode_image(
         data,
@@ -213,15 +236,20 @@ async def _estimate(
     settings: Settings,
     estimator: PoseEstimator,
     runner: PipelineRunner,
+    budget: DecodeBudget,
     metrics: Metrics,
     shrink: bool = True,
 ) -> _Posed:
     start = time.perf_counter()
-    async with runner.admit() as ticket:  # 503 when full; 504 past the deadline
-        data = await read_image_bytes(request, settings.max_upload_bytes)
+    # the body first (408 past SCIO_BODY_TIMEOUT_S): a slow upload holds no place in the queue
+    data = await read_image_bytes(request, settings.max_upload_bytes, settings.body_timeout_s)
+    cost = _probe(data, settings)  # format, header and pixel checks; no pixel decoded yet
+    # 503 when full; 504 past the deadline; waits while the decode budget is spent
+    async with runner.admit() as ticket, budget.hold(cost) as hold:
         t = time.perf_counter()
-        decoded = await asyncio.to_thread(_decode, data, settings, shrink)
+        decoded = await budget.run(hold, partial(_decode, data, settings, shrink))
         image = decoded.rgb
+        hold.shrink(image.nbytes)
         own = {"decode_ms": (time.perf_counter() - t) * 1000.0}
         options = _options(params, decoded.original_hw, decoded.scale)
         result, own["queue_ms"] = await runner.run(ticket, estimator, image, options)

@@ -29,6 +29,7 @@ class FakeEstimator:
         fail: bool = False,
         poison: str | None = None,  # "nan": a NaN keypoint; "outside": keypoints off the image
         warmup_error: Exception | None = None,
+        keep_images: bool = True,  # False: `seen` is not kept (a server process under load)
     ) -> None:
         self.spec = spec
         self.refine_available = True
@@ -37,6 +38,7 @@ class FakeEstimator:
         self.fail = fail
         self.poison = poison
         self.warmup_error = warmup_error
+        self.keep_images = keep_images
         self.warmed = False
         self.seen: list[tuple[npt.NDArray[np.uint8], PoseOptions]] = []
         self.batches: list[int] = []  # images per estimate_many call
@@ -56,7 +58,8 @@ class FakeEstimator:
         self, items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]]
     ) -> list[PoseResult]:
         with self._lock:
-            self.seen.extend(items)
+            if self.keep_images:
+                self.seen.extend(items)
             self.batches.append(len(items))
         if self.delay_s:
             self.release.wait(self.delay_s)

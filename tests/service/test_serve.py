@@ -69,6 +69,34 @@ def test_sigterm_flips_readiness_drains_in_flight_requests_and_exits_0() -> None
         httpx.get(f"{base}/health/live", timeout=2)
 
 
+def test_the_drain_ends_with_json_503s_and_no_traceback() -> None:
+    """Six requests on a 3 s pipeline with one slot, a 1 s drain: the one running when the drain
+    ends and those still waiting are cancelled by uvicorn; each gets a JSON 503, not a 500."""
+    command = [sys.executable, "-m", "tests.service.serve_fake", "3.0", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with server_process(command, cwd=REPO, env=env) as (proc, lines):
+        base = f"http://127.0.0.1:{uvicorn_port(proc, lines, timeout_s=20.0)}"
+        with httpx.Client(base_url=base, timeout=10) as c:
+            _until(lambda: c.get("/health/ready").status_code == 200)
+        with ThreadPoolExecutor(6) as pool:
+            answers = [pool.submit(_post, base) for _ in range(6)]
+            with httpx.Client(base_url=base, timeout=10) as c:
+                _until(lambda: "scio_pose_pipeline_calls_in_flight 2.0" in c.get("/metrics").text)
+            proc.send_signal(signal.SIGTERM)
+            responses = [a.result(timeout=20) for a in answers]
+        assert proc.wait(timeout=20) == 0
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) <= {200, 503}, codes
+    assert 503 in codes
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["content-type"] == "application/json"
+            assert r.json()["error"]["code"] == "shutting_down"
+    log = "".join(lines)
+    assert "Traceback" not in log, log
+    assert "CancelledError" not in log, log
+
+
 def _post(base: str) -> httpx.Response:
     data = png_of(rgb_pattern(32, 24))
     return httpx.post(
