@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 from PIL import Image
 
+from service.api_docs import render_docs
 from service.cli import _version
 from service.decode_budget import MB, DecodeBudget
 from service.errors import install_error_handlers
@@ -60,10 +62,12 @@ def create_app(
         summary="Top-down human pose estimation with SCIO refinement",
         version=_version(),
         lifespan=lambda app: _running(state, factory),
+        docs_url=None,  # FastAPI's Swagger UI and ReDoc load from a CDN: /docs is ours
+        redoc_url=None,
     )
     app.state.service = state
     install_error_handlers(app, state.metrics.count_error)
-    docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    docs = {app.openapi_url, "/docs"}
     app.add_middleware(
         RequestMetricsMiddleware,
         metrics=state.metrics,
@@ -73,6 +77,11 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the ID
     for module in (pose, health, meta):
         app.include_router(module.router)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs_page() -> HTMLResponse:
+        return HTMLResponse(render_docs(app.openapi()))
+
     return app
 
 

@@ -214,3 +214,22 @@ def test_each_app_has_its_own_metrics_registry() -> None:
         post_image(a, PNG)
         assert 'route="/pose"' in a.get("/metrics").text
         assert 'route="/pose"' not in b.get("/metrics").text
+
+
+def test_docs_page_is_self_contained() -> None:
+    """/docs renders the API from the schema with no script or stylesheet from elsewhere (the
+    default Swagger UI loads from a CDN and is blank offline)."""
+    with serve() as client:
+        r = client.get("/docs")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/html")
+        page = r.text
+        for route in ("/pose", "/pose/batch", "/pose/render", "/health/ready", "/metrics"):
+            assert f"<code>{route}</code>" in page
+        assert "refine" in page
+        assert "http://" not in page
+        assert "https://" not in page
+        assert "<script" not in page
+        assert client.get("/redoc").status_code == 404
+        metrics = client.get("/metrics").text
+        assert 'route="/docs"' in metrics
