@@ -160,15 +160,21 @@ def check_state_dict(
     return sd
 
 
-def load_weights(model: nn.Module, source: str | os.PathLike[str] | Mapping[str, object]) -> None:
-    """Load a file (any supported naming) or an already loaded dict into `model`, strictly."""
+def load_weights(model: nn.Module, source: str | os.PathLike[str] | Mapping[str, object]) -> str:
+    """Load a file (any supported naming) or an already loaded dict into `model`, strictly.
+    Returns the naming found (`normalize_state_dict`: e.g. "wrapped+mmpose-1.x", "flat")."""
     if isinstance(source, Mapping):
-        sd, _ = normalize_state_dict(source)
+        sd, naming = normalize_state_dict(source)
         origin = "weights"
     else:
-        sd = read_state_dict(source)
+        obj = _torch_load(source)
+        if not isinstance(obj, Mapping):
+            raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a dict of tensors")
+        sd, naming = normalize_state_dict(obj)
+        log.info("read %d tensors from %s (%s)", len(sd), source, naming)
         origin = f"weights in {source}"
     model.load_state_dict(check_state_dict(model, sd, origin), strict=True)
+    return naming
 
 
 # --- our own format -----------------------------------------------------------------------

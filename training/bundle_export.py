@@ -24,7 +24,7 @@ from models.bundle import (
 )
 from models.keypoints import KeypointSpec, get_spec
 from models.zoo import Backbone
-from training.onnx_export import backbone_parity, export_backbone
+from training.onnx_export import PARITY_RTOL, backbone_parity, export_backbone, worst_abs
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class BundleSpec:
     detector_info: DetectorInfo | None = None
     scio: ScioExport | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    parity_rtol: float = PARITY_RTOL  # ONNX Runtime vs torch, relative to each output's scale
 
 
 def git_commit() -> str:
@@ -87,8 +88,12 @@ def build_bundle(out: str | Path, model: Backbone, b: BundleSpec) -> Bundle:
         )
     with tempfile.TemporaryDirectory(prefix="scio-export-") as tmp:
         pose_path = export_backbone(model, Path(tmp) / "pose.onnx")
-        diff = backbone_parity(model, pose_path)
-        print(f"parity pose.onnx: max abs difference ONNX Runtime vs torch = {diff:.2e}")
+        parity = backbone_parity(model, pose_path, rtol=b.parity_rtol)
+        for output, r in parity.items():
+            print(
+                f"parity pose.onnx {output}: max |ONNX Runtime - torch| {r['max_abs_diff']:.2e} "
+                f"of max |torch| {r['max_abs_reference']:.3g} (relative {r['relative']:.1e})"
+            )
         sources: dict[str, Path] = {POSE: pose_path}
         if b.detector_onnx is not None:
             sources[DETECTOR] = b.detector_onnx
@@ -121,7 +126,8 @@ def build_bundle(out: str | Path, model: Backbone, b: BundleSpec) -> Bundle:
             provenance={
                 **b.provenance,
                 "commit": git_commit(),
-                "parity_max_abs_diff": {"pose": diff},
+                "parity_max_abs_diff": {"pose": worst_abs(parity)},
+                "parity": {"pose": parity},
             },
         )
         bundle = write_bundle(out, manifest, sources)

@@ -26,8 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Load an official checkpoint (pose_hrnet_w32_256x192.pth, pose_resnet_50_256x192.pth, "
         "...) or an MMPose 0.x/1.x checkpoint with strict key checking, export it to ONNX with "
-        "a parity check, and write a bundle. Official SimpleBaseline models take BGR input; "
-        "MMPose's take RGB (--color-order)."
+        "a parity check, and write a bundle. Preprocessing follows where the weights come "
+        "from (--preprocessing auto): official SimpleBaseline ResNets take BGR with ImageNet "
+        "statistics applied in RGB order (as the official code does), official HRNets RGB; "
+        "MMPose checkpoints, ResNet and HRNet alike, take RGB normalised with MMPose's "
+        "mean/std on 0-255 values. The result is recorded in bundle.json."
     )
     parser.add_argument("--weights", type=Path, required=True, help="the .pth checkpoint")
     parser.add_argument("--arch", choices=ARCHS, required=True)
@@ -37,9 +40,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--spec", default="coco17", choices=["coco17", "crowdpose14"])
     parser.add_argument(
+        "--preprocessing",
+        choices=["auto", "official", "mmpose"],
+        default="auto",
+        help="input colour order and normalisation: the official code's, or MMPose's "
+        "(auto: MMPose for an MMPose-format checkpoint)",
+    )
+    parser.add_argument(
         "--color-order",
         choices=["RGB", "BGR"],
-        help="override the arch's input colour order (MMPose ResNets: RGB)",
+        help="override the input colour order that --preprocessing chose",
+    )
+    parser.add_argument(
+        "--parity-tolerance",
+        type=float,
+        default=None,
+        help="largest ONNX Runtime vs torch difference allowed, relative to each output's "
+        "largest magnitude (default 1e-4)",
     )
     parser.add_argument(
         "--sigma", type=float, help="target sigma (default: 2 at 64x48, 3 at 96x72)"
@@ -60,15 +77,26 @@ def run(args: argparse.Namespace) -> int:
     from models.keypoints import get_spec
     from models.zoo import build_backbone, get_config
     from training.bundle_export import BundleSpec, build_bundle
+    from training.onnx_export import PARITY_RTOL
 
     spec = get_spec(args.spec)
     cfg = replace(get_config(args.arch), num_keypoints=spec.num_keypoints)
     if args.input_size:
         cfg = replace(cfg, input_hw=tuple(args.input_size))
+    model = build_backbone(cfg)
+    naming = load_weights(model, args.weights)
+    preprocessing = args.preprocessing
+    if preprocessing == "auto":
+        preprocessing = "mmpose" if "mmpose" in naming else "official"
+    if preprocessing == "mmpose":
+        cfg = replace(cfg, color_order="RGB", mean=MMPOSE_MEAN, std=MMPOSE_STD)
     if args.color_order:
         cfg = replace(cfg, color_order=args.color_order)
-    model = build_backbone(cfg)
-    load_weights(model, args.weights)
+    model.config = cfg  # the weights do not depend on the input statistics
+    print(
+        f"preprocessing: {preprocessing} ({cfg.color_order}, mean {_fmt(cfg.mean)}, "
+        f"std {_fmt(cfg.std)} of RGB on the 0-1 scale)"
+    )
     h, w = cfg.input_hw
     with tempfile.TemporaryDirectory(prefix="scio-convert-") as tmp:
         det = None
@@ -88,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
                 detector_info=(
                     DetectorInfo(input_hw=(args.detector_size, args.detector_size)) if det else None
                 ),
+                parity_rtol=args.parity_tolerance or PARITY_RTOL,
                 provenance={
+                    "preprocessing": preprocessing,
+                    "checkpoint_naming": naming,
                     "converted_from": args.weights.name,
                     "detector_from": args.detector_pt.name if args.detector_pt else None,
                     "command": args.command_line,
@@ -97,6 +128,16 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"wrote {bundle.root} ({bundle.manifest.name}, {args.arch}, {h}x{w})")
     return 0
+
+
+# MMPose 1.x configs (td-hm_*.py): data_preprocessor mean/std on 0-255 RGB, bgr_to_rgb=True, for
+# HRNet and ResNet alike; here on the 0-1 scale, listed for R, G, B.
+MMPOSE_MEAN = (123.675 / 255.0, 116.28 / 255.0, 103.53 / 255.0)
+MMPOSE_STD = (58.395 / 255.0, 57.12 / 255.0, 57.375 / 255.0)
+
+
+def _fmt(v: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{x:.4f}" for x in v) + ")"
 
 
 def export_detector(pt: Path, size: int, work: Path) -> Path:

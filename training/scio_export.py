@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from models.scio_nets import ScioNet, context_names, export_onnx
-from training.onnx_export import OPSET, check_parity
+from training.onnx_export import OPSET, check_parity, worst_abs
 
 
 class PhiGraph(nn.Module):
@@ -102,7 +102,7 @@ def export_gamma_checked(
         return (gamma.head(tuple(c), cand, index),)
 
     d2 = check_parity(head_fn, head_path, head_in, what="scio_gamma_head")
-    return ctx_path, head_path, max(d1, d2)
+    return ctx_path, head_path, max(worst_abs(d1), worst_abs(d2))
 
 
 def export_phi_checked(
@@ -114,4 +114,4 @@ def export_phi_checked(
     def fn(h1: Tensor, h2: Tensor, h3: Tensor, f: Tensor, group: Tensor) -> Sequence[Tensor]:
         return (phi(h1, h2, h3, f, group),)
 
-    return path, check_parity(fn, path, x, what="scio_phi")
+    return path, worst_abs(check_parity(fn, path, x, what="scio_phi"))
