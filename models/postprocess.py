@@ -63,13 +63,17 @@ def oks_nms(
     areas: npt.ArrayLike,
     sigmas: npt.ArrayLike,
     thresh: float = OKS_THRE,
+    official_order: bool = False,
 ) -> list[int]:
     """Greedy NMS in descending score order: keep the best, drop the others whose OKS with it
-    is above `thresh`. keypoints (N, K, 3), scores (N,), areas (N,) -> kept indices."""
+    is above `thresh`. keypoints (N, K, 3), scores (N,), areas (N,) -> kept indices.
+    Equal scores: the earlier person first; `official_order`: the order the official code's
+    `scores.argsort()[::-1]` gives (numpy's default sort, reversed: for a few persons, the later
+    one first)."""
     kp = np.asarray(keypoints, dtype=np.float64)
     sc = np.asarray(scores, dtype=np.float64).reshape(-1)
     ar = np.asarray(areas, dtype=np.float64).reshape(-1)
-    order = np.argsort(-sc, kind="stable")
+    order = sc.argsort()[::-1] if official_order else np.argsort(-sc, kind="stable")
     keep: list[int] = []
     while order.size > 0:
         i = int(order[0])

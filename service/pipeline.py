@@ -227,7 +227,13 @@ class PosePipeline:
                     if o.box_scores is None
                     else np.asarray(o.box_scores, dtype=np.float64).reshape(-1)
                 )
-                ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+                w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+                if o.official:
+                    # the official code crops a cleaned GT box of width or height 0 too (the
+                    # crop takes its size from the other side); with both 0 there is no crop
+                    ok = (w >= 0) & (h >= 0) & ((w > 0) | (h > 0))
+                else:
+                    ok = (w > 0) & (h > 0)
                 per_item[i] = (b[ok], s[ok])
         boxes = np.concatenate([b for b, _ in per_item]) if items else np.zeros((0, 4))
         scores = np.concatenate([s for _, s in per_item]) if items else np.zeros(0)
@@ -340,6 +346,7 @@ class PosePipeline:
                     scores[sel],
                     areas[sel],
                     self.spec.sigmas_array,
+                    official_order=o.official,
                 )
                 sel = sel[keep]
             sel = sel[scores[sel] >= o.min_score]
@@ -349,8 +356,11 @@ class PosePipeline:
             persons = []
             for j in sel:
                 kp = np.empty((self.spec.num_keypoints, 3))
-                kp[:, 0] = np.clip(kp_img[j, :, 0], 0, w - 1)
-                kp[:, 1] = np.clip(kp_img[j, :, 1], 0, h - 1)
+                if o.official:  # the official results are not clipped
+                    kp[:, :2] = kp_img[j]
+                else:
+                    kp[:, 0] = np.clip(kp_img[j, :, 0], 0, w - 1)
+                    kp[:, 1] = np.clip(kp_img[j, :, 1], 0, h - 1)
                 kp[:, 2] = kp_scores[j]
                 persons.append(
                     PersonPose(

@@ -27,6 +27,9 @@ class PoseOptions:
     min_score: float = 0.0  # drop persons whose score is below this
     max_persons: int | None = None  # keep at most this many, best first
     oks_nms: bool = False  # OKS-NMS on caller-given boxes too (detector boxes always get it)
+    # `scio-pose evaluate --protocol official`: keypoints not clipped to the image, and OKS-NMS
+    # ties broken as the official code's argsort does (the later person first). The API clips.
+    official: bool = False
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine", default="none", choices=["none", "scl", "sco"])
     parser.add_argument("--flip", action="store_true", help="flip test (one-pixel shift)")
     parser.add_argument("--device", default="cpu", choices=["auto", "cuda", "tensorrt", "cpu"])
+    parser.add_argument(
+        "--protocol",
+        default="service",
+        choices=["service", "official"],
+        help="official: the official HRNet code's protocol exactly (its GT-box filter, "
+        "keypoints not clipped to the image, its OKS-NMS tie order); service: keypoints as "
+        "/pose returns them (clipped), degenerate GT boxes skipped",
+    )
     parser.add_argument("--limit", type=int, help="only the first N images")
     parser.add_argument("--out", type=Path, help="write the result JSON here")
     parser.add_argument(
@@ -54,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             flip=args.flip,
             device=args.device,
             limit=args.limit,
+            protocol=args.protocol,
             keep_refinements=args.dump_refinements is not None,
         ),
     )

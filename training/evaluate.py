@@ -52,6 +52,9 @@ class EvalOptions:
     limit: int | None = None  # evaluate only the first N images (smoke runs)
     scio_config: ScioSearchConfig | None = None  # override the bundle's search settings
     keep_refinements: bool = False  # add one row per refined keypoint ("refinement_rows")
+    # "official": the official HRNet code's protocol exactly: its GT-box filter, keypoints not
+    # clipped to the image, OKS-NMS ties broken as its argsort does; "service": as /pose answers
+    protocol: str = "service"
 
 
 def scio_config_for(mode: str, bundle_config: ScioSearchConfig) -> ScioSearchConfig:
@@ -98,7 +101,10 @@ def evaluate_variants(
     image_ids = coco.image_ids[: opts.limit] if opts.limit else coco.image_ids
     if opts.boxes == "detector" and pipe.detector is None:
         raise ValueError("--boxes detector: the bundle has no detector")
-    boxes = _person_boxes(coco, image_ids, opts.boxes) if opts.boxes != "detector" else None
+    official = opts.protocol == "official"
+    boxes = (
+        _person_boxes(coco, image_ids, opts.boxes, official) if opts.boxes != "detector" else None
+    )
     predictions: dict[str, dict[int, list[PersonPose]]] = {v: {} for v in variants}
     seconds = dict.fromkeys(variants, 0.0)
     chunks = [
@@ -108,10 +114,17 @@ def evaluate_variants(
         items = []
         for image_id in chunk:
             if boxes is None:  # the service's path: the bundle's detector finds the persons
-                o = PoseOptions(refine=False, flip=opts.flip, oks_nms=True)
+                o = PoseOptions(refine=False, flip=opts.flip, oks_nms=True, official=official)
             else:
                 b, s = boxes.get(image_id, (np.zeros((0, 4)), np.zeros(0)))
-                o = PoseOptions(refine=False, flip=opts.flip, boxes=b, box_scores=s, oks_nms=True)
+                o = PoseOptions(
+                    refine=False,
+                    flip=opts.flip,
+                    boxes=b,
+                    box_scores=s,
+                    oks_nms=True,
+                    official=official,
+                )
             items.append((_load(Path(images_dir), coco.images[image_id]), o))
         t = time.perf_counter()
         bp = pipe.backbone_pass(items)
@@ -135,6 +148,7 @@ def evaluate_variants(
             },
             "ann": str(ann_file),
             "boxes": opts.boxes,
+            "protocol": opts.protocol,
             "refine": name,
             "flip": opts.flip,
             "scio_config": cfg.to_dict() if cfg else None,
@@ -158,12 +172,12 @@ def _load(images_dir: Path, im: ImageRecord) -> npt.NDArray[np.uint8]:
 
 
 def _person_boxes(
-    coco: CocoKeypoints, image_ids: list[int], source: str
+    coco: CocoKeypoints, image_ids: list[int], source: str, official: bool = False
 ) -> dict[int, tuple[F64, F64]]:
     """{image_id: (boxes x1y1x2y2 (n, 4), scores (n,))}."""
     out: dict[int, tuple[F64, F64]] = {}
     if source == "gt":
-        for image_id, (boxes, persons) in gt_persons(coco, image_ids).items():
+        for image_id, (boxes, persons) in gt_persons(coco, image_ids, official).items():
             out[image_id] = (boxes, np.ones(len(persons)))
         return out
     dets = load_detections(source, set(image_ids))
@@ -173,11 +187,13 @@ def _person_boxes(
     return out
 
 
-def gt_persons(coco: CocoKeypoints, image_ids: list[int]) -> dict[int, tuple[F64, list[PersonAnn]]]:
-    """{image_id: (cleaned ground-truth boxes x1y1x2y2 (n, 4), their annotations)} for the
-    official training-instance filter: the persons that `--boxes gt` evaluates."""
+def gt_persons(
+    coco: CocoKeypoints, image_ids: list[int], official: bool = False
+) -> dict[int, tuple[F64, list[PersonAnn]]]:
+    """{image_id: (cleaned ground-truth boxes x1y1x2y2 (n, 4), their annotations)}: the persons
+    that `--boxes gt` evaluates (`CocoKeypoints.training_instances`)."""
     by_image: dict[int, list[PersonAnn]] = {}
-    for im, p in coco.training_instances():
+    for im, p in coco.training_instances(official):
         by_image.setdefault(im.image_id, []).append(p)
     out: dict[int, tuple[F64, list[PersonAnn]]] = {}
     for image_id in image_ids:

@@ -73,3 +73,15 @@ def test_rescore_uses_only_confident_keypoints() -> None:
     k = np.array([[0.9, 0.1, 0.5], [0.1, 0.1, 0.2], [0.3, 0.3, 0.3]])
     out = rescore([0.5, 1.0, 2.0], k)
     np.testing.assert_allclose(out, [0.5 * 0.7, 0.0, 0.6])
+
+
+def test_oks_nms_tie_order_default_and_official() -> None:
+    """Two identical persons with equal scores: we keep the earlier; the official code's
+    `scores.argsort()[::-1]` puts the later first and keeps it."""
+    d = np.random.default_rng(3).random((1, 17, 3)) * 50
+    kpts = np.concatenate([d, d])
+    scores = np.array([0.7, 0.7])
+    areas = np.array([900.0, 900.0])
+    assert oks_nms(kpts, scores, areas, SIGMAS, 0.9) == [0]
+    assert oks_nms(kpts, scores, areas, SIGMAS, 0.9, official_order=True) == [1]
+    assert official_oks_nms(kpts, scores, areas, 0.9) == [1]

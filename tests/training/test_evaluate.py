@@ -167,3 +167,76 @@ def test_evaluate_with_the_bundles_own_detector(tmp_path: Path) -> None:
             MINI / "images",
             EvalOptions(boxes="detector", limit=1),
         )
+
+
+def _edge_case_file(tmp_path: Path) -> tuple[Path, Path]:
+    """One black 64x64 image and three persons: a normal box at the top-left corner, a box 1 px
+    wide, and one with area 0."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (64, 64)).save(images / "a.png")
+    kp = [0.0] * 51
+    kp[0:3] = [10.0, 10.0, 2]
+
+    def ann(i: int, bbox: list[float], area: float) -> dict:
+        return {
+            "id": i,
+            "image_id": 1,
+            "category_id": 1,
+            "iscrowd": 0,
+            "bbox": bbox,
+            "area": area,
+            "keypoints": kp,
+            "num_keypoints": 1,
+        }
+
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+        "annotations": [
+            ann(1, [0, 0, 20, 40], 800.0),
+            ann(2, [30, 10, 1, 30], 30.0),  # 1 px wide: the cleaned box has width 0
+            ann(3, [30, 10, 20, 30], 0.0),  # area 0
+        ],
+        "categories": [COCO17.coco_category()],
+    }
+    path = tmp_path / "edge.json"
+    path.write_text(json.dumps(data))
+    return path, images
+
+
+def test_official_protocol_gt_box_filter(tmp_path: Path) -> None:
+    """The official code keeps a GT box 1 px wide (x2 >= x1 after cleaning) and drops an
+    annotation of area 0; by default a box must have a positive cleaned size."""
+    path, _ = _edge_case_file(tmp_path)
+    coco = CocoKeypoints(path, COCO17)
+    assert [p.ann_id for _, p in coco.training_instances()] == [1, 3]
+    assert [p.ann_id for _, p in coco.training_instances(official=True)] == [1, 2]
+
+
+def test_official_protocol_keeps_keypoints_off_the_image(tmp_path: Path) -> None:
+    """On a black image the dot model's heatmaps are flat, so every keypoint decodes to the
+    crop's corner, which lies outside the image for a box at the image's corner: the official
+    results keep such keypoints where they are, /pose (and the default) clip them."""
+    path, images = _edge_case_file(tmp_path)
+    bundle = make_fake_bundle(tmp_path / "bundle")
+    for protocol in ("service", "official"):
+        out = tmp_path / f"{protocol}.json"
+        args = ["evaluate", "--bundle", str(bundle), "--ann", str(path), "--images", str(images)]
+        assert main([*args, "--protocol", protocol, "--out", str(out)]) == 0
+        r = json.loads(out.read_text())
+        assert r["protocol"] == protocol
+        # service: boxes 1 and 3 (area 0 kept); official: 1 and 2 (1 px wide kept)
+        assert r["persons"] == 2, (protocol, r["persons"])
+    from service.pipeline import PosePipeline
+    from service.results import PoseOptions
+
+    pipe = PosePipeline.from_path(bundle, device="cpu")
+    black = np.zeros((64, 64, 3), np.uint8)
+    box = np.array([[0.0, 0.0, 19.0, 39.0]])
+    official = pipe.estimate(black, PoseOptions(boxes=box, official=True)).persons[0].keypoints
+    clipped = pipe.estimate(black, PoseOptions(boxes=box)).persons[0].keypoints
+    assert (official[:, :2] < 0).any()
+    assert (clipped[:, :2] >= 0).all()
+    np.testing.assert_allclose(clipped[:, :2], np.clip(official[:, :2], 0, 63))

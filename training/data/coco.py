@@ -110,9 +110,13 @@ class CocoKeypoints:
         """Every person annotation of the image, crowd regions included."""
         return list(self._persons.get(image_id, []))
 
-    def training_instances(self) -> list[tuple[ImageRecord, PersonAnn]]:
-        """Non-crowd persons with at least one labelled keypoint and a non-empty cleaned box,
-        in image-id then annotation order (the official filter)."""
+    def training_instances(self, official: bool = False) -> list[tuple[ImageRecord, PersonAnn]]:
+        """Non-crowd persons with at least one labelled keypoint and a usable cleaned box, in
+        image-id then annotation order. `official`: exactly the official code's filter
+        (coco.py:164-171): area > 0 and a cleaned box with x2 >= x1, y2 >= y1, so a box 1 px
+        wide (cleaned width 0) is kept and an annotation of area 0 dropped; otherwise (training,
+        and evaluation by default) the cleaned box must have a positive width and height and
+        the area is not looked at."""
         out = []
         for image_id in self.image_ids:
             im = self.images[image_id]
@@ -120,7 +124,10 @@ class CocoKeypoints:
                 if p.iscrowd or p.keypoints[:, 2].max() <= 0:
                     continue
                 box = clean_gt_boxes(p.bbox_xywh[None], (im.height, im.width))[0]
-                if box[2] <= 0 or box[3] <= 0:
+                if official:
+                    if p.area <= 0 or box[2] < 0 or box[3] < 0:
+                        continue
+                elif box[2] <= 0 or box[3] <= 0:
                     continue
                 out.append((im, p))
         return out
