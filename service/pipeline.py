@@ -228,12 +228,10 @@ class PosePipeline:
                     else np.asarray(o.box_scores, dtype=np.float64).reshape(-1)
                 )
                 w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-                if o.official:
-                    # the official code crops a cleaned GT box of width or height 0 too (the
-                    # crop takes its size from the other side); with both 0 there is no crop
-                    ok = (w >= 0) & (h >= 0) & ((w > 0) | (h > 0))
-                else:
-                    ok = (w > 0) & (h > 0)
+                # the official code crops a cleaned GT box of width or height 0 too (the crop
+                # takes its size from the other side); with both 0 there is no crop
+                official_ok = (w >= 0) & (h >= 0) & ((w > 0) | (h > 0))
+                ok = official_ok if o.official else (w > 0) & (h > 0)
                 per_item[i] = (b[ok], s[ok])
         boxes = np.concatenate([b for b, _ in per_item]) if items else np.zeros((0, 4))
         scores = np.concatenate([s for _, s in per_item]) if items else np.zeros(0)
