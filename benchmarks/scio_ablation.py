@@ -43,7 +43,12 @@ from models.bundle import load_bundle  # noqa: E402
 from models.scio_search import ScioSearchConfig, refine  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
 from service.results import PoseOptions  # noqa: E402
-from training.evaluate import EvalOptions, evaluate_variants, scio_config_for  # noqa: E402
+from training.evaluate import (  # noqa: E402
+    EvalOptions,
+    bootstrap_ap,
+    evaluate_variants,
+    scio_config_for,
+)
 
 log = logging.getLogger("scio_ablation")
 SPLITS = {"tune": 2001, "val": 3001}
@@ -148,7 +153,7 @@ def table4(
     limit: int | None,
 ) -> dict[str, Any]:
     """Baseline; +SCL: the chosen prior without search; +SCL+SCO: the best settings that search."""
-    opts = EvalOptions(boxes=boxes, limit=limit, keep_refinements=True)
+    opts = EvalOptions(boxes=boxes, limit=limit, keep_refinements=True, keep_results=True)
     return evaluate_variants(
         bundle,
         split / "person_keypoints.json",
@@ -499,7 +504,19 @@ def main() -> int:
         key = "gt boxes" if boxes == "gt" else "detections"
         res = table4(args.bundle, val_split, chosen, searching, boxes, limit)
         t4[key] = {row: {k: r["stats"][k] for k in TABLE4} for row, r in res.items()}
+        results = {row: r.pop("coco_results") for row, r in res.items()}
         if boxes == "gt":
+            image_ids = res["baseline"]["image_ids"]
+            ann = val_split / "person_keypoints.json"
+            spec = load_bundle(args.bundle).manifest.spec
+            # paired over images: +SCL+SCO and baseline against +SCL
+            report["bootstrap_gt"] = bootstrap_ap(
+                ann,
+                {k: results[k] for k in ("+SCL", "+SCL+SCO", "baseline")},
+                spec,
+                image_ids,
+                samples=1000,
+            )
             names = res["baseline"]["distal_keypoints"]
             report["table5"] = {
                 row: {n: res[row]["keypoint_accuracy"][n] for n in names}
@@ -535,9 +552,13 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
     def up(row: str) -> bool:
         return all(t5[row][k] > t5["baseline"][k] for k in t5["baseline"])
 
+    b = r["bootstrap_gt"]["variants"]["+SCL+SCO"]
     return {
         "AP(+SCL) > AP(Baseline), GT boxes": g["+SCL"]["AP"] > g["baseline"]["AP"],
         "AP(+SCL+SCO) > AP(+SCL), GT boxes": g["+SCL+SCO"]["AP"] > g["+SCL"]["AP"],
+        "AP(+SCL+SCO) - AP(+SCL) >= +1.0 AP points, GT boxes": g["+SCL+SCO"]["AP"] - g["+SCL"]["AP"]
+        >= 0.01,
+        "its 95% bootstrap interval over images above 0": b["minus_+SCL_95"][0] > 0,
         "every distal keypoint's accuracy improved by +SCL": up("+SCL"),
         "every distal keypoint's accuracy improved by +SCL+SCO": up("+SCL+SCO"),
         "SCIO <= 25% of backbone time per person, chosen settings": r["cost"]["sco_over_backbone"]
@@ -573,6 +594,18 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     for key, t in r["table4"].items():
         L += [f"## Table 4 ({key})", "", *_ap_table(t), ""]
+    bs = r["bootstrap_gt"]
+    sco, base = bs["variants"]["+SCL+SCO"], bs["variants"]["baseline"]
+    L += [
+        f"Paired bootstrap over the {bs['images']} validation images ({bs['samples']} "
+        "resamples, GT boxes), in AP points: AP(+SCL+SCO) - AP(+SCL) "
+        f"{100 * sco['minus_+SCL_mean']:+.2f}, 95% interval "
+        f"[{100 * sco['minus_+SCL_95'][0]:+.2f}, {100 * sco['minus_+SCL_95'][1]:+.2f}], above 0 "
+        f"in {sco['minus_+SCL_share_above_0']:.0%} of resamples; AP(+SCL) - AP(baseline) "
+        f"{-100 * base['minus_+SCL_mean']:+.2f}, 95% interval "
+        f"[{-100 * base['minus_+SCL_95'][1]:+.2f}, {-100 * base['minus_+SCL_95'][0]:+.2f}].",
+        "",
+    ]
     names = list(r["table5"]["baseline"])
     L += [
         "## Table 5: distal keypoint accuracy (GT boxes)",

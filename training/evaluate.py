@@ -52,6 +52,7 @@ class EvalOptions:
     limit: int | None = None  # evaluate only the first N images (smoke runs)
     scio_config: ScioSearchConfig | None = None  # override the bundle's search settings
     keep_refinements: bool = False  # add one row per refined keypoint ("refinement_rows")
+    keep_results: bool = False  # add the COCO results list ("coco_results"), for bootstraps
     # "official": the official HRNet code's protocol exactly: its GT-box filter, keypoints not
     # clipped to the image, OKS-NMS ties broken as its argsort does; "service": as /pose answers
     protocol: str = "service"
@@ -162,6 +163,9 @@ def evaluate_variants(
         }
         if opts.keep_refinements and cfg is not None:
             result["refinement_rows"] = refinement_rows(matches, spec)
+        if opts.keep_results:
+            result["coco_results"] = to_coco_results(preds)
+            result["image_ids"] = list(image_ids)
         out[name] = result
     return out
 
@@ -202,6 +206,68 @@ def gt_persons(
             im = coco.images[image_id]
             xywh = clean_gt_boxes(np.stack([p.bbox_xywh for p in persons]), (im.height, im.width))
             out[image_id] = (_xyxy(xywh), persons)
+    return out
+
+
+def bootstrap_ap(
+    ann_file: Path,
+    results: dict[str, list[dict[str, Any]]],
+    spec: KeypointSpec,
+    image_ids: list[int],
+    samples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """AP over images resampled with replacement, the same resamples for every variant (a
+    paired bootstrap): each variant's 95% interval, and each variant's difference to the first
+    one with its 95% interval and the share of resamples in which it is above 0.
+
+    pycocotools matches each image once (`evaluate`); a resample only re-weights images, so each
+    one re-runs `accumulate` on the resampled per-image records."""
+    if spec.eval_iou_type == "keypoints_crowd":
+        raise ValueError("the bootstrap is implemented for pycocotools' keypoints evaluation")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(seed)
+    n = len(image_ids)
+    draws = [rng.integers(0, n, n) for _ in range(samples)]
+    aps: dict[str, list[float]] = {}
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        gt = COCO(str(ann_file))
+        for name, rows in results.items():
+            ev = COCOeval(gt, gt.loadRes(rows) if rows else COCO(), "keypoints")
+            ev.params.kpt_oks_sigmas = spec.sigmas_array
+            ev.params.imgIds = list(image_ids)
+            ev.evaluate()
+            per_image = list(ev.evalImgs)
+            areas = len(ev._paramsEval.areaRng)
+            aps[name] = []
+            for idx in draws:
+                ev.evalImgs = [per_image[a * n + int(i)] for a in range(areas) for i in idx]
+                ev._paramsEval.imgIds = ev.params.imgIds = list(range(n))
+                ev.accumulate()
+                ev.summarize()
+                aps[name].append(float(ev.stats[0]))
+    names = list(results)
+    out: dict[str, Any] = {"samples": samples, "images": n, "variants": {}}
+    for name in names:
+        v = np.array(aps[name])
+        out["variants"][name] = {
+            "AP_95": [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+        }
+        if name != names[0]:
+            d = v - np.array(aps[names[0]])
+            out["variants"][name].update(
+                {
+                    f"minus_{names[0]}_mean": float(d.mean()),
+                    f"minus_{names[0]}_95": [
+                        float(np.percentile(d, 2.5)),
+                        float(np.percentile(d, 97.5)),
+                    ],
+                    f"minus_{names[0]}_share_above_0": float((d > 0).mean()),
+                }
+            )
     return out
 
 

@@ -240,3 +240,33 @@ def test_official_protocol_keeps_keypoints_off_the_image(tmp_path: Path) -> None
     assert (official[:, :2] < 0).any()
     assert (clipped[:, :2] >= 0).all()
     np.testing.assert_allclose(clipped[:, :2], np.clip(official[:, :2], 0, 63))
+
+
+def test_bootstrap_of_ap_differences_is_paired_and_sees_a_real_difference() -> None:
+    from training.evaluate import bootstrap_ap
+
+    ann = json.loads((MINI / "person_keypoints.json").read_text())
+    ids = sorted(im["id"] for im in ann["images"])
+    exact = _gt_as_results(ann)
+    noisy = _gt_as_results(ann)
+    rng = np.random.default_rng(0)
+    for r in noisy:
+        r["keypoints"] = [
+            v + rng.normal(0, 6) if i % 3 != 2 else v for i, v in enumerate(r["keypoints"])
+        ]
+    out = bootstrap_ap(
+        MINI / "person_keypoints.json",
+        {"noisy": noisy, "exact": exact, "same": noisy},
+        COCO17,
+        ids,
+        samples=60,
+    )
+    exact_row, same_row = out["variants"]["exact"], out["variants"]["same"]
+    assert exact_row["AP_95"][0] == pytest.approx(1.0)
+    assert exact_row["minus_noisy_95"][0] > 0  # exact beats noisy on every resample
+    assert exact_row["minus_noisy_share_above_0"] == 1.0
+    assert same_row["minus_noisy_95"] == [0.0, 0.0]  # paired: identical results, no spread
+    lo, hi = out["variants"]["noisy"]["AP_95"]
+    full = coco_stats(MINI / "person_keypoints.json", noisy, COCO17, ids)["AP"]
+    assert lo <= full <= hi
+    assert hi - lo > 0.01
