@@ -1,4 +1,5 @@
-"""Crop geometry of top-down pose estimation, vectorised over persons (pure numpy).
+"""Crop geometry of top-down pose estimation, vectorised over persons (numpy; crops and
+resizing with OpenCV).
 
 Follows the official HRNet code (`../shared/reference/official-topdown-facts.md` §3): a person box
 becomes a (center, scale) pair in units of pixel_std = 200, grown to the network's aspect ratio
@@ -12,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 PIXEL_STD = 200.0
 PADDING = 1.25
@@ -111,160 +111,49 @@ def heatmap_to_image(
 def warp_affine(
     image: npt.NDArray[np.uint8], matrices: npt.ArrayLike, output_hw: tuple[int, int]
 ) -> npt.NDArray[np.uint8]:
-    """Bilinear crops of one image, like cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT 0).
+    """Crops of one image: `cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT 0)` per matrix, as the
+    official code crops (JointsDataset.py:167-172).
 
-    image: (H, W, C) uint8, C <= 4; matrices: (N, 2, 3) image -> crop. Returns (N, h, w, C)
-    uint8. Samples that fall partly outside the image blend with the zero border, as OpenCV
-    does. A crop that reads a small window of the image copies that window with two zero pixels
-    around it, channels packed in one uint32, so each of the four taps is one gather with no
-    bounds checks; a crop that shrinks a large region reads its taps straight from the image.
-    """
+    OpenCV 4.x resamples uint8 in fixed point (source positions on a 1/32-pixel grid, 15-bit
+    weights); every official HRNet/SimpleBaseline/MMPose checkpoint was trained and evaluated on
+    such crops, so the service and training use them too (the dependency is pinned below 5, whose
+    warpAffine interpolates in floating point; tests/models/test_geometry.py checks the
+    fixed-point arithmetic). image: (H, W, C) uint8; matrices: (N, 2, 3) image -> crop.
+    Returns (N, h, w, C) uint8."""
+    import cv2
+
     img = np.asarray(image)
     if img.ndim == 2:
         img = img[:, :, None]
-    H, W, C = img.shape
-    if C > 4:
-        raise ValueError(f"at most 4 channels, got {C}")
     m = np.asarray(matrices, dtype=np.float64).reshape(-1, 2, 3)
     out_h, out_w = output_hw
-    out = np.zeros((len(m), out_h, out_w, C), np.uint8)
-    inv = _invert_affine(m) if len(m) else m  # crop -> image
-    gx = np.arange(out_w, dtype=np.float64)[None, :]
-    gy = np.arange(out_h, dtype=np.float64)[:, None]
-    for i, a in enumerate(inv):
-        sx = (a[0, 0] * gx + a[0, 1] * gy + a[0, 2]).astype(np.float32)
-        sy = (a[1, 0] * gx + a[1, 1] * gy + a[1, 2]).astype(np.float32)
-        x0f = np.floor(sx)
-        y0f = np.floor(sy)
-        fx = sx - x0f
-        fy = sy - y0f
-        # the window the taps fall in, two zero pixels beyond the image on each side
-        x_lo = int(np.clip(x0f.min(), -2, W))
-        x_hi = max(int(np.clip(x0f.max() + 2, -2, W + 2)), x_lo + 2)
-        y_lo = int(np.clip(y0f.min(), -2, H))
-        y_hi = max(int(np.clip(y0f.max() + 2, -2, H + 2)), y_lo + 2)
-        if (x_hi - x_lo) * (y_hi - y_lo) <= 4 * out_h * out_w:
-            planes = _taps_from_window(img, x0f, y0f, (x_lo, x_hi, y_lo, y_hi))
-        else:
-            planes = _taps_from_image(img, x0f, y0f)
-        for k, (p00, p01, p10, p11) in enumerate(planes):
-            # top + fy * (bottom - top) with top = p00 + fx * (p01 - p00) and bottom likewise,
-            # in place in the planes (fresh arrays): the same operations without temporaries
-            p01 -= p00
-            p01 *= fx
-            p01 += p00
-            p11 -= p10
-            p11 *= fx
-            p11 += p10
-            p11 -= p01
-            p11 *= fy
-            p11 += p01
-            out[i, :, :, k] = np.clip(np.rint(p11, out=p11), 0, 255, out=p11)
-    return out
-
-
-_Taps = list[tuple[F32, F32, F32, F32]]  # per channel: the four taps, zero outside the image
-
-
-def _taps_from_window(
-    img: npt.NDArray[np.uint8], x0f: F32, y0f: F32, box: tuple[int, int, int, int]
-) -> _Taps:
-    H, W, C = img.shape
-    x_lo, x_hi, y_lo, y_hi = box
-    win = np.zeros((y_hi - y_lo, x_hi - x_lo, 4), np.uint8)
-    ys, ye, xs, xe = max(y_lo, 0), min(y_hi, H), max(x_lo, 0), min(x_hi, W)
-    if ys < ye and xs < xe:
-        win[ys - y_lo : ye - y_lo, xs - x_lo : xe - x_lo, :C] = img[ys:ye, xs:xe]
-    ww = win.shape[1]
-    flat = win.view(np.uint32).reshape(-1)
-    # a tap outside the window is more than a pixel outside the image: its sample is zero
-    inside = (x0f >= x_lo) & (x0f <= x_hi - 2) & (y0f >= y_lo) & (y0f <= y_hi - 2)
-    x0 = np.clip(x0f, x_lo, x_hi - 2).astype(np.intp) - x_lo
-    y0 = np.clip(y0f, y_lo, y_hi - 2).astype(np.intp) - y_lo
-    base = y0 * ww + x0
-    taps = [flat[base], flat[base + 1], flat[base + ww], flat[base + ww + 1]]
-    for t in taps:
-        t *= inside
-    out: _Taps = []
-    for k in range(C):
-        shift = np.uint32(8 * (k if np.little_endian else 3 - k))
-        p00, p01, p10, p11 = (((t >> shift) & 0xFF).astype(np.float32) for t in taps)
-        out.append((p00, p01, p10, p11))
-    return out
-
-
-def _taps_from_image(img: npt.NDArray[np.uint8], x0f: F32, y0f: F32) -> _Taps:
-    H, W, C = img.shape
-    flat = img.reshape(H * W, C)
-    x0 = x0f.astype(np.intp)
-    y0 = y0f.astype(np.intp)
-    taps = []
-    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        x, y = x0 + dx, y0 + dy
-        ok = (x >= 0) & (x < W) & (y >= 0) & (y < H)
-        px = flat[np.clip(y, 0, H - 1) * W + np.clip(x, 0, W - 1)]  # (h, w, C)
-        taps.append(px * ok[..., None])
-    out: _Taps = []
-    for k in range(C):
-        p = [t[..., k].astype(np.float32) for t in taps]
-        out.append((p[0], p[1], p[2], p[3]))
+    out = np.empty((len(m), out_h, out_w, img.shape[2]), np.uint8)
+    for i, mi in enumerate(m):
+        crop = cv2.warpAffine(
+            img,
+            mi,
+            (out_w, out_h),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+        out[i] = crop.reshape(out_h, out_w, -1)
     return out
 
 
 def resize_bilinear(
     image: npt.NDArray[np.uint8], output_hw: tuple[int, int]
 ) -> npt.NDArray[np.uint8]:
-    """Resize like cv2.resize(INTER_LINEAR): pixel centres aligned, source coordinates clamped
-    to the edge, no antialiasing (Pillow's bilinear smooths when shrinking, OpenCV's does not;
-    ultralytics trains its detectors on OpenCV's). Separable; (H, W, C) uint8 -> (h, w, C)."""
+    """`cv2.resize(INTER_LINEAR)`: pixel centres aligned, no antialiasing (ultralytics letterboxes
+    its training images with it). (H, W[, C]) uint8 -> (h, w[, C])."""
+    import cv2
+
     img = np.asarray(image)
-    H, W = img.shape[:2]
     h, w = output_hw
-    if (h, w) == (H, W):
+    if (h, w) == img.shape[:2]:
         return img.copy()
-
-    def axis(n_out: int, n_in: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], F64]:
-        src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-        i0 = np.floor(src).astype(np.intp)
-        frac = src - i0
-        frac[i0 < 0] = 0.0
-        i0 = np.clip(i0, 0, n_in - 1)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, frac
-
-    x0, x1, fx = axis(w, W)
-    y0, y1, fy = axis(h, H)
-    # Only the source rows the output reads, and of them only the columns it reads (a large
-    # photo letterboxed for the detector reads a small fraction of its pixels).
-    cols = img[:, :, None] if img.ndim == 2 else img
-    fx3 = fx.astype(np.float32)[None, :, None]
-    fy3 = fy.astype(np.float32)[:, None, None]
-
-    def horizontal(r: npt.NDArray[np.intp]) -> npt.NDArray[np.float32]:
-        sel = cols[r]  # (h, W, C)
-        # np.take, not sel[:, x0]: the same gather, 1.5-2x faster on (h, W, 3) uint8
-        left = np.take(sel, x0, axis=1).astype(np.float32)
-        right = np.take(sel, x1, axis=1).astype(np.float32)
-        right -= left  # left + fx * (right - left), in place: no temporaries
-        right *= fx3
-        right += left
-        return right  # (h, w, C)
-
-    top, bottom = horizontal(y0), horizontal(y1)
-    bottom -= top  # top + fy * (bottom - top), in place
-    bottom *= fy3
-    bottom += top
-    out = np.clip(np.rint(bottom, out=bottom), 0, 255, out=bottom).astype(np.uint8)
+    out = np.asarray(cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8)
     return out.reshape(h, w, *img.shape[2:])
-
-
-def _invert_affine(m: F64) -> F64:
-    a = m[:, :, :2]
-    a_inv = np.linalg.inv(a)
-    out = np.empty_like(m)
-    out[:, :, :2] = a_inv
-    out[:, :, 2] = -np.einsum("nij,nj->ni", a_inv, m[:, :, 2])
-    return out
 
 
 def flip_keypoints_horizontal(

@@ -48,7 +48,7 @@ class ScioNetConfig:
     head_widths: tuple[int, ...] = (8, 16, 24, 32)  # head widths = ctx channels, same strides
     context_blocks: int = 2  # 3x3 conv blocks per context encoder level
     head_dilations: tuple[int, ...] = (1, 2)  # residual 3x3 convs at the head's coarsest level
-    feature_dropout: float = 0.0  # training only: P(zero f for a whole sample)
+    feature_dropout: float = 0.0  # training only: P(zero f for a whole sample); 1: never uses f
     # The head starts at this level: 0 = heatmap resolution; 1 = half resolution (the candidate
     # map is average-pooled, the 1-channel output upsampled): measured 2.2x faster per candidate
     # on a CPU at widths (4, 8, 8, 12), where narrow full-resolution convs use the CPU poorly.
@@ -125,7 +125,9 @@ class ContextNet(nn.Module):
         self.out_proj = nn.ModuleList(nn.Conv2d(c, h, 1) for c, h in used)
 
     def forward(self, h1: Tensor, h2: Tensor, f: Tensor, group: Tensor) -> Context:
-        if self.training and self.feature_dropout > 0:
+        if self.feature_dropout >= 1.0:  # a network without image features, at inference too
+            f = torch.zeros_like(f)
+        elif self.training and self.feature_dropout > 0:
             # Whole-sample dropout of f, not rescaled: "no features" is a mode the net must
             # handle, so Γ cannot read A off f alone and has to use D.
             keep = torch.rand(f.shape[0], 1, 1, 1, device=f.device) >= self.feature_dropout

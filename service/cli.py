@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     except ModuleNotFoundError as e:
         root = (e.name or "").split(".")[0]
-        if verb == "predict" and root in {"tqdm", "cv2"}:
+        if verb == "predict" and root == "tqdm":
             print(
                 f"scio-pose predict: needs the predict extra ({root} is not installed); "
                 "install it with: pip install 'scio-pose[predict]'",

@@ -132,15 +132,6 @@ def run(args: argparse.Namespace) -> int:
     if clash is not None:
         print(f"scio-pose predict: --render would overwrite the source {clash}", file=sys.stderr)
         return 2
-    if any(s.video for s in sources):
-        from service.sources import open_video
-
-        try:
-            open_video(Path(os.devnull)).release()
-        except ImportError as e:
-            print(f"scio-pose predict: {e}", file=sys.stderr)
-            return 2
-
     from service.pipeline import PosePipeline
 
     try:

@@ -5,8 +5,8 @@ Images are decoded exactly as `/pose` decodes an upload (`service.imageio.decode
 bytes decide the format, EXIF orientation applied, the pixel limit checked from the header), so
 `predict` and the service see the same pixels. Folders are walked recursively in sorted order;
 files whose suffix is neither an image's nor a video's are skipped. Videos are decoded with
-OpenCV's `VideoCapture` (its pip wheels carry FFmpeg; OpenCV is also what the field crops with),
-frame by frame, never all at once.
+OpenCV's `VideoCapture` (its pip wheels carry FFmpeg; OpenCV is already what the pipeline crops
+with), frame by frame, never all at once.
 
 A file that cannot be read or decoded, or a frame that cannot be decoded, becomes a `Frame` with
 `error` set: the caller reports it and goes on.
@@ -104,13 +104,10 @@ def _image_frame(source: Source, max_pixels: int) -> Frame:
 
 
 def open_video(path: Path) -> Any:
-    """An opened `cv2.VideoCapture`; ImportError names the extra that brings OpenCV."""
-    try:
-        import cv2
-    except ImportError:
-        raise ImportError("reading videos needs OpenCV: pip install 'scio-pose[predict]'") from None
-    cap = cv2.VideoCapture(str(path))
-    return cap
+    """An opened `cv2.VideoCapture` (OpenCV is a base dependency: the crops use it too)."""
+    import cv2
+
+    return cv2.VideoCapture(str(path))
 
 
 def _video_frames(source: Source) -> Iterator[Frame]:
