@@ -129,14 +129,18 @@ def test_feature_dropout_zeroes_f_per_sample_in_training_only() -> None:
     assert torch.equal(seen[-1], f)
 
 
-def test_full_feature_dropout_makes_training_blind_to_f() -> None:
+def test_full_feature_dropout_makes_the_net_blind_to_f_in_training_and_inference() -> None:
+    """feature_dropout 1: a network without image features; it must not meet f for the first
+    time at inference (eval mode switches partial dropout off, not this)."""
     h1, h2, f, group = _inputs(4)
     for p, blind in ((1.0, True), (0.0, False)):
-        net = _net(replace(CONFIG, feature_dropout=p)).train()
-        with torch.no_grad():
-            a = net(h1, h2, h1, f, group)
-            b = net(h1, h2, h1, 3 * f + 1, group)
-        assert torch.equal(a, b) is blind
+        for mode in ("train", "eval"):
+            net = _net(replace(CONFIG, feature_dropout=p))
+            net.train(mode == "train")
+            with torch.no_grad():
+                a = net(h1, h2, h1, f, group)
+                b = net(h1, h2, h1, 3 * f + 1, group)
+            assert torch.equal(a, b) is blind, (p, mode)
 
 
 def test_onnx_context_and_head_match_torch(tmp_path: Path) -> None:

@@ -1,0 +1,96 @@
+"""The work around the models in `/pose` (issue 15): crops for 20 persons, and a one-person
+`/pose` on the demo bundle against its model inference time.
+
+    python benchmarks/pose_overhead.py [--code DIR] [--name NAME] [--reps 15]
+
+`--code DIR` runs another checkout's package (a `git worktree` of an older commit) with this
+script, so before and after are measured by the same code on the same machine; the one-person
+ratio is service_bench's `end_to_end` (client-side /pose latency, each request after one timing
+of the models in this process). Writes benchmarks/results/NAME.{json,md} (default pose_overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--code", type=Path, default=ROOT, help="the checkout whose package to run")
+    ap.add_argument("--name", default="pose_overhead")
+    ap.add_argument("--reps", type=int, default=15)
+    args = ap.parse_args()
+    code = args.code.resolve()
+    sys.path.insert(0, str(ROOT))  # benchmarks._common and service_bench from this checkout
+    sys.path.insert(0, str(code))  # models/service from the measured one
+    import benchmarks.service_bench as sb
+    from benchmarks._common import machine, md_header, write_results
+    from benchmarks.service_bench import end_to_end, synth_image
+
+    sb.ROOT = code  # the service subprocess runs from (and imports) the measured checkout
+    from models.bundle import load_bundle
+    from models.geometry import affine_matrices, box_to_center_scale, warp_affine
+    from service.pipeline import PosePipeline
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=code, capture_output=True, text=True
+    ).stdout.strip()
+    work = ROOT / "runs" / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    boxes = np.c_[
+        rng.uniform(0, 500, 20),
+        rng.uniform(0, 300, 20),
+        rng.uniform(30, 140, 20),
+        rng.uniform(60, 200, 20),
+    ]
+    crops: dict[str, float] = {}
+    for hw in ((128, 96), (256, 192)):
+        c, s = box_to_center_scale(boxes, hw[1] / hw[0])
+        m = affine_matrices(c, s, None, hw)
+        warp_affine(photo, m, hw)
+        ts = []
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            warp_affine(photo, m, hw)
+            ts.append(time.perf_counter() - t)
+        crops[f"{hw[0]}x{hw[1]}"] = 1000 * float(np.median(ts))
+    bundle_path = code / "bundles" / "demo"
+    pipe = PosePipeline(load_bundle(bundle_path), device="cpu")
+    img1, _, jpeg1 = synth_image(1, work, size=(256, 256))
+    e2e = end_to_end(bundle_path, pipe, img1, jpeg1, args.reps)
+    report: dict[str, Any] = {
+        "command": "python benchmarks/pose_overhead.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "code": commit,
+        "crops_20_persons_ms": crops,
+        "one_person": e2e,
+    }
+    lines = md_header(f"/pose overhead around the models (code at {commit})", report)
+    lines += [
+        "",
+        "| what | value |",
+        "|---|---|",
+        *[f"| 20 person crops {k} (median ms) | {v:.2f} |" for k, v in crops.items()],
+        f"| one-person /pose, client side (median ms) | {e2e['end_to_end_ms']:.1f} |",
+        f"| its models (median ms) | {e2e['models_sum_ms']:.1f} ({e2e['models_ms']}) |",
+        f"| ratio (target <= 1.15) | {e2e['ratio']:.2f} |",
+        f"| server stages (median ms) | {e2e['server_timings_ms']} |",
+        "",
+    ]
+    write_results(args.name, report, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
