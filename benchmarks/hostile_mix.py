@@ -21,9 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import io
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -36,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import machine, md_header, md_targets, write_results  # noqa: E402
-from benchmarks.service_bench import free_port  # noqa: E402
+from benchmarks.service_bench import service_process  # noqa: E402
 
 
 def _kib(pid: int, field: str) -> int:
@@ -117,31 +114,8 @@ def main() -> int:
     import httpx
 
     bomb, jpeg = bomb_png(), normal_jpeg()
-    port = free_port()
-    env = {
-        **os.environ,
-        "SCIO_BUNDLE": str(args.bundle),
-        "SCIO_PORT": str(port),
-        "SCIO_LOG_LEVEL": "warning",
-        "SCIO_DEVICE": "cpu",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        end = time.time() + 120
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                    break
-            if time.time() > end or proc.poll() is not None:
-                raise RuntimeError("the service did not start")
-            time.sleep(0.5)
+    with service_process(args.bundle) as (base, proc):
+        port = int(base.rsplit(":", 1)[1])
         for _ in range(3):
             httpx.post(f"{base}/pose", content=jpeg, headers={"content-type": "image/jpeg"})
         before = _kib(proc.pid, "VmRSS")
@@ -171,12 +145,6 @@ def main() -> int:
         peak = _kib(proc.pid, "VmHWM")
         time.sleep(10)
         after = _kib(proc.pid, "VmRSS")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
     ok = [lat for code, lat, _ in normal if code == 200]
     plain_5xx = sum(1 for code, _, js in normal + bombs if code >= 500 and not js)

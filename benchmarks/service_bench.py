@@ -182,6 +182,15 @@ def running_service(
 ) -> Iterator[str]:
     """`scio-pose serve` (or `command`) on the CPU in a subprocess on a free port with these
     `SCIO_*` settings, until ready; its base URL. SIGTERM on the way out (a graceful drain)."""
+    with service_process(bundle, settings, command) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def service_process(
+    bundle: Path, settings: dict[str, str] | None = None, command: list[str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`running_service`, also handing out the process (for its /proc entries)."""
     import httpx
 
     port = free_port()
@@ -214,7 +223,7 @@ def running_service(
             time.sleep(0.5)
         else:
             raise RuntimeError("the service did not become ready in 120 s")
-        yield base
+        yield base, proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

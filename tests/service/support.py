@@ -11,6 +11,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,14 @@ def serve(
     with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
         if ready:
             wait_ready(client)
+        yield client
+
+
+@contextmanager
+def bundle_client(bundle: Path) -> Iterator[TestClient]:
+    """The real app on a bundle's real pipeline (CPU), waited until ready."""
+    with TestClient(create_app(Settings(bundle=bundle, device="cpu"))) as client:
+        wait_ready(client, timeout_s=30.0)
         yield client
 
 

@@ -14,12 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from models.bundle import load_bundle
-from service.app import create_app
-from service.settings import Settings
+from tests.service.support import bundle_client
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "bundles" / "demo"
@@ -29,15 +27,7 @@ pytestmark = pytest.mark.skipif(not (DEMO / "bundle.json").exists(), reason="no 
 
 @pytest.fixture(scope="module")
 def client() -> Any:
-    app = create_app(Settings(bundle=DEMO, device="cpu"))
-    with TestClient(app) as c:
-        for _ in range(600):
-            if c.get("/health/ready").status_code == 200:
-                break
-            import time
-
-            time.sleep(0.05)
-        assert c.get("/health/ready").status_code == 200
+    with bundle_client(DEMO) as c:
         yield c
 
 

@@ -11,11 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.cli import main
-from service.settings import Settings
+from tests.service.support import bundle_client
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "bundles" / "demo"
@@ -40,14 +38,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client() -> Any:
-    app = create_app(Settings(bundle=DEMO, device="cpu"))
-    with TestClient(app) as c:
-        import time
-
-        for _ in range(600):
-            if c.get("/health/ready").status_code == 200:
-                break
-            time.sleep(0.05)
+    with bundle_client(DEMO) as c:
         yield c
 
 
