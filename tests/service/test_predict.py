@@ -244,3 +244,20 @@ def test_smoothing_calms_a_still_figure(tmp_path: Path) -> None:
     raw, smooth = jitter(), jitter("--smooth")
     assert raw > 0.05  # the noise does move the keypoints
     assert smooth < 0.6 * raw, (raw, smooth)
+
+
+def test_an_unreadable_video_is_reported_and_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    video = tmp_path / "clip.mp4"
+    _pan_video(video, frames=6, step=2)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 10)
+    out = tmp_path / "out.jsonl"
+    assert _predict(video, broken, "--out", out) == 1
+    err = capsys.readouterr().err
+    assert "broken.mp4" in err
+    assert "Traceback" not in err
+    records = _records(out)
+    assert [r["frame"] for r in records] == list(range(6))
+    assert {r["source"] for r in records} == {str(video)}
