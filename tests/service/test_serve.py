@@ -81,10 +81,16 @@ def test_the_drain_ends_with_json_503s_and_no_traceback() -> None:
         with ThreadPoolExecutor(6) as pool:
             answers = [pool.submit(_post, base) for _ in range(6)]
             with httpx.Client(base_url=base, timeout=10) as c:
-                _until(lambda: "scio_pose_pipeline_calls_in_flight 2.0" in c.get("/metrics").text)
+
+                def all_arrived() -> bool:  # two running, four admitted and waiting
+                    text = c.get("/metrics").text
+                    running = "scio_pose_pipeline_calls_in_flight 2.0" in text
+                    return running and "scio_pose_queue_depth 4.0" in text
+
+                _until(all_arrived, timeout_s=30.0)
             proc.send_signal(signal.SIGTERM)
-            responses = [a.result(timeout=20) for a in answers]
-        assert proc.wait(timeout=20) == 0
+            responses = [a.result(timeout=30) for a in answers]
+        assert proc.wait(timeout=30) == 0
     codes = sorted(r.status_code for r in responses)
     assert set(codes) <= {200, 503}, codes
     assert 503 in codes
