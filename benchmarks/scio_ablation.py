@@ -102,13 +102,16 @@ def tune(bundle: Path, split: Path, base: ScioSearchConfig, limit: int | None) -
     cfg = priors[p_pick]
     log.info("tuning prior: picked %s (%s)", p_pick, rows[p_pick])
 
+    # lengths in units of the heatmap Gaussian's σ (so the shipped settings mean the same at
+    # any heatmap resolution): the paper's first step 1.5 px and radius 4 px at σ 2
+    sig = replace(cfg, unit="sigma", step=0.75, min_step=0.1875, grid_step=0.5)
     searches = {
-        "descent50 r4": replace(cfg, strategy="descent", iterations=50, radius=4.0),
-        "descent50 r2": replace(cfg, strategy="descent", iterations=50, radius=2.0),
-        "descent5 r4": replace(cfg, strategy="descent", iterations=5, radius=4.0),
-        "grid r2": replace(cfg, strategy="grid", radius=2.0, grid_step=1.0),
-        "grid r4": replace(cfg, strategy="grid", radius=4.0, grid_step=1.0),
-        "no search": replace(cfg, strategy="descent", iterations=0),
+        "descent50 r2σ": replace(sig, strategy="descent", iterations=50, radius=2.0),
+        "descent50 r1σ": replace(sig, strategy="descent", iterations=50, radius=1.0),
+        "descent5 r2σ": replace(sig, strategy="descent", iterations=5, radius=2.0),
+        "grid r1σ": replace(sig, strategy="grid", radius=1.0),
+        "grid r2σ": replace(sig, strategy="grid", radius=2.0),
+        "no search": replace(sig, strategy="descent", iterations=0, radius=2.0),
     }
     rows = stage("search", searches)
     s_pick = pick(rows, list(searches))
@@ -371,7 +374,9 @@ def accuracy_vs_cost(
     and descent with a growing number of iterations."""
     variants: dict[str, ScioSearchConfig] = {}
     for r, step in ((1.0, 1.0), (2.0, 1.0), (3.0, 1.0), (4.0, 1.0), (2.0, 0.5), (4.0, 0.5)):
-        variants[f"grid r{r:g} s{step:g}"] = replace(cfg, strategy="grid", radius=r, grid_step=step)
+        variants[f"grid r{r:g} s{step:g}"] = replace(
+            cfg, strategy="grid", radius=r, grid_step=step, unit="px"
+        )
     for it in (1, 2, 5, 10, 50):
         variants[f"descent {it}"] = replace(cfg, strategy="descent", iterations=it)
     variants["no search"] = replace(cfg, strategy="descent", iterations=0)  # SCL alone

@@ -11,7 +11,7 @@ the bundle's sigma) rendered at a sub-pixel position: what Γ saw for D in train
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,6 +27,10 @@ I64 = npt.NDArray[np.int64]
 STRATEGIES = ("descent", "grid")
 PRIORS = ("backbone", "phi", "fusion")
 SCORES = ("l2", "normalized")
+# The unit of radius, step, min_step and grid_step: heatmap pixels, or the heatmap Gaussian's σ
+# (the bundle's: 2 at 64x48, 3 at 96x72), so that settings keep their meaning across heatmap
+# resolutions.
+UNITS = ("px", "sigma")
 HYPOTHESES = ("backbone", "phi", "peaks", "mirror")
 # Features of a hypothesis h against the current position c of D (after the local search), in
 # the acceptance rule's order: the loss difference (Γ at h minus Γ at c), the backbone's H_D at
@@ -76,6 +80,7 @@ class ScioSearchConfig:
     # the API reports no probability, only the losses.
     confidence_weights: tuple[float, ...] = ()
     confidence_bias: float = 0.0
+    unit: str = "px"  # of radius, step, min_step, grid_step: heatmap px, or σ (see UNITS)
 
     def __post_init__(self) -> None:
         for name in ("hypotheses", "accept_weights", "confidence_weights"):  # JSON gives lists
@@ -94,6 +99,8 @@ class ScioSearchConfig:
             raise ValueError(
                 f"accept_weights needs {len(ACCEPT_FEATURES)} values ({', '.join(ACCEPT_FEATURES)})"
             )
+        if self.unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, not {self.unit!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, not {self.strategy!r}")
         if self.prior not in PRIORS:
@@ -105,6 +112,19 @@ class ScioSearchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def in_pixels(self, sigma: float) -> ScioSearchConfig:
+        """These settings with every length in heatmap pixels, for a heatmap Gaussian of σ."""
+        if self.unit == "px":
+            return self
+        return replace(
+            self,
+            unit="px",
+            radius=self.radius * sigma,
+            step=self.step * sigma,
+            min_step=self.min_step * sigma,
+            grid_step=self.grid_step * sigma,
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScioSearchConfig:
@@ -210,6 +230,7 @@ def refine(
     left/right partner of each keypoint) is needed for the "mirror" hypothesis.
     """
     h, w = heatmaps.shape[-2:]
+    config = config.in_pixels(sigma)
     rows = _active_rows(scores, groups, config.min_confidence, config.max_distal_confidence)
     person, gidx = rows[:, 0], rows[:, 1]
     g_arr = np.array([[g.a, g.b, g.c, g.d] for g in groups], dtype=np.int64).reshape(-1, 4)

@@ -283,3 +283,18 @@ def test_calibrated_confidence_is_a_probability_or_absent() -> None:
     )
     assert back.hypotheses == ("peaks",)
     assert back.confidence_weights == (-4.0, 3.0)
+
+
+def test_lengths_in_units_of_sigma_are_the_same_search_in_pixels() -> None:
+    """unit "sigma": radius, steps and grid spacing scale with the heatmap Gaussian, so a
+    setting chosen at one heatmap resolution means the same at another."""
+    from models.scio_search import ScioSearchConfig
+
+    rel = ScioSearchConfig(unit="sigma", radius=2.0, step=0.75, min_step=0.25, grid_step=0.5)
+    px = rel.in_pixels(2.0)
+    assert (px.unit, px.radius, px.step, px.min_step, px.grid_step) == ("px", 4.0, 1.5, 0.5, 1.0)
+    assert rel.in_pixels(3.0).radius == 6.0
+    assert ScioSearchConfig(radius=4.0).in_pixels(3.0).radius == 4.0  # px stays px
+    assert ScioSearchConfig.from_dict(rel.to_dict()) == rel
+    with pytest.raises(ValueError, match="unit"):
+        ScioSearchConfig(unit="inches")
