@@ -12,6 +12,7 @@ of the models in this process). Writes benchmarks/results/NAME.{json,md} (defaul
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))  # benchmarks._common and service_bench from this checkout
     sys.path.insert(0, str(code))  # models/service from the measured one
     import benchmarks.service_bench as sb
-    from benchmarks._common import machine, md_header, write_results
+    from benchmarks._common import machine, md_header
     from benchmarks.service_bench import end_to_end, synth_image
 
     sb.ROOT = code  # the service subprocess runs from (and imports) the measured checkout
@@ -88,7 +89,11 @@ def main() -> int:
         f"| server stages (median ms) | {e2e['server_timings_ms']} |",
         "",
     ]
-    write_results(args.name, report, "\n".join(lines))
+    # into this checkout's results (with --code, `benchmarks` itself is imported from there)
+    out = ROOT / "benchmarks" / "results"
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
     return 0
 
 
