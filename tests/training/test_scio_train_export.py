@@ -217,9 +217,13 @@ def test_verification_probes_on_a_bundle(runs, tmp_path: Path) -> None:
     o = r["overall"]
     assert o["rows"] > 0
     assert sum(g["rows"] for g in r["per_group"].values()) == o["rows"]
-    for k in ("spearman", "gain", "d_error", "auroc_peak", "auroc_loss_start"):
+    for k in ("spearman", "gain", "d_error"):
         assert np.isfinite(o[k]), k
-    assert 0 <= o["auroc_peak"] <= 1
+    # AUROC needs correct and wrong keypoints both; the tiny model may get every one wrong
+    both = 0 < o["correct"] < 1
+    for k in ("auroc_peak", "auroc_loss_start"):
+        assert np.isfinite(o[k]) == both, (k, o["correct"])
+        assert not both or 0 <= o[k] <= 1
     assert o["accepted"] <= o["rows"]
 
 
