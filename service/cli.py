@@ -98,13 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     except ModuleNotFoundError as e:
         root = (e.name or "").split(".")[0]
-        if verb == "predict" and root == "tqdm":
-            print(
-                f"scio-pose predict: needs the predict extra ({root} is not installed); "
-                "install it with: pip install 'scio-pose[predict]'",
-                file=sys.stderr,
-            )
-            return 2
         if root in _TRAIN_ONLY:
             print(
                 f"scio-pose {verb or ''}: needs the training extra ({root} is not installed); "
