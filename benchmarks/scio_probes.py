@@ -34,6 +34,7 @@ from training.probes import (  # noqa: E402
     fit_confidence,
     markdown_table,
     probe,
+    select_confidence_features,
 )
 
 # When the bundle's own settings do not search (iterations 0, no hypotheses), the moves judged
@@ -103,8 +104,11 @@ def main() -> int:
         )
         # the calibration belongs to the positions the final search returns
         rows = probe(pipe, ann, images, search=search).pop("_rows")
-        fit.update(fit_confidence(rows))
-        search = ScioSearchConfig.from_dict({**search.to_dict(), **fit_confidence(rows)})
+        # the features by cross-validation over this split's images, one model per group
+        features, steps = select_confidence_features(rows)
+        calibration = fit_confidence(rows, features, per_group=True, groups=len(pipe.spec.groups))
+        fit.update(calibration, confidence_selection=steps)
+        search = ScioSearchConfig.from_dict({**search.to_dict(), **calibration})
         args.fit.write_text(json.dumps(search.to_dict(), indent=2) + "\n")
         print(f"acceptance rule: {json.dumps(fit)}\nwrote {args.fit}")
     r = probe(pipe, ann, images, search=search)
@@ -139,6 +143,22 @@ def main() -> int:
         "A error divided by it, to compare with D err (median error of the start, heatmap px).",
         "- AUROC: separation of correct (OKS term >= 0.5) from wrong returned D by the loss "
         "at the start / at the end (lower = better) and by the backbone's heatmap peak.",
+        "- AUROC P(correct): the calibrated verification probability the API reports, "
+        f"one logistic model per group over {', '.join(search.confidence_features)} "
+        "(features chosen by cross-validation over the tuning split's images; see "
+        "`models/scio_search.CONFIDENCE_FEATURES`). Compare it with the peak within each group "
+        "too: the pooled AUROC also credits knowing which keypoints are right more often.",
+        *(
+            [
+                "- Calibration features, cross-validated AUROC on this split as each was added: "
+                + "; ".join(
+                    f"{'+'.join(st['features'])} {st['cv_auroc']:.3f}"
+                    for st in fit["confidence_selection"]
+                )
+            ]
+            if fit and "confidence_selection" in fit
+            else []
+        ),
         "- pooled r: Pearson of the loss with the OKS term over all rows: pooled across samples, "
         "so it mostly measures how hard a sample is, not whether Γ ranks positions.",
         "",

@@ -35,9 +35,29 @@ HYPOTHESES = ("backbone", "phi", "peaks", "mirror")
 # Features of a hypothesis h against the current position c of D (after the local search), in
 # the acceptance rule's order: the loss difference (Γ at h minus Γ at c), the backbone's H_D at
 # h and at c, their distance in heatmap widths, and which kind of hypothesis h is.
-# Inputs of the calibrated verification probability: the self-constraint loss at the returned
-# D, and the backbone's heatmap maximum for D (its own confidence).
-CONFIDENCE_FEATURES = ("loss_end", "peak")
+# Inputs the calibrated verification probability may use, all about the returned D of one row
+# (σ: the heatmap Gaussian's; distances enter as log(1 + d/σ)):
+# - loss_end: the self-constraint loss there; peak: the backbone's maximum of H_D (its own
+#   confidence); heat_end: the backbone's H_D at the returned position;
+# - phi_distance: how far Φ's structural prediction of D (from A, B, C) lies from it; phi_peak:
+#   the maximum of Φ's map (0 without Φ);
+# - anchor_peak: the backbone's maximum for A; support_peak: the smaller one of B's and C's;
+# - second_peak: H_D's highest other local maximum (2 px or more away) over its maximum;
+# - mirror_distance: how far the mirrored keypoint (left/right partner) lies from it;
+# - alt_dloss: the lowest loss of a hypothesis more than half a pixel away minus loss_end (0
+#   without hypotheses).
+CONFIDENCE_FEATURES = (
+    "loss_end",
+    "peak",
+    "heat_end",
+    "phi_distance",
+    "phi_peak",
+    "anchor_peak",
+    "support_peak",
+    "second_peak",
+    "mirror_distance",
+    "alt_dloss",
+)
 ACCEPT_FEATURES = (
     "dloss",
     "heat_h",
@@ -76,25 +96,50 @@ class ScioSearchConfig:
     accept_bias: float = 0.0
     accept_threshold: float = 0.5
     # A calibrated verification probability per examined keypoint: P(the returned D is correct,
-    # OKS term >= 0.5) = sigmoid(w · CONFIDENCE_FEATURES + b), fitted on a tuning split. Empty:
-    # the API reports no probability, only the losses.
+    # OKS term >= 0.5) = sigmoid(w · x + b) over the named `confidence_features` (a subset of
+    # CONFIDENCE_FEATURES), fitted on a tuning split. Empty weights: the API reports no
+    # probability, only the losses.
     confidence_weights: tuple[float, ...] = ()
     confidence_bias: float = 0.0
+    confidence_features: tuple[str, ...] = ("loss_end", "peak")
+    # per SCIO group (the spec's order) instead of the shared weights and bias, when given: the
+    # same features, one logistic model per group (keypoints differ in how often they are right
+    # and in which signals tell)
+    confidence_group_weights: tuple[tuple[float, ...], ...] = ()
+    confidence_group_bias: tuple[float, ...] = ()
     unit: str = "px"  # of radius, step, min_step, grid_step: heatmap px, or σ (see UNITS)
 
     def __post_init__(self) -> None:
-        for name in ("hypotheses", "accept_weights", "confidence_weights"):  # JSON gives lists
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in (
+            "hypotheses",
+            "accept_weights",
+            "confidence_weights",
+            "confidence_features",
+            "confidence_group_bias",
+        ):
+            object.__setattr__(self, name, tuple(getattr(self, name)))  # JSON gives lists
+        object.__setattr__(
+            self, "confidence_group_weights", tuple(tuple(w) for w in self.confidence_group_weights)
+        )
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, not {self.score!r}")
         unknown = set(self.hypotheses) - set(HYPOTHESES)
         if unknown:
             raise ValueError(f"unknown hypotheses {sorted(unknown)}; known: {HYPOTHESES}")
-        if self.confidence_weights and len(self.confidence_weights) != len(CONFIDENCE_FEATURES):
+        unknown = set(self.confidence_features) - set(CONFIDENCE_FEATURES)
+        if unknown:
             raise ValueError(
-                f"confidence_weights needs {len(CONFIDENCE_FEATURES)} values "
-                f"({', '.join(CONFIDENCE_FEATURES)})"
+                f"unknown confidence features {sorted(unknown)}; known: {CONFIDENCE_FEATURES}"
             )
+        n_conf = len(self.confidence_features)
+        if self.confidence_weights and len(self.confidence_weights) != n_conf:
+            raise ValueError(
+                f"confidence_weights needs {n_conf} values ({', '.join(self.confidence_features)})"
+            )
+        if any(len(w) != n_conf for w in self.confidence_group_weights):
+            raise ValueError(f"each confidence_group_weights entry needs {n_conf} values")
+        if len(self.confidence_group_bias) != len(self.confidence_group_weights):
+            raise ValueError("confidence_group_bias needs one value per confidence_group_weights")
         if self.accept_weights and len(self.accept_weights) != len(ACCEPT_FEATURES):
             raise ValueError(
                 f"accept_weights needs {len(ACCEPT_FEATURES)} values ({', '.join(ACCEPT_FEATURES)})"
@@ -176,6 +221,8 @@ class SearchResult:
     local_end: F64 = field(default_factory=lambda: np.zeros((0, 2)))  # (P, 2) before hypotheses
     # (P,) P(the returned D is correct), NaN without a calibration in the settings
     confidence: F64 = field(default_factory=lambda: np.zeros(0))
+    # (P, len(CONFIDENCE_FEATURES)): every input the calibration may use, for fitting it
+    confidence_inputs: F64 = field(default_factory=lambda: np.zeros((0, len(CONFIDENCE_FEATURES))))
 
 
 # The 8 compass directions, unit length.
@@ -245,29 +292,46 @@ def refine(
     hc = heatmaps[person, c]
     f = features[person]
     backbone_d = coords[person, d].astype(np.float64)
-    # Φ runs once: for the prior and for the "phi" hypothesis alike
+    # Φ runs once, and its decoded D serves the prior, the "phi" hypothesis and the confidence
     wants_phi = config.prior != "backbone" or "phi" in config.hypotheses
     phi_heat = phi(ha, hb, hc, f, gidx) if phi is not None and wants_phi else None
-    start = _prior_positions(heatmaps[person, d], phi_heat, backbone_d, config, decode)
+    phi_d = None if phi_heat is None else _decoded(phi_heat, backbone_d, decode)
+    hd = heatmaps[person, d]
+    start = _prior_positions(hd, phi_heat, phi_d, backbone_d, config, decode)
     ctx = gamma.context(hb, hc, f, gidx)
     evaluate = _Evaluator(gamma, ctx, ha, (h, w), sigma, batched, config.score)
-    if config.strategy == "grid":
-        end, loss_before, loss_after = _grid(evaluate, start, config, (h, w))
+    # The hypotheses do not depend on the search; H_D's local maxima serve them and the confidence
+    peaks = local_maxima(hd, HYP_PEAKS)
+    if config.hypotheses:
+        cand, kinds, valid = hypotheses(
+            heatmaps, coords, person, d, backbone_d, config.hypotheses, flip_index, phi_d, peaks
+        )  # fmt: skip
     else:
-        end, loss_before, loss_after = _descent(evaluate, start, config, (h, w))
+        cand, kinds, valid = (
+            np.zeros((len(person), 0, 2)),
+            np.zeros((len(person), 0), np.int64),
+            None,
+        )
+    # The first Γ call scores everything known before the search moves: the start (the whole
+    # lattice for "grid") and the hypotheses
+    first = _grid_candidates(start, config, (h, w)) if config.strategy == "grid" else start[:, None]
+    both = np.concatenate([first, cand], axis=1)
+    n_rows, n_first = len(person), first.shape[1]
+    loss_all = evaluate(np.repeat(np.arange(n_rows), both.shape[1]), both.reshape(-1, 2))
+    loss_all = loss_all.reshape(n_rows, -1)
+    if config.strategy == "grid":
+        end, loss_before, loss_after = _grid_pick(first, loss_all[:, :n_first])
+    else:
+        end, loss_before, loss_after = _descent(evaluate, start, loss_all[:, 0], config, (h, w))
     accepted = loss_after < loss_before * (1.0 - config.min_improvement)
     accepted &= np.any(end != start, axis=1)
     end = np.where(accepted[:, None], end, start)
     loss_after = np.where(accepted, loss_after, loss_before)
     hyp: tuple[F64, F64, npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None = None
-    local_end = end.copy()
-    if config.hypotheses:
-        cand, kinds, valid = hypotheses(
-            heatmaps, coords, person, d, backbone_d, config.hypotheses, flip_index,
-            None if phi_heat is None else _decoded(phi_heat, backbone_d, decode),
-        )  # fmt: skip
-        feats = hypothesis_features(evaluate, cand, kinds, valid, end, loss_after,
-                                    heatmaps[person, d])  # fmt: skip
+    local_end, local_loss = end.copy(), loss_after.copy()
+    if config.hypotheses and valid is not None:
+        hyp_loss = loss_all[:, n_first:]
+        feats = hypothesis_features(hyp_loss, cand, kinds, valid, end, loss_after, hd)
         end, loss_after, moved = apply_rule(config, cand, feats, valid, end, loss_after)
         hyp = (cand, feats, valid, moved)
     out[person, d] = end
@@ -285,7 +349,15 @@ def refine(
         calls=evaluate.calls,
     )
     result.local_end = local_end
-    result.confidence = verification_probability(config, loss_after, scores[person, d])
+    inputs = ConfidenceInputs(
+        heatmaps=heatmaps, coords=coords, scores=scores, person=person, abcd=(a, b, c, d),
+        end=end, loss_end=loss_after, sigma=sigma, phi_d=phi_d, phi_heat=phi_heat,
+        flip_index=flip_index,
+        second_peak=peaks[1][:, 0],
+        hyp=None if hyp is None else (hyp[0], hyp[1][..., 0] + local_loss[:, None], hyp[2]),
+    )  # fmt: skip
+    result.confidence_inputs = confidence_inputs(inputs)
+    result.confidence = verification_probability(config, result.confidence_inputs, gidx)
     if hyp is not None:
         result.hyp_positions, result.hyp_features, result.hyp_valid, result.hyp_moved = hyp
         result.accepted = accepted | hyp[3]
@@ -298,11 +370,76 @@ def sigmoid(z: F64) -> F64:
     return out
 
 
-def verification_probability(config: ScioSearchConfig, loss_end: F64, peak: F64) -> F64:
-    """The calibrated P(correct) of each returned D (NaN without a calibration)."""
+@dataclass
+class ConfidenceInputs:
+    """What `confidence_inputs` reads, for P rows."""
+
+    heatmaps: F32  # (N, K, h, w) the backbone's
+    coords: F64  # (N, K, 2) decoded before the search
+    scores: F64  # (N, K)
+    person: I64  # (P,)
+    abcd: tuple[I64, I64, I64, I64]  # (P,) each
+    end: F64  # (P, 2) the returned D
+    loss_end: F64  # (P,)
+    sigma: float
+    phi_d: F64 | None = None  # (P, 2) Φ's decoded D
+    phi_heat: F32 | None = None  # (P, h, w) Φ's map
+    flip_index: npt.NDArray[np.intp] | None = None
+    second_peak: F64 | None = None  # (P,) H_D's highest other local maximum, if known
+    # the hypotheses: positions (P, H, 2), Γ's loss at each (P, H), which exist (P, H)
+    hyp: tuple[F64, F64, npt.NDArray[np.bool_]] | None = None
+
+
+def _log_distance(p: F64, q: F64, sigma: float) -> F64:
+    out: F64 = np.log1p(np.linalg.norm(p - q, axis=-1) / sigma)
+    return out
+
+
+def confidence_inputs(x: ConfidenceInputs) -> F64:
+    """Every CONFIDENCE_FEATURES column of each row (P, F)."""
+    a, b, c, d = x.abcd
+    p = len(x.person)
+    out = np.zeros((p, len(CONFIDENCE_FEATURES)))
+    if p == 0:
+        return out
+    col = {name: i for i, name in enumerate(CONFIDENCE_FEATURES)}
+    hd = x.heatmaps[x.person, d]
+    peak = x.scores[x.person, d].astype(np.float64)
+    out[:, col["loss_end"]] = x.loss_end
+    out[:, col["peak"]] = peak
+    out[:, col["heat_end"]] = _heat_at(hd, x.end[:, None])[:, 0]
+    if x.phi_d is not None and x.phi_heat is not None:
+        out[:, col["phi_distance"]] = _log_distance(x.phi_d, x.end, x.sigma)
+        out[:, col["phi_peak"]] = x.phi_heat.reshape(p, -1).max(axis=1)
+    out[:, col["anchor_peak"]] = x.scores[x.person, a]
+    out[:, col["support_peak"]] = np.minimum(x.scores[x.person, b], x.scores[x.person, c])
+    second = local_maxima(hd, 1)[1][:, 0] if x.second_peak is None else x.second_peak
+    out[:, col["second_peak"]] = second / np.maximum(peak, 1e-6)
+    if x.flip_index is not None:
+        mirror = x.coords[x.person, x.flip_index[d]]
+        out[:, col["mirror_distance"]] = _log_distance(mirror, x.end, x.sigma)
+    if x.hyp is not None and x.hyp[0].shape[1]:
+        pos, loss_h, valid = x.hyp
+        far = np.linalg.norm(pos - x.end[:, None], axis=-1) > 0.5
+        ok = valid & far
+        alt = np.where(ok, loss_h, np.inf).min(axis=1) - x.loss_end
+        out[:, col["alt_dloss"]] = np.where(np.isfinite(alt), alt, 0.0)
+    return out
+
+
+def verification_probability(config: ScioSearchConfig, inputs: F64, group: I64) -> F64:
+    """The calibrated P(correct) of each returned D from its `confidence_inputs` rows and its
+    group (NaN without a calibration)."""
+    cols = [CONFIDENCE_FEATURES.index(n) for n in config.confidence_features]
+    x = inputs[:, cols]
+    if config.confidence_group_weights:
+        w = np.asarray(config.confidence_group_weights, dtype=np.float64)
+        b = np.asarray(config.confidence_group_bias, dtype=np.float64)
+        if len(group) and group.max() >= len(w):
+            raise ValueError(f"the confidence calibration has {len(w)} groups; the spec has more")
+        return sigmoid((x * w[group]).sum(axis=1) + b[group])
     if not config.confidence_weights:
-        return np.full(len(loss_end), np.nan)
-    x = np.stack([loss_end, peak], axis=1).astype(np.float64)
+        return np.full(len(inputs), np.nan)
     return sigmoid(
         x @ np.asarray(config.confidence_weights, dtype=np.float64) + config.confidence_bias
     )
@@ -310,34 +447,54 @@ def verification_probability(config: ScioSearchConfig, loss_end: F64, peak: F64)
 
 def local_maxima(heat: F32, count: int, min_distance: float = 2.0) -> tuple[F64, F64]:
     """The `count` highest local maxima (3x3) of each map after its global maximum, at least
-    `min_distance` px from it and from each other: (M, count, 2) positions, (M, count) values
-    (0 where a map has fewer)."""
+    `min_distance` px from it and from each other, taken greedily in order of height among the
+    map's `_PEAK_POOL` highest local maxima: (M, count, 2) positions, (M, count) values (0 where
+    a map has fewer)."""
     m, h, w = heat.shape
-    pad = np.pad(heat, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    neigh = np.max(
-        np.stack([pad[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-                  for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]),
-        axis=0,
-    )  # fmt: skip
-    peak = (heat >= neigh) & (heat > 0)
     pos = np.zeros((m, count, 2))
     val = np.zeros((m, count))
-    for i in range(m):
-        ys, xs = np.nonzero(peak[i])
-        v = heat[i, ys, xs]
-        order = np.argsort(-v, kind="stable")
-        taken: list[tuple[float, float]] = []
-        for j in order:
-            p = (float(xs[j]), float(ys[j]))
-            if any((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 < min_distance**2 for q in taken):
-                continue
-            taken.append(p)
-            if len(taken) == count + 1:
-                break
-        for k, p in enumerate(taken[1:]):  # the first is the global maximum
-            pos[i, k] = p
-            val[i, k] = heat[i, int(p[1]), int(p[0])]
+    if m == 0 or count <= 0:
+        return pos, val
+    pad = np.pad(heat, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    neigh = pad[:, :h, :w]  # the 3x3 maximum, the centre included
+    for dy in range(3):
+        for dx in range(3):
+            if dy or dx:
+                neigh = np.maximum(neigh, pad[:, dy : dy + h, dx : dx + w])
+    peak = (heat >= neigh) & (heat > 0)
+    flat = np.where(peak, heat, -np.inf).reshape(m, -1).astype(np.float64)
+    pool = min(_PEAK_POOL, flat.shape[1])
+    top = np.argpartition(-flat, pool - 1, axis=1)[:, :pool]
+    tv = np.take_along_axis(flat, top, axis=1)
+    # highest first; row-major order among equal heights
+    order = np.take_along_axis(top, np.lexsort((top, -tv), axis=-1), axis=1)
+    v = np.take_along_axis(flat, order, axis=1)
+    xy = np.stack([order % w, order // w], axis=-1).astype(np.float64)  # (M, pool, 2)
+    taken = np.zeros((m, count + 1, 2))
+    n_taken = np.zeros(m, dtype=np.int64)
+    rows = np.arange(m)
+    slot = np.arange(count + 1)
+    for j in range(pool):
+        if not np.isfinite(v[:, j]).any():
+            break  # no map has another local maximum
+        cand = xy[:, j]
+        near = ((taken - cand[:, None]) ** 2).sum(-1) < min_distance**2
+        near &= slot[None] < n_taken[:, None]
+        take = np.isfinite(v[:, j]) & ~near.any(axis=1) & (n_taken <= count)
+        r = rows[take]
+        taken[r, n_taken[r]] = cand[take]
+        n_taken[r] += 1
+        if (n_taken > count).all():
+            break
+    for k in range(count):  # the first one taken is the global maximum
+        has = n_taken > k + 1
+        pos[has, k] = taken[has, k + 1]
+        yx = taken[has, k + 1].astype(np.intp)
+        val[has, k] = heat[rows[has], yx[:, 1], yx[:, 0]]
     return pos, val
+
+
+_PEAK_POOL = 16  # local maxima of one map looked at, highest first
 
 
 HYP_PEAKS = 2  # local maxima of H_D considered besides the global one
@@ -352,6 +509,7 @@ def hypotheses(
     kinds: tuple[str, ...],
     flip_index: npt.NDArray[np.intp] | None,
     phi_d: F64 | None,
+    peaks: tuple[F64, F64] | None = None,
 ) -> tuple[F64, I64, npt.NDArray[np.bool_]]:
     """Distinct positions for each row's D: (P, H, 2), their kind index into HYPOTHESES
     (P, H), and which exist (P, H)."""
@@ -363,7 +521,7 @@ def hypotheses(
     if "phi" in kinds and phi_d is not None:
         cols.append((phi_d, HYPOTHESES.index("phi"), yes))
     if "peaks" in kinds:
-        pos, val = local_maxima(heatmaps[person, d], HYP_PEAKS)
+        pos, val = peaks if peaks is not None else local_maxima(heatmaps[person, d], HYP_PEAKS)
         cols.extend((pos[:, k], HYPOTHESES.index("peaks"), val[:, k] > 0) for k in range(HYP_PEAKS))
     if "mirror" in kinds and flip_index is not None:
         cols.append((coords[person, flip_index[d]], HYPOTHESES.index("mirror"), yes))
@@ -386,7 +544,7 @@ def _heat_at(heat: F32, pos: F64) -> F64:
 
 
 def hypothesis_features(
-    evaluate: _Evaluator,
+    loss: F64,
     cand: F64,
     kinds: I64,
     valid: npt.NDArray[np.bool_],
@@ -394,15 +552,13 @@ def hypothesis_features(
     loss_current: F64,
     hd: F32,
 ) -> F64:
-    """ACCEPT_FEATURES of every hypothesis (P, H, F); Γ scores all of them in one call."""
+    """ACCEPT_FEATURES of every hypothesis (P, H, F), from Γ's loss at each (P, H)."""
     p, nh = cand.shape[:2]
     feats = np.zeros((p, nh, len(ACCEPT_FEATURES)))
     if p == 0 or nh == 0:
         return feats
-    h, w = evaluate.hw
+    h, w = hd.shape[-2:]
     pos = np.clip(cand, 0.0, [w - 1.0, h - 1.0])
-    rows = np.repeat(np.arange(p), nh)
-    loss = evaluate(rows, pos.reshape(-1, 2)).reshape(p, nh)
     feats[..., 0] = loss - loss_current[:, None]
     feats[..., 1] = _heat_at(hd, pos)
     feats[..., 2] = _heat_at(hd, current[:, None])[:, :1]
@@ -458,11 +614,18 @@ def _active_rows(
 
 
 def _prior_positions(
-    hd: F32, phi_heat: F32 | None, backbone_d: F64, config: ScioSearchConfig, decode: str
+    hd: F32,
+    phi_heat: F32 | None,
+    phi_d: F64 | None,
+    backbone_d: F64,
+    config: ScioSearchConfig,
+    decode: str,
 ) -> F64:
     """Where the search starts: the backbone's D, or the decoded Φ / fused heatmap (SCL)."""
     if config.prior == "backbone" or phi_heat is None:
         return backbone_d.copy()
+    if config.prior == "phi" and phi_d is not None:
+        return phi_d.copy()
     prior = (
         phi_heat
         if config.prior == "phi"
@@ -523,28 +686,32 @@ def _clip(pos: F64, start: F64, radius: float, hw: tuple[int, int]) -> F64:
     return np.clip(pos, 0.0, [hw[1] - 1.0, hw[0] - 1.0])
 
 
-def _grid(
-    evaluate: _Evaluator, start: F64, config: ScioSearchConfig, hw: tuple[int, int]
-) -> tuple[F64, F64, F64]:
+def _grid_candidates(start: F64, config: ScioSearchConfig, hw: tuple[int, int]) -> F64:
+    """The grid strategy's lattice around each start (P, G, 2), the start itself first."""
     offsets = grid_offsets(config.radius, config.grid_step)  # (G, 2), (0, 0) first
-    p, g = len(start), len(offsets)
-    cand = _clip(start[:, None, :] + offsets[None], start[:, None, :], config.radius, hw)
-    rows = np.repeat(np.arange(p), g)
-    loss = evaluate(rows, cand.reshape(-1, 2)).reshape(p, g)
+    return _clip(start[:, None, :] + offsets[None], start[:, None, :], config.radius, hw)
+
+
+def _grid_pick(cand: F64, loss: F64) -> tuple[F64, F64, F64]:
+    """The lattice point of least loss: (end, loss at the start, loss at the end)."""
     best = np.argmin(loss, axis=1)
-    pick = np.arange(p)
+    pick = np.arange(len(cand))
     return cand[pick, best], loss[:, 0], loss[pick, best]
 
 
 def _descent(
-    evaluate: _Evaluator, start: F64, config: ScioSearchConfig, hw: tuple[int, int]
+    evaluate: _Evaluator,
+    start: F64,
+    loss_start: F64,
+    config: ScioSearchConfig,
+    hw: tuple[int, int],
 ) -> tuple[F64, F64, F64]:
     """Compass search: each iteration tries the 8 moves of the current step length for every
     active group (one Γ call for all); a group moves to its best improving move, else halves its
     step, and drops out once the step is below `min_step`."""
     p = len(start)
     pos = start.copy()
-    loss = evaluate(np.arange(p), start)
+    loss = loss_start.copy()
     loss_before = loss.copy()
     step = np.full(p, config.step)
     active = np.ones(p, dtype=bool)

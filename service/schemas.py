@@ -94,9 +94,10 @@ class Refinement(BaseModel):
     confidence: float | None = Field(
         default=None,
         description=(
-            "probability that the returned keypoint is correct (OKS term >= 0.5), from the "
-            "verification loss and the heatmap peak, calibrated on a tuning split; null when "
-            "the bundle has no calibration"
+            "probability that the returned keypoint is correct (OKS term >= 0.5): one logistic "
+            "model per SCIO group over the verification loss, the heatmap peak and the other "
+            "signals the bundle's calibration names (scio.search.confidence_features), fitted "
+            "on a tuning split; null when the bundle has no calibration"
         ),
     )
 

@@ -38,6 +38,7 @@ from models.codec import decode_dark, render_gaussians
 from models.geometry import affine_matrices, heatmap_to_image, transform_points
 from models.scio_search import (
     COMPASS,
+    CONFIDENCE_FEATURES,
     ScioSearchConfig,
     grid_offsets,
     refine,
@@ -61,6 +62,7 @@ class Rows:
     """One entry per probed (person, group) row."""
 
     group: list[int] = field(default_factory=list)
+    image: list[int] = field(default_factory=list)  # the row's image id
     start_err: list[float] = field(default_factory=list)  # |start - true D|
     backbone_err: list[float] = field(default_factory=list)  # |backbone D - true D|
     a_err: list[float] = field(default_factory=list)  # |backbone A - true A|
@@ -74,6 +76,8 @@ class Rows:
     peak: list[float] = field(default_factory=list)  # the backbone's heatmap maximum for D
     correct: list[bool] = field(default_factory=list)  # returned D's OKS term >= 0.5
     confidence: list[float] = field(default_factory=list)  # the calibrated P(correct), or NaN
+    # every input the calibration may use (CONFIDENCE_FEATURES), one (F,) row each
+    conf_inputs: list[F64] = field(default_factory=list)
     oks: list[float] = field(default_factory=list)
     # the hypothesis stage, when the search has one: per row (H, F) features, (H,) validity,
     # the OKS term each hypothesis would give, and whether it is closer than the current D
@@ -84,7 +88,7 @@ class Rows:
     current_oks: list[float] = field(default_factory=list)  # OKS term after the local search
 
     def arrays(self) -> dict[str, npt.NDArray[Any]]:
-        skip = {"hyp_features", "hyp_valid", "hyp_oks", "hyp_closer", "current_oks"}
+        skip = {"hyp_features", "hyp_valid", "hyp_oks", "hyp_closer", "current_oks", "conf_inputs"}
         return {k: np.asarray(v) for k, v in self.__dict__.items() if k not in skip}
 
 
@@ -142,8 +146,9 @@ def probe(
     rows = Rows()
     chunks = [ids[i : i + batch_images] for i in range(0, len(ids), batch_images)]
     for chunk in progress(chunks, desc="probes"):
-        items, anns = [], []
+        items, anns, item_image = [], [], []
         for image_id, (boxes, persons) in gt_persons(coco, chunk).items():
+            item_image.append(image_id)
             with Image.open(Path(images_dir) / coco.images[image_id].file_name) as img:
                 image = np.asarray(img.convert("RGB"))
             items.append((image, PoseOptions(refine=True, flip=False, boxes=boxes)))
@@ -182,7 +187,8 @@ def probe(
         keep = ok[res.person, ga] & ok[res.person, gd]
         if not keep.any():
             continue
-        _probe_rows(pipe, bp, res, keep, gt_hm, gt, anns, lattice, rows, cfg.score)
+        image_ids = np.asarray(item_image)[p.item]
+        _probe_rows(pipe, bp, res, keep, gt_hm, gt, anns, lattice, rows, cfg.score, image_ids)
     out = summarise(rows, [g.name for g in groups])
     out["_rows"] = rows  # for fit_acceptance; dropped before writing
     return out
@@ -199,6 +205,7 @@ def _probe_rows(
     lattice: F64,
     rows: Rows,
     score: str,
+    image_ids: npt.NDArray[np.int64],
 ) -> None:
     assert pipe.verifier is not None
     groups = pipe.spec.groups
@@ -265,6 +272,7 @@ def _probe_rows(
             rows.current_oks.append(float(cur_oks[i]))
     for i in range(n):
         rows.group.append(int(gidx[i]))
+        rows.image.append(int(image_ids[person[i]]))
         rows.start_err.append(float(np.linalg.norm(start[i] - true_d[i])))
         rows.backbone_err.append(float(np.linalg.norm(res.backbone[idx[i]] - true_d[i])))
         rows.a_err.append(float(np.linalg.norm(bp.coords[person[i], a[i]] - true_a[i])))
@@ -278,6 +286,7 @@ def _probe_rows(
         rows.peak.append(float(bp.scores[person[i], d[i]]))
         rows.correct.append(bool(oks[i] >= OKS_CORRECT))
         rows.confidence.append(float(res.confidence[idx[i]]))
+        rows.conf_inputs.append(res.confidence_inputs[idx[i]])
         rows.oks.append(float(oks[i]))
 
 
@@ -297,13 +306,93 @@ def logistic_fit(x: F64, y: F64, l2: float = 1e-2) -> F64:
     return w
 
 
-def fit_confidence(rows: Rows) -> dict[str, Any]:
+CONFIDENCE_BASE = ("loss_end", "peak")  # always in the calibration: Γ's verdict and the peak
+
+
+def _confidence_matrix(rows: Rows, features: tuple[str, ...]) -> F64:
+    cols = [CONFIDENCE_FEATURES.index(n) for n in features]
+    return np.stack(rows.conf_inputs)[:, cols].astype(np.float64)
+
+
+def _logistic_scores(
+    xt: F64, yt: F64, gt: npt.NDArray[np.int64], xs: F64, gs: npt.NDArray[np.int64], per_group: bool
+) -> F64:
+    """Fit on (xt, yt) — one model per group when `per_group` — and score xs."""
+    out = np.zeros(len(xs))
+    if not per_group:
+        w = logistic_fit(xt, yt)
+        out[:] = xs @ w[:-1] + w[-1]
+        return out
+    for k in np.unique(gs):
+        w = logistic_fit(xt[gt == k], yt[gt == k])
+        out[gs == k] = xs[gs == k] @ w[:-1] + w[-1]
+    return out
+
+
+def fit_confidence(
+    rows: Rows,
+    features: tuple[str, ...] = CONFIDENCE_BASE,
+    per_group: bool = False,
+    groups: int = 0,
+) -> dict[str, Any]:
     """The calibrated verification probability: logistic regression of "the returned D is
-    correct" on CONFIDENCE_FEATURES (the loss at the returned D, the backbone's peak)."""
-    x = np.stack([np.asarray(rows.loss_end), np.asarray(rows.peak)], 1)
+    correct" on the named CONFIDENCE_FEATURES, shared or one model for each of `groups`
+    groups (a group without rows gets the shared model)."""
+    x = _confidence_matrix(rows, features)
     y = np.asarray(rows.correct, dtype=np.float64)
     w = logistic_fit(x, y)
-    return {"confidence_weights": [float(v) for v in w[:-1]], "confidence_bias": float(w[-1])}
+    out: dict[str, Any] = {"confidence_features": list(features)}
+    if not per_group:
+        out.update(confidence_weights=[float(v) for v in w[:-1]], confidence_bias=float(w[-1]))
+        return out
+    g = np.asarray(rows.group)
+    per = [logistic_fit(x[g == k], y[g == k]) if (g == k).any() else w for k in range(groups)]
+    out.update(
+        confidence_weights=(),
+        confidence_group_weights=[[float(v) for v in wk[:-1]] for wk in per],
+        confidence_group_bias=[float(wk[-1]) for wk in per],
+    )
+    return out
+
+
+def cv_auroc(
+    rows: Rows, features: tuple[str, ...], folds: int = 4, per_group: bool = False
+) -> float:
+    """AUROC of the calibration on held-out images: the rows split into `folds` by image, each
+    fold scored by the model fitted on the others, AUROC over all rows' out-of-fold scores."""
+    x = _confidence_matrix(rows, features)
+    y = np.asarray(rows.correct, dtype=np.float64)
+    g = np.asarray(rows.group)
+    fold = np.unique(np.asarray(rows.image), return_inverse=True)[1] % folds
+    score = np.zeros(len(y))
+    for k in range(folds):
+        t = fold == k
+        score[t] = _logistic_scores(x[~t], y[~t], g[~t], x[t], g[t], per_group)
+    return auroc(score, y.astype(bool))
+
+
+def select_confidence_features(
+    rows: Rows, folds: int = 4, min_gain: float = 0.002, per_group: bool = True
+) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+    """Greedy forward selection on a tuning split: from CONFIDENCE_BASE, add the feature that
+    raises the cross-validated AUROC most, while it raises it by at least `min_gain`. Returns
+    the features and each step's cross-validated AUROC (for the report), the peak's alone first."""
+    peak_only = auroc(np.asarray(rows.peak), np.asarray(rows.correct, dtype=bool))
+    chosen: tuple[str, ...] = CONFIDENCE_BASE
+    steps: list[dict[str, Any]] = [
+        {"features": ["peak (raw)"], "cv_auroc": peak_only},
+        {"features": list(chosen), "cv_auroc": cv_auroc(rows, chosen, folds, per_group)},
+    ]
+    left = [f for f in CONFIDENCE_FEATURES if f not in chosen]
+    while left:
+        trials = {f: cv_auroc(rows, (*chosen, f), folds, per_group) for f in left}
+        best = max(trials, key=lambda f: trials[f])
+        if trials[best] < float(steps[-1]["cv_auroc"]) + min_gain:
+            break
+        chosen = (*chosen, best)
+        left.remove(best)
+        steps.append({"features": list(chosen), "cv_auroc": trials[best]})
+    return chosen, steps
 
 
 def fit_acceptance(rows: Rows, l2: float = 1e-2) -> dict[str, Any]:

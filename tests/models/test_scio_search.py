@@ -285,6 +285,68 @@ def test_calibrated_confidence_is_a_probability_or_absent() -> None:
     assert back.confidence_weights == (-4.0, 3.0)
 
 
+def test_confidence_inputs_are_what_they_say() -> None:
+    """Each CONFIDENCE_FEATURES column against its definition, and a calibration over a named
+    subset uses exactly those columns."""
+    from models.scio_search import CONFIDENCE_FEATURES
+
+    heat, feats, coords, scores, _, gamma = _problem(3)
+    res = refine(heat, feats, coords, scores, GROUPS, gamma, ScioSearchConfig(), sigma=SIGMA,
+                 flip_index=COCO17.flip_index)  # fmt: skip
+    x = res.confidence_inputs
+    assert x.shape == (len(res.person), len(CONFIDENCE_FEATURES))
+    col = {n: x[:, i] for i, n in enumerate(CONFIDENCE_FEATURES)}
+    g = np.array([[gr.a, gr.b, gr.c, gr.d] for gr in GROUPS])[res.group]
+    assert np.allclose(col["loss_end"], res.loss_after)
+    assert np.allclose(col["peak"], scores[res.person, res.keypoint])
+    assert np.allclose(col["anchor_peak"], scores[res.person, g[:, 0]])
+    assert np.allclose(
+        col["support_peak"], np.minimum(scores[res.person, g[:, 1]], scores[res.person, g[:, 2]])
+    )
+    mirror = coords[res.person, COCO17.flip_index[res.keypoint]]
+    d = np.linalg.norm(mirror - res.end, axis=1)
+    assert np.allclose(col["mirror_distance"], np.log1p(d / SIGMA))
+    assert (col["phi_distance"] == 0).all()
+    assert (col["alt_dloss"] == 0).all()
+    # one Gaussian per map: no second local maximum
+    assert (col["second_peak"] == 0).all()
+    cfg = ScioSearchConfig(
+        confidence_features=("mirror_distance", "peak", "anchor_peak"),
+        confidence_weights=(0.7, -2.0, 1.5),
+        confidence_bias=0.1,
+    )
+    res2 = refine(heat, feats, coords, scores, GROUPS, gamma, cfg, sigma=SIGMA,
+                  flip_index=COCO17.flip_index)  # fmt: skip
+    z = 0.7 * col["mirror_distance"] - 2.0 * col["peak"] + 1.5 * col["anchor_peak"] + 0.1
+    assert np.allclose(res2.confidence, 1 / (1 + np.exp(-z)))
+    with pytest.raises(ValueError, match="unknown confidence features"):
+        ScioSearchConfig(confidence_features=("luck",), confidence_weights=(1.0,))
+    with pytest.raises(ValueError, match="confidence_weights needs 3"):
+        ScioSearchConfig(confidence_features=("peak", "loss_end", "heat_end"),
+                         confidence_weights=(1.0,))  # fmt: skip
+
+
+def test_second_peak_and_alternatives_see_a_rival() -> None:
+    """A rival blob in H_D shows up as second_peak (its height over the maximum) and, with the
+    peaks hypothesis, as alt_dloss (the rival's loss minus the returned one's)."""
+    from models.scio_search import CONFIDENCE_FEATURES
+
+    heat, feats, coords, scores, _, gamma = _problem(2)
+    g = GROUPS[0]
+    rival = coords[:, g.d] + np.array([6.0, 0.0])
+    heat[:, g.d] = render_gaussians(coords[:, g.d], HW, SIGMA)
+    heat[:, g.d] += 0.5 * render_gaussians(rival, HW, SIGMA)
+    cfg = ScioSearchConfig(hypotheses=("peaks",), iterations=0)
+    res = refine(heat, feats, coords, scores, GROUPS, gamma, cfg, sigma=SIGMA)
+    col = {n: res.confidence_inputs[:, i] for i, n in enumerate(CONFIDENCE_FEATURES)}
+    rows = np.flatnonzero(res.group == 0)
+    ys, xs = np.mgrid[0 : HW[0], 0 : HW[1]]
+    for r in rows:  # the rival's highest pixel, over the score (1)
+        near = (xs - rival[res.person[r], 0]) ** 2 + (ys - rival[res.person[r], 1]) ** 2 <= 1
+        assert col["second_peak"][r] == pytest.approx(heat[res.person[r], g.d][near].max())
+    assert (col["alt_dloss"][rows] != 0).all()
+
+
 def test_lengths_in_units_of_sigma_are_the_same_search_in_pixels() -> None:
     """unit "sigma": radius, steps and grid spacing scale with the heatmap Gaussian, so a
     setting chosen at one heatmap resolution means the same at another."""

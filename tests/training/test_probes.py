@@ -41,6 +41,7 @@ def test_summary_measures_on_hand_made_rows() -> None:
         (1, 0.5, 0.4, 0.4, False, 0.5, True, 0.8),
     ]:
         r.group.append(g)
+        r.image.append(0)
         r.start_err.append(start_err)
         r.backbone_err.append(start_err)
         r.a_err.append(1.0)
@@ -65,3 +66,38 @@ def test_summary_measures_on_hand_made_rows() -> None:
     assert np.isnan(s["per_group"]["b"]["truth_beats_start"])  # no row off by 1 px there
     assert s["overall"]["auroc_peak"] == 1.0  # the peaks separate right from wrong here
     assert np.isnan(s["overall"]["auroc_confidence"])
+
+
+def test_confidence_selection_finds_the_signal_each_group_needs() -> None:
+    """Two groups whose correctness is told by different features (group 0: peak, group 1:
+    mirror_distance): the selection adds the one the base lacks, the per-group models each
+    weight their own signal, and cross-validated AUROC beats the peak alone."""
+    from models.scio_search import CONFIDENCE_FEATURES, ScioSearchConfig, verification_probability
+    from training.probes import cv_auroc, fit_confidence, select_confidence_features
+
+    rng = np.random.default_rng(3)
+    r = Rows()
+    n = 600
+    x = rng.normal(size=(n, len(CONFIDENCE_FEATURES)))
+    g = np.arange(n) % 2
+    col = {name: i for i, name in enumerate(CONFIDENCE_FEATURES)}
+    signal = np.where(g == 0, x[:, col["peak"]], x[:, col["mirror_distance"]])
+    y = signal + 0.3 * rng.normal(size=n) > 0
+    for i in range(n):
+        r.group.append(int(g[i]))
+        r.image.append(i // 3)
+        r.conf_inputs.append(x[i])
+        r.correct.append(bool(y[i]))
+        r.peak.append(float(x[i, col["peak"]]))
+    features, steps = select_confidence_features(r)
+    assert features[:3] == ("loss_end", "peak", "mirror_distance")
+    assert steps[-1]["cv_auroc"] > steps[0]["cv_auroc"] + 0.1  # the raw peak comes first
+    assert cv_auroc(r, features, per_group=True) > cv_auroc(r, features, per_group=False)
+    fit = fit_confidence(r, features, per_group=True, groups=2)
+    w = np.asarray(fit["confidence_group_weights"])
+    m = features.index("mirror_distance")
+    assert abs(w[0, 1]) > 3 * abs(w[0, m])  # group 0 leans on the peak
+    assert abs(w[1, m]) > 3 * abs(w[1, 1])  # group 1 on the mirror distance
+    cfg = ScioSearchConfig(**fit)
+    p = verification_probability(cfg, np.stack(r.conf_inputs), g)
+    assert ((p > 0.5) == y).mean() > 0.85
