@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -168,6 +169,9 @@ def dark_kernel_size(sigma: float) -> int:
     return k if k % 2 == 1 else k + 1
 
 
+_CV_CHANNELS = 512  # OpenCV's most channels per image
+
+
 def gaussian_blur(heatmaps: Array, kernel: int) -> npt.NDArray[np.float64]:
     """Separable Gaussian blur with zero padding, rescaled so each map keeps its maximum.
 
@@ -181,10 +185,14 @@ def gaussian_blur(heatmaps: Array, kernel: int) -> npt.NDArray[np.float64]:
     g = np.exp(-(t**2) / (2 * s * s))
     g /= g.sum()
     m, h, w = hm.shape
-    padded = np.pad(hm, ((0, 0), (r, r), (r, r)))
-    rows = sum(g[i] * padded[:, :, i : i + w] for i in range(kernel))  # (M, h + 2r, w)
-    out = sum(g[i] * rows[:, i : i + h, :] for i in range(kernel))  # (M, h, w)
-    assert isinstance(out, np.ndarray)
+    out = np.empty_like(hm)
+    # OpenCV filters up to 512 channels at once: the maps go in as the channels of one image
+    for i in range(0, m, _CV_CHANNELS):
+        part = np.ascontiguousarray(hm[i : i + _CV_CHANNELS].transpose(1, 2, 0))
+        blurred_part = cv2.sepFilter2D(
+            part, cv2.CV_64F, g, g, borderType=cv2.BORDER_CONSTANT
+        ).reshape(h, w, -1)
+        out[i : i + _CV_CHANNELS] = blurred_part.transpose(2, 0, 1)
     orig_max = hm.reshape(m, -1).max(axis=1)
     new_max = out.reshape(m, -1).max(axis=1)
     scale = np.divide(orig_max, new_max, out=np.zeros_like(orig_max), where=new_max > 0)

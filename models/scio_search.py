@@ -245,13 +245,18 @@ def grid_offsets(radius: float, spacing: float) -> F64:
 def self_constraint_loss(target: F32, predicted: F32, score: str = "l2") -> F64:
     """‖H_A − Ĥ_A‖₂ per row: (M, h, w), (M, h, w) -> (M,). `score="normalized"`: between the
     maps scaled to unit norm (the torch twin is `training.train_scio.constraint_loss`)."""
-    t = target.astype(np.float64).reshape(len(target), -1)
-    p = predicted.astype(np.float64).reshape(len(predicted), -1)
+    # float32 maps, float64 sums: the maps' own precision, without float64 copies of them
+    t = np.asarray(target, dtype=np.float32).reshape(len(target), -1)
+    p = np.asarray(predicted, dtype=np.float32).reshape(len(predicted), -1)
     if score == "normalized":
-        t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-6)
-        p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-6)
-    d = t - p
-    out: F64 = np.sqrt((d * d).sum(axis=1))
+        t = t / np.maximum(_norms(t), 1e-6).astype(np.float32)[:, None]
+        p = p / np.maximum(_norms(p), 1e-6).astype(np.float32)[:, None]
+    return _norms(t - p)
+
+
+def _norms(x: F32) -> F64:
+    """The L2 norm of each row, summed in float64."""
+    out: F64 = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
     return out
 
 
