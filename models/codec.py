@@ -81,9 +81,10 @@ def render_gaussians(centers: Array, heatmap_hw: tuple[int, int], sigma: float) 
     h, w = heatmap_hw
     xs = np.arange(w, dtype=np.float64)
     ys = np.arange(h, dtype=np.float64)
-    gx = np.exp(-((xs - c[..., 0:1]) ** 2) / (2 * sigma**2))  # (..., w)
-    gy = np.exp(-((ys - c[..., 1:2]) ** 2) / (2 * sigma**2))  # (..., h)
-    return (gy[..., :, None] * gx[..., None, :]).astype(np.float32)
+    gx = np.exp(-((xs - c[..., 0:1]) ** 2) / (2 * sigma**2)).astype(np.float32)  # (..., w)
+    gy = np.exp(-((ys - c[..., 1:2]) ** 2) / (2 * sigma**2)).astype(np.float32)  # (..., h)
+    out: FloatArray = gy[..., :, None] * gx[..., None, :]  # the product in float32
+    return out
 
 
 def _encode_unbiased(
@@ -172,6 +173,16 @@ def dark_kernel_size(sigma: float) -> int:
 _CV_CHANNELS = 512  # OpenCV's most channels per image
 
 
+def _blur_kernel(kernel: int) -> npt.NDArray[np.float64]:
+    """The normalised 1-D Gaussian of `kernel` taps, σ by OpenCV's rule for sigma=0."""
+    s = 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
+    r = kernel // 2
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    g = np.exp(-(t**2) / (2 * s * s))
+    out: npt.NDArray[np.float64] = g / g.sum()
+    return out
+
+
 def gaussian_blur(heatmaps: Array, kernel: int) -> npt.NDArray[np.float64]:
     """Separable Gaussian blur with zero padding, rescaled so each map keeps its maximum.
 
@@ -179,11 +190,7 @@ def gaussian_blur(heatmaps: Array, kernel: int) -> npt.NDArray[np.float64]:
     (M, h, w) -> (M, h, w) float64.
     """
     hm = np.asarray(heatmaps, dtype=np.float64)
-    s = 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
-    r = kernel // 2
-    t = np.arange(-r, r + 1, dtype=np.float64)
-    g = np.exp(-(t**2) / (2 * s * s))
-    g /= g.sum()
+    g = _blur_kernel(kernel)
     m, h, w = hm.shape
     out = np.empty_like(hm)
     # OpenCV filters up to 512 channels at once: the maps go in as the channels of one image
@@ -198,6 +205,32 @@ def gaussian_blur(heatmaps: Array, kernel: int) -> npt.NDArray[np.float64]:
     scale = np.divide(orig_max, new_max, out=np.zeros_like(orig_max), where=new_max > 0)
     blurred: npt.NDArray[np.float64] = out * scale[:, None, None]
     return blurred
+
+
+def _blurred_window(
+    maps: Array, x: npt.NDArray[np.intp], y: npt.NDArray[np.intp], kernel: int
+) -> npt.NDArray[np.float64]:
+    """`gaussian_blur` of each map at the 5x5 pixels around (x, y), (M, 5, 5), computed from
+    the (5 + kernel - 1)² patch those pixels need (zero outside the map), without the rescale
+    to the original maximum: a constant factor, which the log turns into a constant that no
+    difference of DARK's step sees."""
+    m, h, w = maps.shape
+    reach = 2 + kernel // 2
+    off = np.arange(-reach, reach + 1)
+    ys = y[:, None] + off  # (M, P)
+    xs = x[:, None] + off
+    inside = ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :]
+    patch = np.asarray(maps)[
+        np.arange(m)[:, None, None],
+        np.clip(ys, 0, h - 1)[:, :, None],
+        np.clip(xs, 0, w - 1)[:, None, :],
+    ].astype(np.float64)
+    patch *= inside  # (M, P, P), zero padding like the full-map blur
+    g = _blur_kernel(kernel)
+    win = np.lib.stride_tricks.sliding_window_view
+    rows: npt.NDArray[np.float64] = win(patch, kernel, axis=2) @ g  # (M, P, 5)
+    out: npt.NDArray[np.float64] = win(rows, kernel, axis=1) @ g  # (M, 5, 5)
+    return out
 
 
 def decode_dark(
@@ -217,12 +250,11 @@ def decode_dark(
     coords[maxval <= 0] = 0.0
     ok = (x > 1) & (x < w - 2) & (y > 1) & (y < h - 2) & (maxval > 0)
     if ok.any():
-        lg = np.log(np.maximum(gaussian_blur(flat[ok], blur_kernel), 1e-10))
-        r = np.arange(len(lg))
-        xo, yo = x[ok], y[ok]
+        # the blurred log only where the step reads it: the 5x5 window around each maximum
+        lg = np.log(np.maximum(_blurred_window(flat[ok], x[ok], y[ok], blur_kernel), 1e-10))
 
         def at(dy: int, dx: int) -> npt.NDArray[np.float64]:
-            v: npt.NDArray[np.float64] = lg[r, yo + dy, xo + dx]
+            v: npt.NDArray[np.float64] = lg[:, 2 + dy, 2 + dx]
             return v
 
         c = at(0, 0)

@@ -189,6 +189,31 @@ def test_dark_blur_matches_opencv() -> None:
         np.testing.assert_allclose(ours[i], ref, rtol=1e-6, atol=1e-9)
 
 
+def test_dark_equals_the_official_full_map_procedure() -> None:
+    """decode_dark blurs only the 5x5 window its step reads; the official procedure blurs the
+    whole map (zero border, OpenCV's kernel), rescales it to the original maximum, takes the
+    log and steps from the argmax. Same coordinates, maxima near the border included."""
+    ys, xs = np.mgrid[0:64, 0:48].astype(np.float64)
+    centres = np.c_[RNG.uniform(-2, 50, 40), RNG.uniform(-2, 66, 40)]
+    hm = np.exp(-((xs - centres[:, :1, None]) ** 2 + (ys - centres[:, 1:, None]) ** 2) / 8.0)
+    hm += 0.2 * RNG.random(hm.shape) * (RNG.random((40, 1, 1)) < 0.4)  # some noisy maps
+    coords, _ = decode_dark(hm, blur_kernel=11)
+    lg = np.log(np.maximum(gaussian_blur(hm, 11), 1e-10))
+    for i in range(len(hm)):
+        y, x = np.unravel_index(np.argmax(hm[i]), hm[i].shape)
+        want = np.array([x, y], dtype=np.float64)
+        if 1 < x < 46 and 1 < y < 62:
+            L = lg[i]
+            d = np.array([L[y, x + 1] - L[y, x - 1], L[y + 1, x] - L[y - 1, x]]) / 2
+            dxx = (L[y, x + 2] - 2 * L[y, x] + L[y, x - 2]) / 4
+            dyy = (L[y + 2, x] - 2 * L[y, x] + L[y - 2, x]) / 4
+            dxy = (L[y + 1, x + 1] - L[y - 1, x + 1] - L[y + 1, x - 1] + L[y - 1, x - 1]) / 4
+            hess = np.array([[dxx, dxy], [dxy, dyy]])
+            if np.linalg.det(hess) != 0:
+                want -= np.linalg.solve(hess, d)
+        np.testing.assert_allclose(coords[i], want, atol=1e-9)
+
+
 def test_dark_recovers_the_centre_of_a_rotated_anisotropic_gaussian() -> None:
     # log of this map is an exact quadratic with a cross term, so one Newton step is exact
     ys, xs = np.mgrid[0:64, 0:48].astype(np.float64)
