@@ -11,6 +11,7 @@ the bundle's sigma) rendered at a sub-pixel position: what Γ saw for D in train
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
@@ -246,12 +247,18 @@ def self_constraint_loss(target: F32, predicted: F32, score: str = "l2") -> F64:
     """‖H_A − Ĥ_A‖₂ per row: (M, h, w), (M, h, w) -> (M,). `score="normalized"`: between the
     maps scaled to unit norm (the torch twin is `training.train_scio.constraint_loss`)."""
     # float32 maps, float64 sums: the maps' own precision, without float64 copies of them
-    t = np.asarray(target, dtype=np.float32).reshape(len(target), -1)
-    p = np.asarray(predicted, dtype=np.float32).reshape(len(predicted), -1)
-    if score == "normalized":
-        t = t / np.maximum(_norms(t), 1e-6).astype(np.float32)[:, None]
-        p = p / np.maximum(_norms(p), 1e-6).astype(np.float32)[:, None]
+    t = _scored(target, score)
+    p = _scored(predicted, score)
     return _norms(t - p)
+
+
+def _scored(maps: F32, score: str) -> F32:
+    """(M, h, w) maps as the loss compares them: (M, h·w) float32, scaled to unit L2 norm for
+    the "normalized" score."""
+    x = np.asarray(maps, dtype=np.float32).reshape(len(maps), -1)
+    if score == "normalized":
+        x = x / np.maximum(_norms(x), 1e-6).astype(np.float32)[:, None]
+    return x
 
 
 def _norms(x: F32) -> F64:
@@ -295,7 +302,7 @@ def refine(
     ha = heatmaps[person, a]
     hb = heatmaps[person, b]
     hc = heatmaps[person, c]
-    f = features[person]
+    f = gather_rows(features, person)
     backbone_d = coords[person, d].astype(np.float64)
     # Φ runs once, and its decoded D serves the prior, the "phi" hypothesis and the confidence
     wants_phi = config.prior != "backbone" or "phi" in config.hypotheses
@@ -367,6 +374,32 @@ def refine(
         result.hyp_positions, result.hyp_features, result.hyp_valid, result.hyp_moved = hyp
         result.accepted = accepted | hyp[3]
     return result
+
+
+_WORKSPACE = threading.local()
+WORKSPACE_MAX_BYTES = 32 * 1024 * 1024  # about 80 (person, group) rows of 32 x 64 x 48 features
+
+
+def gather_rows(x: F32, index: I64) -> F32:
+    """`x[index]` written into a buffer that this thread reuses from call to call.
+
+    The feature map of every (person, group) row is several MB for a few persons; a fresh
+    array each call is fresh pages each call (glibc maps blocks above its mmap threshold, which
+    the service fixes at 4 MB), and the page faults cost more than the copy. The result is only
+    valid until this thread's next call. Above `WORKSPACE_MAX_BYTES` (many persons at once) a
+    fresh array, so that no thread keeps a large buffer."""
+    shape = (len(index), *x.shape[1:])
+    need = int(np.prod(shape))
+    if need * x.itemsize > WORKSPACE_MAX_BYTES:
+        fresh: F32 = x[index]
+        return fresh
+    buf = getattr(_WORKSPACE, "rows", None)
+    if buf is None or buf.dtype != x.dtype or buf.size < need:
+        buf = np.empty(need, dtype=x.dtype)
+        _WORKSPACE.rows = buf
+    out: F32 = buf[:need].reshape(shape)
+    np.take(x, index, axis=0, out=out, mode="clip")  # "raise" would buffer a copy first
+    return out
 
 
 def sigmoid(z: F64) -> F64:
@@ -661,7 +694,8 @@ class _Evaluator:
         batched: bool,
         score: str = "l2",
     ) -> None:
-        self.gamma, self.ctx, self.target = gamma, ctx, target
+        self.gamma, self.ctx = gamma, ctx
+        self.target = _scored(target, score)  # once per row, not once per candidate
         self.hw, self.sigma, self.batched, self.score = hw, sigma, batched, score
         self.calls = 0
 
@@ -679,7 +713,7 @@ class _Evaluator:
                 self.calls += 1
                 parts.append(self.gamma.head(self.ctx, rows[i : i + 1], hd[i : i + 1]))
             pred = np.concatenate(parts)
-        return self_constraint_loss(self.target[rows], pred.reshape(hd.shape), self.score)
+        return _norms(self.target[rows] - _scored(pred.reshape(hd.shape), self.score))
 
 
 def _clip(pos: F64, start: F64, radius: float, hw: tuple[int, int]) -> F64:

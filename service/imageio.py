@@ -234,7 +234,9 @@ def decode_cost_bytes(im: Image.Image, fmt: str) -> int:
     w, h = im.size
     pil = _PIL_BYTES.get(im.mode, 4)
     per_pixel = pil + 3 + (pil if fmt == "jpeg" else 0)
-    return w * h * per_pixel + 64 * _BLOCK_PIXELS
+    # the row blocks: `_BLOCK_PIXELS` (at least one row), never more than the image
+    block = min(w * h, max(_BLOCK_PIXELS, w))
+    return w * h * per_pixel + 64 * block
 
 
 def _too_many(max_pixels: int) -> ApiError:

@@ -304,9 +304,10 @@ class PosePipeline:
         if not want.any():
             return None
         sel = np.flatnonzero(want)
+        everyone = len(sel) == len(want)  # the usual case: no copy of the feature maps
         part = refine(
             heatmaps[sel],
-            features[sel],
+            features if everyone else features[sel],
             coords[sel],
             scores[sel],
             self.spec.groups,

@@ -79,3 +79,28 @@ def test_abandoned_decode_stays_held_and_visible_until_its_thread_ends() -> None
         budget.close()
 
     asyncio.run(main())
+
+
+def test_a_small_image_costs_about_its_own_size_and_skips_the_trim() -> None:
+    """The decode cost of a small image is its pixels' worth (Pillow's copy, the RGB array, the
+    conversion's block, which is never larger than the image), not a fixed block of 64 MB: it
+    leaves the budget to other requests and does not trim the heap after every decode."""
+    import io
+
+    from PIL import Image
+
+    from service.decode_budget import TRIM_AFTER_BYTES
+    from service.imageio import probe_image
+
+    def cost(size: tuple[int, int], fmt: str) -> int:
+        buf = io.BytesIO()
+        Image.new("RGB", size, (90, 120, 30)).save(buf, format=fmt)
+        return probe_image(buf.getvalue(), allowed=("jpeg", "png"), max_pixels=10**9)
+
+    small = cost((256, 256), "JPEG")
+    assert small <= 256 * 256 * (4 + 3 + 4 + 64)  # Pillow's RGB is 4 bytes a pixel
+    assert small < TRIM_AFTER_BYTES
+    # a large image still counts its conversion block of 2^20 pixels, not its whole size
+    big = cost((4000, 3000), "PNG")
+    assert (big - 64 * (1 << 20)) % (4000 * 3000) == 0
+    assert big >= TRIM_AFTER_BYTES
