@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import machine, md_header, md_targets, write_results  # noqa: E402
 from benchmarks.scio_ablation import SPLITS, make_split  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
-from models.scio_search import ScioSearchConfig  # noqa: E402
+from models.scio_search import CONFIDENCE_FEATURES, ScioSearchConfig  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
 from training.probes import (  # noqa: E402
     fit_acceptance,
@@ -72,6 +72,11 @@ def main() -> int:
         help="comma-separated hypothesis kinds for the judged search (backbone,phi,peaks,mirror)",
     )
     ap.add_argument(
+        "--accept-row-features",
+        help="CONFIDENCE_FEATURES the acceptance rule also reads for the row (comma-separated, "
+        "or 'all'); with --fit",
+    )
+    ap.add_argument(
         "--fit",
         type=Path,
         metavar="OUT.json",
@@ -93,12 +98,22 @@ def main() -> int:
     if args.hypotheses:
         kinds = tuple(k for k in args.hypotheses.split(",") if k)
         search = ScioSearchConfig.from_dict({**search.to_dict(), "hypotheses": kinds})
+    if args.accept_row_features:
+        names = (
+            CONFIDENCE_FEATURES
+            if args.accept_row_features == "all"
+            else tuple(n for n in args.accept_row_features.split(",") if n)
+        )
+        search = ScioSearchConfig.from_dict(
+            {**search.to_dict(), "accept_row_features": names, "accept_weights": ()}
+        )
     ann, images = split / "person_keypoints.json", split / "images"
     fit = None
     if args.fit is not None:
         unruled = ScioSearchConfig.from_dict({**search.to_dict(), "accept_weights": ()})
         rows = probe(pipe, ann, images, search=unruled).pop("_rows")
-        fit = fit_acceptance(rows) if search.hypotheses else {}
+        n_groups = len(pipe.spec.groups)
+        fit = fit_acceptance(rows, n_groups=n_groups) if search.hypotheses else {}
         search = ScioSearchConfig.from_dict(
             {**search.to_dict(), **{k: v for k, v in fit.items() if k != "fit"}}
         )

@@ -93,9 +93,17 @@ class ScioSearchConfig:
     # `ACCEPT_FEATURES` fitted on a tuning split, moves D to the likeliest one only where it
     # predicts "closer to the truth" with probability above `accept_threshold`.
     hypotheses: tuple[str, ...] = ()
-    accept_weights: tuple[float, ...] = ()  # one per ACCEPT_FEATURES; empty: no rule, no moves
+    # The rule may also read the row itself (CONFIDENCE_FEATURES at the current D: how sure the
+    # backbone is, how far Φ's D and the mirrored keypoint lie...), the same for every hypothesis
+    # of the row; they follow ACCEPT_FEATURES in `accept_weights`.
+    accept_row_features: tuple[str, ...] = ()
+    # one per ACCEPT_FEATURES, then per accept_row_features; empty: no rule, no moves
+    accept_weights: tuple[float, ...] = ()
     accept_bias: float = 0.0
     accept_threshold: float = 0.5
+    # per SCIO group (the spec's order) instead of accept_threshold, when given: a group where no
+    # threshold gained on the tuning split gets 1.0 (never moves)
+    accept_group_thresholds: tuple[float, ...] = ()
     # A calibrated verification probability per examined keypoint: P(the returned D is correct,
     # OKS term >= 0.5) = sigmoid(w · x + b) over the named `confidence_features` (a subset of
     # CONFIDENCE_FEATURES), fitted on a tuning split. Empty weights: the API reports no
@@ -113,7 +121,9 @@ class ScioSearchConfig:
     def __post_init__(self) -> None:
         for name in (
             "hypotheses",
+            "accept_row_features",
             "accept_weights",
+            "accept_group_thresholds",
             "confidence_weights",
             "confidence_features",
             "confidence_group_bias",
@@ -141,10 +151,15 @@ class ScioSearchConfig:
             raise ValueError(f"each confidence_group_weights entry needs {n_conf} values")
         if len(self.confidence_group_bias) != len(self.confidence_group_weights):
             raise ValueError("confidence_group_bias needs one value per confidence_group_weights")
-        if self.accept_weights and len(self.accept_weights) != len(ACCEPT_FEATURES):
+        unknown = set(self.accept_row_features) - set(CONFIDENCE_FEATURES)
+        if unknown:
             raise ValueError(
-                f"accept_weights needs {len(ACCEPT_FEATURES)} values ({', '.join(ACCEPT_FEATURES)})"
+                f"unknown accept_row_features {sorted(unknown)}; known: {CONFIDENCE_FEATURES}"
             )
+        n_accept = len(ACCEPT_FEATURES) + len(self.accept_row_features)
+        if self.accept_weights and len(self.accept_weights) != n_accept:
+            names = (*ACCEPT_FEATURES, *self.accept_row_features)
+            raise ValueError(f"accept_weights needs {n_accept} values ({', '.join(names)})")
         if self.unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}, not {self.unit!r}")
         if self.strategy not in STRATEGIES:
@@ -344,7 +359,17 @@ def refine(
     if config.hypotheses and valid is not None:
         hyp_loss = loss_all[:, n_first:]
         feats = hypothesis_features(hyp_loss, cand, kinds, valid, end, loss_after, hd)
-        end, loss_after, moved = apply_rule(config, cand, feats, valid, end, loss_after)
+        if config.accept_row_features:
+            here = confidence_inputs(ConfidenceInputs(
+                heatmaps=heatmaps, coords=coords, scores=scores, person=person,
+                abcd=(a, b, c, d), end=end, loss_end=loss_after, sigma=sigma, phi_d=phi_d,
+                phi_heat=phi_heat, flip_index=flip_index, second_peak=peaks[1][:, 0],
+                hyp=(cand, hyp_loss, valid),
+            ))  # fmt: skip
+            cols = [CONFIDENCE_FEATURES.index(n) for n in config.accept_row_features]
+            row = np.repeat(here[:, None, cols], cand.shape[1], axis=1)
+            feats = np.concatenate([feats, np.where(valid[..., None], row, 0.0)], axis=-1)
+        end, loss_after, moved = apply_rule(config, cand, feats, valid, end, loss_after, gidx)
         hyp = (cand, feats, valid, moved)
     out[person, d] = end
     result = SearchResult(
@@ -619,9 +644,11 @@ def apply_rule(
     valid: npt.NDArray[np.bool_],
     current: F64,
     loss_current: F64,
+    group: I64 | None = None,
 ) -> tuple[F64, F64, npt.NDArray[np.bool_]]:
     """Move each row to its likeliest hypothesis where the rule says "closer" with probability
-    above the threshold; hypotheses within half a pixel of the current D do not count."""
+    above the threshold (its group's, where the settings have per-group thresholds); hypotheses
+    within half a pixel of the current D do not count."""
     p = len(current)
     if not config.accept_weights or cand.shape[1] == 0:
         return current, loss_current, np.zeros(p, dtype=bool)
@@ -630,7 +657,13 @@ def apply_rule(
     prob = np.where(valid & far, prob, -1.0)
     best = np.argmax(prob, axis=1)
     rows = np.arange(p)
-    moved = prob[rows, best] > config.accept_threshold
+    threshold = np.full(p, config.accept_threshold)
+    if config.accept_group_thresholds and group is not None:
+        per_group = np.asarray(config.accept_group_thresholds, dtype=np.float64)
+        if len(group) and group.max() >= len(per_group):
+            raise ValueError(f"accept_group_thresholds has {len(per_group)} groups; the spec more")
+        threshold = per_group[group]
+    moved = prob[rows, best] > threshold
     end = np.where(moved[:, None], cand[rows, best], current)
     loss = np.where(moved, loss_current + feats[rows, best, 0], loss_current)
     return end, loss, moved

@@ -83,12 +83,22 @@ class Rows:
     # the OKS term each hypothesis would give, and whether it is closer than the current D
     hyp_features: list[F64] = field(default_factory=list)
     hyp_valid: list[npt.NDArray[np.bool_]] = field(default_factory=list)
+    # hypotheses more than half a pixel from the current D: the only ones the rule can move to
+    hyp_far: list[npt.NDArray[np.bool_]] = field(default_factory=list)
     hyp_oks: list[F64] = field(default_factory=list)
     hyp_closer: list[npt.NDArray[np.bool_]] = field(default_factory=list)
     current_oks: list[float] = field(default_factory=list)  # OKS term after the local search
 
     def arrays(self) -> dict[str, npt.NDArray[Any]]:
-        skip = {"hyp_features", "hyp_valid", "hyp_oks", "hyp_closer", "current_oks", "conf_inputs"}
+        skip = {
+            "hyp_features",
+            "hyp_valid",
+            "hyp_far",
+            "hyp_oks",
+            "hyp_closer",
+            "current_oks",
+            "conf_inputs",
+        }
         return {k: np.asarray(v) for k, v in self.__dict__.items() if k not in skip}
 
 
@@ -267,6 +277,7 @@ def _probe_rows(
         for i in range(n):
             rows.hyp_features.append(res.hyp_features[idx[i]])
             rows.hyp_valid.append(res.hyp_valid[idx[i]])
+            rows.hyp_far.append(np.linalg.norm(hyp[i] - cur[i], axis=-1) > 0.5)
             rows.hyp_oks.append(h_oks[i])
             rows.hyp_closer.append(closer[i])
             rows.current_oks.append(float(cur_oks[i]))
@@ -395,10 +406,11 @@ def select_confidence_features(
     return chosen, steps
 
 
-def fit_acceptance(rows: Rows, l2: float = 1e-2) -> dict[str, Any]:
+def fit_acceptance(rows: Rows, l2: float = 1e-2, n_groups: int = 0) -> dict[str, Any]:
     """The acceptance rule from probed rows: logistic regression of "the hypothesis is closer to
     the truth than the current D" on ACCEPT_FEATURES (Newton's method, L2-regularised), then the
-    threshold that maximises the summed OKS-term gain of the moves it makes on these rows."""
+    threshold that maximises the summed OKS-term gain of the moves it makes on these rows, over
+    all rows and (with `n_groups`) for each group's rows."""
     if not rows.hyp_features:
         raise ValueError("no hypothesis rows: probe with a search that has hypotheses")
     x = np.stack(rows.hyp_features)  # (n, H, F)
@@ -407,24 +419,37 @@ def fit_acceptance(rows: Rows, l2: float = 1e-2) -> dict[str, Any]:
     xs, ys = x[valid], y[valid]
     w = logistic_fit(xs, ys, l2)
     prob = sigmoid(x @ w[:-1] + w[-1])
-    prob = np.where(valid, prob, -1.0)
+    # as the rule decides (`apply_rule`): among the hypotheses it could move to
+    far = np.stack(rows.hyp_far) if rows.hyp_far else np.ones_like(valid)
+    prob = np.where(valid & far, prob, -1.0)
     best = prob.argmax(1)
     r = np.arange(len(prob))
     gain = np.stack(rows.hyp_oks)[r, best] - np.asarray(rows.current_oks)
     top = prob[r, best]
     grid = np.linspace(0.3, 0.95, 27)
-    totals = [float(gain[top > t].sum()) for t in grid]
-    k = int(np.argmax(totals))
-    threshold = float(grid[k]) if totals[k] > 0 else 1.0  # nothing helps: never move
+
+    def best_threshold(sel: npt.NDArray[np.bool_]) -> tuple[float, float]:
+        """The threshold of the largest summed OKS-term gain over these rows, and the gain
+        (1.0, never move, where none gains)."""
+        totals = [float(gain[sel & (top > t)].sum()) for t in grid]
+        k = int(np.argmax(totals))
+        return (float(grid[k]), totals[k]) if totals[k] > 0 else (1.0, 0.0)
+
+    everyone = np.ones(len(top), dtype=bool)
+    threshold, total = best_threshold(everyone)
+    groups = np.asarray(rows.group)
+    per_group = [best_threshold(groups == g) for g in range(n_groups)] if n_groups else []
     return {
         "accept_weights": [float(v) for v in w[:-1]],
         "accept_bias": float(w[-1]),
         "accept_threshold": threshold,
+        "accept_group_thresholds": [t for t, _ in per_group],
         "fit": {
             "hypotheses": int(valid.sum()),
             "closer_rate": float(ys.mean()),
             "moves_at_threshold": int((top > threshold).sum()),
-            "oks_gain_at_threshold": totals[k],
+            "oks_gain_at_threshold": total,
+            "oks_gain_at_group_thresholds": float(sum(g for _, g in per_group)),
             "rows": len(prob),
         },
     }

@@ -263,6 +263,15 @@ def test_hypotheses_reach_a_gross_error_only_where_the_rule_says_so() -> None:
                   flip_index=COCO17.flip_index)  # fmt: skip
     assert not res2.hyp_moved.any()
     assert np.linalg.norm(res2.coords[:, g.d] - truth[:, g.d], axis=-1).min() > 5
+    # per-group thresholds override the shared one: the impossible one for group 0 only
+    per_group = replace(base, accept_group_thresholds=(1.0,) + (0.0,) * (len(GROUPS) - 1))
+    res3 = refine(heat, feats, coords, scores, GROUPS, gamma, per_group, sigma=SIGMA,
+                  flip_index=COCO17.flip_index)  # fmt: skip
+    assert not res3.hyp_moved[rows].any()
+    open_ = replace(never, accept_group_thresholds=(0.5,) * len(GROUPS))
+    res4 = refine(heat, feats, coords, scores, GROUPS, gamma, open_, sigma=SIGMA,
+                  flip_index=COCO17.flip_index)  # fmt: skip
+    assert res4.hyp_moved[rows].all()
 
 
 def test_calibrated_confidence_is_a_probability_or_absent() -> None:
@@ -360,3 +369,38 @@ def test_lengths_in_units_of_sigma_are_the_same_search_in_pixels() -> None:
     assert ScioSearchConfig.from_dict(rel.to_dict()) == rel
     with pytest.raises(ValueError, match="unit"):
         ScioSearchConfig(unit="inches")
+
+
+def test_the_acceptance_rule_can_read_the_row() -> None:
+    """With accept_row_features, each hypothesis's features end with the row's own
+    CONFIDENCE_FEATURES at the current D, and the rule can move D only where the row says the
+    backbone is unsure (here: its peak)."""
+    from models.scio_search import ACCEPT_FEATURES
+
+    heat, feats, coords, scores, _, gamma = _problem(2)
+    g = GROUPS[0]
+    heat[:, g.d] = render_gaussians(coords[:, g.d], HW, SIGMA)
+    heat[:, g.d] += 0.5 * render_gaussians(coords[:, g.d] + np.array([6.0, 0.0]), HW, SIGMA)
+    n = len(ACCEPT_FEATURES)
+    cfg = ScioSearchConfig(
+        hypotheses=("peaks",),
+        iterations=0,
+        accept_row_features=("peak",),
+        accept_weights=(0.0,) * n + (-10.0,),
+        accept_bias=5.0,  # P(closer) = sigmoid(5 - 10 · peak)
+    )
+    sure = refine(heat, feats, coords, scores, GROUPS, gamma, cfg, sigma=SIGMA)
+    rows = np.flatnonzero(sure.group == 0)
+    assert sure.hyp_features.shape[-1] == n + 1
+    valid = sure.hyp_valid[rows]
+    assert np.allclose(sure.hyp_features[rows][..., n][valid], 1.0)  # the scores (peaks) are 1
+    assert not sure.hyp_moved[rows].any()
+    unsure_scores = scores.copy()
+    unsure_scores[:, g.d] = 0.3  # below max_distal_confidence, so the row is still examined
+    unsure = refine(heat, feats, coords, unsure_scores, GROUPS, gamma, cfg, sigma=SIGMA)
+    rows = np.flatnonzero(unsure.group == 0)
+    assert unsure.hyp_moved[rows].all()
+    with pytest.raises(ValueError, match="accept_weights needs"):
+        ScioSearchConfig(accept_row_features=("peak",), accept_weights=(0.0,) * n)
+    with pytest.raises(ValueError, match="unknown accept_row_features"):
+        ScioSearchConfig(accept_row_features=("luck",))

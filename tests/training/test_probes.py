@@ -101,3 +101,34 @@ def test_confidence_selection_finds_the_signal_each_group_needs() -> None:
     cfg = ScioSearchConfig(**fit)
     p = verification_probability(cfg, np.stack(r.conf_inputs), g)
     assert ((p > 0.5) == y).mean() > 0.85
+
+
+def test_acceptance_thresholds_per_group_stop_a_group_that_loses() -> None:
+    """Group 0's confident moves gain OKS, group 1's lose it: the shared threshold has to trade
+    one against the other, the per-group ones let group 0 move and keep group 1 still (1.0).
+    Hypotheses within half a pixel of D are not counted as moves."""
+    from models.scio_search import ACCEPT_FEATURES
+    from training.probes import fit_acceptance
+
+    rng = np.random.default_rng(5)
+    r = Rows()
+    for i in range(400):
+        g = i % 2
+        dloss = rng.normal(size=2)
+        f = np.zeros((2, len(ACCEPT_FEATURES)))
+        f[:, 0] = dloss
+        closer = dloss < 0  # what the model learns: lower loss is closer
+        # group 0: closer means +0.3 OKS; group 1: the same "closer" moves lose 0.3
+        oks = np.where(closer, 0.8 if g == 0 else 0.2, 0.3 if g == 0 else 0.7)
+        r.group.append(g)
+        r.hyp_features.append(f)
+        r.hyp_valid.append(np.ones(2, bool))
+        r.hyp_far.append(np.array([True, False]))  # the second sits on D: never a move
+        r.hyp_closer.append(closer)
+        r.hyp_oks.append(oks)
+        r.current_oks.append(0.5)
+    fit = fit_acceptance(r, n_groups=2)
+    t0, t1 = fit["accept_group_thresholds"]
+    assert t0 < 1.0
+    assert t1 == 1.0
+    assert fit["fit"]["oks_gain_at_group_thresholds"] > fit["fit"]["oks_gain_at_threshold"]
