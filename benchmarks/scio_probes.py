@@ -77,6 +77,12 @@ def main() -> int:
         "or 'all'); with --fit",
     )
     ap.add_argument(
+        "--per-group-rules",
+        action="store_true",
+        help="with --fit: one acceptance rule per group (a group moves only where its rule "
+        "gains enough on this split)",
+    )
+    ap.add_argument(
         "--fit",
         type=Path,
         metavar="OUT.json",
@@ -110,10 +116,22 @@ def main() -> int:
     ann, images = split / "person_keypoints.json", split / "images"
     fit = None
     if args.fit is not None:
-        unruled = ScioSearchConfig.from_dict({**search.to_dict(), "accept_weights": ()})
+        unruled = ScioSearchConfig.from_dict(
+            {
+                **search.to_dict(),
+                "accept_weights": (),
+                "accept_group_weights": (),
+                "accept_group_bias": (),
+                "accept_group_thresholds": (),
+            }
+        )
         rows = probe(pipe, ann, images, search=unruled).pop("_rows")
         n_groups = len(pipe.spec.groups)
-        fit = fit_acceptance(rows, n_groups=n_groups) if search.hypotheses else {}
+        fit = (
+            fit_acceptance(rows, n_groups=n_groups, per_group_rules=args.per_group_rules)
+            if search.hypotheses
+            else {}
+        )
         search = ScioSearchConfig.from_dict(
             {**search.to_dict(), **{k: v for k, v in fit.items() if k != "fit"}}
         )

@@ -104,6 +104,10 @@ class ScioSearchConfig:
     # per SCIO group (the spec's order) instead of accept_threshold, when given: a group where no
     # threshold gained on the tuning split gets 1.0 (never moves)
     accept_group_thresholds: tuple[float, ...] = ()
+    # one rule per SCIO group instead of accept_weights and accept_bias, when given (same
+    # features): which signals say "closer" differs between arms, legs and heads
+    accept_group_weights: tuple[tuple[float, ...], ...] = ()
+    accept_group_bias: tuple[float, ...] = ()
     # A calibrated verification probability per examined keypoint: P(the returned D is correct,
     # OKS term >= 0.5) = sigmoid(w · x + b) over the named `confidence_features` (a subset of
     # CONFIDENCE_FEATURES), fitted on a tuning split. Empty weights: the API reports no
@@ -124,14 +128,14 @@ class ScioSearchConfig:
             "accept_row_features",
             "accept_weights",
             "accept_group_thresholds",
+            "accept_group_bias",
             "confidence_weights",
             "confidence_features",
             "confidence_group_bias",
         ):
             object.__setattr__(self, name, tuple(getattr(self, name)))  # JSON gives lists
-        object.__setattr__(
-            self, "confidence_group_weights", tuple(tuple(w) for w in self.confidence_group_weights)
-        )
+        for name in ("confidence_group_weights", "accept_group_weights"):
+            object.__setattr__(self, name, tuple(tuple(w) for w in getattr(self, name)))
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, not {self.score!r}")
         unknown = set(self.hypotheses) - set(HYPOTHESES)
@@ -160,6 +164,10 @@ class ScioSearchConfig:
         if self.accept_weights and len(self.accept_weights) != n_accept:
             names = (*ACCEPT_FEATURES, *self.accept_row_features)
             raise ValueError(f"accept_weights needs {n_accept} values ({', '.join(names)})")
+        if any(len(w) != n_accept for w in self.accept_group_weights):
+            raise ValueError(f"each accept_group_weights entry needs {n_accept} values")
+        if len(self.accept_group_bias) != len(self.accept_group_weights):
+            raise ValueError("accept_group_bias needs one value per accept_group_weights entry")
         if self.unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}, not {self.unit!r}")
         if self.strategy not in STRATEGIES:
@@ -632,8 +640,15 @@ def hypothesis_features(
     return feats
 
 
-def accept_probability(config: ScioSearchConfig, feats: F64) -> F64:
-    """The acceptance rule's P(hypothesis closer to the truth than the current D)."""
+def accept_probability(config: ScioSearchConfig, feats: F64, group: I64 | None = None) -> F64:
+    """The acceptance rule's P(hypothesis closer to the truth than the current D), (P, H); with
+    per-group rules, each row (of `group`) by its own."""
+    if config.accept_group_weights and group is not None:
+        w = np.asarray(config.accept_group_weights, dtype=np.float64)
+        b = np.asarray(config.accept_group_bias, dtype=np.float64)
+        if len(group) and group.max() >= len(w):
+            raise ValueError(f"accept_group_weights has {len(w)} groups; the spec more")
+        return sigmoid(np.einsum("phf,pf->ph", feats, w[group]) + b[group][:, None])
     return sigmoid(feats @ np.asarray(config.accept_weights, dtype=np.float64) + config.accept_bias)
 
 
@@ -650,9 +665,10 @@ def apply_rule(
     above the threshold (its group's, where the settings have per-group thresholds); hypotheses
     within half a pixel of the current D do not count."""
     p = len(current)
-    if not config.accept_weights or cand.shape[1] == 0:
+    ruled = config.accept_weights or (config.accept_group_weights and group is not None)
+    if not ruled or cand.shape[1] == 0:
         return current, loss_current, np.zeros(p, dtype=bool)
-    prob = accept_probability(config, feats)
+    prob = accept_probability(config, feats, group)
     far = np.linalg.norm(cand - current[:, None], axis=-1) > 0.5
     prob = np.where(valid & far, prob, -1.0)
     best = np.argmax(prob, axis=1)

@@ -406,53 +406,87 @@ def select_confidence_features(
     return chosen, steps
 
 
-def fit_acceptance(rows: Rows, l2: float = 1e-2, n_groups: int = 0) -> dict[str, Any]:
+MIN_GAIN_PER_ROW = 0.01  # a group's rule moves only if it gains this much OKS per row in tuning
+
+
+def fit_acceptance(
+    rows: Rows,
+    l2: float = 1e-2,
+    n_groups: int = 0,
+    per_group_rules: bool = False,
+    min_gain_per_row: float = MIN_GAIN_PER_ROW,
+) -> dict[str, Any]:
     """The acceptance rule from probed rows: logistic regression of "the hypothesis is closer to
-    the truth than the current D" on ACCEPT_FEATURES (Newton's method, L2-regularised), then the
-    threshold that maximises the summed OKS-term gain of the moves it makes on these rows, over
-    all rows and (with `n_groups`) for each group's rows."""
+    the truth than the current D" on the hypotheses' features (Newton's method,
+    L2-regularised), then the threshold that maximises the summed OKS-term gain of the moves it
+    makes on these rows, over all rows and (with `n_groups`) for each group's rows.
+
+    `per_group_rules`: one regression per group as well. A group whose best threshold gains
+    less than `min_gain_per_row` OKS per row of the group gets threshold 1.0 (never moves):
+    small in-sample gains did not hold on held-out images."""
     if not rows.hyp_features:
         raise ValueError("no hypothesis rows: probe with a search that has hypotheses")
     x = np.stack(rows.hyp_features)  # (n, H, F)
     valid = np.stack(rows.hyp_valid)
     y = np.stack(rows.hyp_closer).astype(np.float64)
-    xs, ys = x[valid], y[valid]
-    w = logistic_fit(xs, ys, l2)
-    prob = sigmoid(x @ w[:-1] + w[-1])
     # as the rule decides (`apply_rule`): among the hypotheses it could move to
     far = np.stack(rows.hyp_far) if rows.hyp_far else np.ones_like(valid)
-    prob = np.where(valid & far, prob, -1.0)
-    best = prob.argmax(1)
-    r = np.arange(len(prob))
-    gain = np.stack(rows.hyp_oks)[r, best] - np.asarray(rows.current_oks)
-    top = prob[r, best]
+    oks = np.stack(rows.hyp_oks)
+    current = np.asarray(rows.current_oks)
+    groups = np.asarray(rows.group)
     grid = np.linspace(0.3, 0.95, 27)
 
-    def best_threshold(sel: npt.NDArray[np.bool_]) -> tuple[float, float]:
-        """The threshold of the largest summed OKS-term gain over these rows, and the gain
-        (1.0, never move, where none gains)."""
-        totals = [float(gain[sel & (top > t)].sum()) for t in grid]
-        k = int(np.argmax(totals))
-        return (float(grid[k]), totals[k]) if totals[k] > 0 else (1.0, 0.0)
+    def decide(w: F64, sel: npt.NDArray[np.bool_]) -> tuple[F64, F64]:
+        """Each selected row's best far hypothesis: its P(closer) and its OKS-term gain."""
+        prob = np.where(valid[sel] & far[sel], sigmoid(x[sel] @ w[:-1] + w[-1]), -1.0)
+        best = prob.argmax(1)
+        r = np.arange(len(prob))
+        return prob[r, best], oks[sel][r, best] - current[sel]
 
-    everyone = np.ones(len(top), dtype=bool)
-    threshold, total = best_threshold(everyone)
-    groups = np.asarray(rows.group)
-    per_group = [best_threshold(groups == g) for g in range(n_groups)] if n_groups else []
-    return {
+    def best_threshold(top: F64, gain: F64, min_total: float = 0.0) -> tuple[float, float]:
+        """The threshold of the largest summed gain and the gain (1.0, never move, where that
+        gain is not above `min_total`)."""
+        totals = [float(gain[top > t].sum()) for t in grid]
+        k = int(np.argmax(totals))
+        return (float(grid[k]), totals[k]) if totals[k] > max(min_total, 0.0) else (1.0, 0.0)
+
+    w = logistic_fit(x[valid], y[valid], l2)
+    everyone = np.ones(len(x), dtype=bool)
+    top, gain = decide(w, everyone)
+    threshold, total = best_threshold(top, gain)
+    out: dict[str, Any] = {
         "accept_weights": [float(v) for v in w[:-1]],
         "accept_bias": float(w[-1]),
         "accept_threshold": threshold,
-        "accept_group_thresholds": [t for t, _ in per_group],
-        "fit": {
-            "hypotheses": int(valid.sum()),
-            "closer_rate": float(ys.mean()),
-            "moves_at_threshold": int((top > threshold).sum()),
-            "oks_gain_at_threshold": total,
-            "oks_gain_at_group_thresholds": float(sum(g for _, g in per_group)),
-            "rows": len(prob),
-        },
     }
+    per_group: list[tuple[float, float]] = []
+    group_rules: list[F64] = []
+    for g in range(n_groups):
+        sel = groups == g
+        if not sel.any():
+            per_group.append((1.0, 0.0))
+            group_rules.append(w)
+            continue
+        wg = w
+        if per_group_rules:
+            wg = logistic_fit(x[sel][valid[sel]], y[sel][valid[sel]], l2)
+        group_rules.append(wg)
+        tg, gg = decide(wg, sel)
+        min_total = min_gain_per_row * int(sel.sum()) if per_group_rules else 0.0
+        per_group.append(best_threshold(tg, gg, min_total))
+    out["accept_group_thresholds"] = [t for t, _ in per_group]
+    if per_group_rules:
+        out["accept_group_weights"] = [[float(v) for v in wg[:-1]] for wg in group_rules]
+        out["accept_group_bias"] = [float(wg[-1]) for wg in group_rules]
+    out["fit"] = {
+        "hypotheses": int(valid.sum()),
+        "closer_rate": float(y[valid].mean()),
+        "moves_at_threshold": int((top > threshold).sum()),
+        "oks_gain_at_threshold": total,
+        "oks_gain_at_group_thresholds": float(sum(gg for _, gg in per_group)),
+        "rows": len(x),
+    }
+    return out
 
 
 def _kernel(sigma: float) -> int:

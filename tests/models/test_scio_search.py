@@ -272,6 +272,18 @@ def test_hypotheses_reach_a_gross_error_only_where_the_rule_says_so() -> None:
     res4 = refine(heat, feats, coords, scores, GROUPS, gamma, open_, sigma=SIGMA,
                   flip_index=COCO17.flip_index)  # fmt: skip
     assert res4.hyp_moved[rows].all()
+    # one rule per group instead of the shared one: group 0's trusts nothing
+    silent = [0.0] * len(ACCEPT_FEATURES)
+    per_rule = replace(
+        base,
+        accept_group_weights=(tuple(silent),) + (tuple(weights),) * (len(GROUPS) - 1),
+        accept_group_bias=(-20.0,) + (0.0,) * (len(GROUPS) - 1),
+    )
+    res5 = refine(heat, feats, coords, scores, GROUPS, gamma, per_rule, sigma=SIGMA,
+                  flip_index=COCO17.flip_index)  # fmt: skip
+    assert not res5.hyp_moved[rows].any()
+    with pytest.raises(ValueError, match="accept_group_bias"):
+        replace(base, accept_group_weights=(tuple(weights),), accept_group_bias=())
 
 
 def test_calibrated_confidence_is_a_probability_or_absent() -> None:

@@ -132,3 +132,37 @@ def test_acceptance_thresholds_per_group_stop_a_group_that_loses() -> None:
     assert t0 < 1.0
     assert t1 == 1.0
     assert fit["fit"]["oks_gain_at_group_thresholds"] > fit["fit"]["oks_gain_at_threshold"]
+
+
+def test_per_group_rules_learn_their_own_signal_and_need_a_real_gain() -> None:
+    """Group 0's hypotheses are closer when feature 0 is low, group 1's when feature 1 is low:
+    per-group rules learn each; a group whose best gain is below the minimum per row never
+    moves."""
+    from models.scio_search import ACCEPT_FEATURES
+    from training.probes import fit_acceptance
+
+    rng = np.random.default_rng(8)
+    r = Rows()
+    for i in range(600):
+        g = i % 3
+        f = np.zeros((2, len(ACCEPT_FEATURES)))
+        f[:, :2] = rng.normal(size=(2, 2))
+        closer = f[:, min(g, 1)] < 0
+        gain = 0.3 if g < 2 else 0.001  # group 2: closer, but by almost nothing
+        r.group.append(g)
+        r.hyp_features.append(f)
+        r.hyp_valid.append(np.ones(2, bool))
+        r.hyp_far.append(np.ones(2, bool))
+        r.hyp_closer.append(closer)
+        r.hyp_oks.append(np.where(closer, 0.5 + gain, 0.5 - gain))
+        r.current_oks.append(0.5)
+    fit = fit_acceptance(r, n_groups=3, per_group_rules=True)
+    w = np.asarray(fit["accept_group_weights"])
+    assert w[0, 0] < -1
+    assert abs(w[0, 1]) < 0.5 * abs(w[0, 0])
+    assert w[1, 1] < -1
+    assert abs(w[1, 0]) < 0.5 * abs(w[1, 1])
+    t = fit["accept_group_thresholds"]
+    assert t[0] < 1.0
+    assert t[1] < 1.0
+    assert t[2] == 1.0  # 0.001 OKS a row is below the minimum
