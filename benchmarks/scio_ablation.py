@@ -55,6 +55,17 @@ SPLITS = {"tune": 2001, "val": 3001}
 TABLE4 = ("AP", "AP50", "AP75", "AR")
 
 
+def split_arguments(ap: argparse.ArgumentParser, split: str, name: str) -> argparse.ArgumentParser:
+    """The options every split-based SCIO benchmark shares: the bundle, which synthetic split
+    and how many images, where splits are generated, and the result file's name."""
+    ap.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "demo")
+    ap.add_argument("--split", choices=sorted(SPLITS), default=split)
+    ap.add_argument("--images", type=int, default=400, help="images in the split")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ablation")
+    ap.add_argument("--name", default=name, help="result file name")
+    return ap
+
+
 def make_split(work: Path, name: str, images: int) -> Path:
     from training.synth.generate import generate_dataset
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import machine, md_header, md_targets, write_results  # noqa: E402
-from benchmarks.scio_ablation import SPLITS, make_split  # noqa: E402
+from benchmarks.scio_ablation import SPLITS, make_split, split_arguments  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
 from training.evaluate import EvalOptions, bootstrap_ap, evaluate_variants  # noqa: E402
@@ -31,11 +31,7 @@ ROWS = ("baseline", "shipped SCIO")
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "demo")
-    ap.add_argument("--split", choices=sorted(SPLITS), default="val")
-    ap.add_argument("--images", type=int, default=400, help="images in the split")
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ablation")
-    ap.add_argument("--name", default="scio_heldout", help="result file name")
+    split_arguments(ap, split="val", name="scio_heldout")
     args = ap.parse_args()
     split = make_split(args.work, args.split, args.images)
     pipe = PosePipeline(load_bundle(args.bundle), device="cpu")

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import machine, md_header, md_targets, write_results  # noqa: E402
-from benchmarks.scio_ablation import SPLITS, make_split  # noqa: E402
+from benchmarks.scio_ablation import SPLITS, make_split, split_arguments  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
 from models.scio_search import CONFIDENCE_FEATURES, ScioSearchConfig  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
@@ -61,11 +61,7 @@ def targets(r: dict[str, Any]) -> dict[str, bool]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "demo")
-    ap.add_argument("--split", choices=sorted(SPLITS), default="tune")
-    ap.add_argument("--images", type=int, default=400, help="images in the split")
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ablation")
-    ap.add_argument("--name", default="scio_probes", help="result file name")
+    split_arguments(ap, split="tune", name="scio_probes")
     ap.add_argument("--search", type=Path, help="search settings (JSON) instead of the bundle's")
     ap.add_argument(
         "--hypotheses",
