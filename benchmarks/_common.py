@@ -54,3 +54,12 @@ def write_results(name: str, report: dict[str, Any], markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+def git_commit(path: Path = RESULTS.parents[1]) -> str:
+    """The short commit of the checkout at `path` (what a benchmark measured)."""
+    import subprocess
+
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=path, capture_output=True, text=True
+    ).stdout.strip()

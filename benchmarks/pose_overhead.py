@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))  # benchmarks._common and service_bench from this checkout
     sys.path.insert(0, str(code))  # models/service from the measured one
     import benchmarks.service_bench as sb
-    from benchmarks._common import machine, md_header
+    from benchmarks._common import git_commit, machine, md_header
     from benchmarks.service_bench import end_to_end, synth_image
 
     sb.ROOT = code  # the service subprocess runs from (and imports) the measured checkout
@@ -42,9 +41,7 @@ def main() -> int:
     from models.geometry import affine_matrices, box_to_center_scale, warp_affine
     from service.pipeline import PosePipeline
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=code, capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit(code)
     work = ROOT / "runs" / "bench"
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

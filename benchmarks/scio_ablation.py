@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from benchmarks._common import (  # noqa: E402
     RESULTS,
+    git_commit,
     machine,
     md_header,
     md_targets,
@@ -583,19 +584,11 @@ def cost_only(args: argparse.Namespace) -> int:
     report["cost_measured"] = {
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),
-        "code": _commit(),
+        "code": git_commit(),
     }
     report["targets"] = targets(report)
     write_results("scio_ablation", report, markdown(report))
     return 0
-
-
-def _commit() -> str:
-    import subprocess
-
-    return subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
 
 
 def targets(r: dict[str, Any]) -> dict[str, Any]:

@@ -363,17 +363,19 @@ def refine(
     end = np.where(accepted[:, None], end, start)
     loss_after = np.where(accepted, loss_after, loss_before)
     hyp: tuple[F64, F64, npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None = None
-    local_end, local_loss = end.copy(), loss_after.copy()
+    local_end = end.copy()
+    # what the confidence inputs read, at the current D (replaced by the returned one below)
+    row_inputs = ConfidenceInputs(
+        heatmaps=heatmaps, coords=coords, scores=scores, person=person, abcd=(a, b, c, d),
+        end=end, loss_end=loss_after, sigma=sigma, phi_d=phi_d, phi_heat=phi_heat,
+        flip_index=flip_index, second_peak=peaks[1][:, 0],
+    )  # fmt: skip
     if config.hypotheses and valid is not None:
         hyp_loss = loss_all[:, n_first:]
+        row_inputs = replace(row_inputs, hyp=(cand, hyp_loss, valid))
         feats = hypothesis_features(hyp_loss, cand, kinds, valid, end, loss_after, hd)
         if config.accept_row_features:
-            here = confidence_inputs(ConfidenceInputs(
-                heatmaps=heatmaps, coords=coords, scores=scores, person=person,
-                abcd=(a, b, c, d), end=end, loss_end=loss_after, sigma=sigma, phi_d=phi_d,
-                phi_heat=phi_heat, flip_index=flip_index, second_peak=peaks[1][:, 0],
-                hyp=(cand, hyp_loss, valid),
-            ))  # fmt: skip
+            here = confidence_inputs(row_inputs)
             cols = [CONFIDENCE_FEATURES.index(n) for n in config.accept_row_features]
             row = np.repeat(here[:, None, cols], cand.shape[1], axis=1)
             feats = np.concatenate([feats, np.where(valid[..., None], row, 0.0)], axis=-1)
@@ -394,14 +396,7 @@ def refine(
         calls=evaluate.calls,
     )
     result.local_end = local_end
-    inputs = ConfidenceInputs(
-        heatmaps=heatmaps, coords=coords, scores=scores, person=person, abcd=(a, b, c, d),
-        end=end, loss_end=loss_after, sigma=sigma, phi_d=phi_d, phi_heat=phi_heat,
-        flip_index=flip_index,
-        second_peak=peaks[1][:, 0],
-        hyp=None if hyp is None else (hyp[0], hyp[1][..., 0] + local_loss[:, None], hyp[2]),
-    )  # fmt: skip
-    result.confidence_inputs = confidence_inputs(inputs)
+    result.confidence_inputs = confidence_inputs(replace(row_inputs, end=end, loss_end=loss_after))
     result.confidence = verification_probability(config, result.confidence_inputs, gidx)
     if hyp is not None:
         result.hyp_positions, result.hyp_features, result.hyp_valid, result.hyp_moved = hyp
@@ -432,6 +427,15 @@ def gather_rows(x: F32, index: I64) -> F32:
         _WORKSPACE.rows = buf
     out: F32 = buf[:need].reshape(shape)
     np.take(x, index, axis=0, out=out, mode="clip")  # "raise" would buffer a copy first
+    return out
+
+
+def _per_group(values: Any, group: I64, name: str) -> F64:
+    """Per-group settings (G, ...) looked up for each row's group (P, ...)."""
+    table = np.asarray(values, dtype=np.float64)
+    if len(group) and group.max() >= len(table):
+        raise ValueError(f"{name} has {len(table)} groups; the spec has more")
+    out: F64 = table[group]
     return out
 
 
@@ -504,11 +508,9 @@ def verification_probability(config: ScioSearchConfig, inputs: F64, group: I64) 
     cols = [CONFIDENCE_FEATURES.index(n) for n in config.confidence_features]
     x = inputs[:, cols]
     if config.confidence_group_weights:
-        w = np.asarray(config.confidence_group_weights, dtype=np.float64)
-        b = np.asarray(config.confidence_group_bias, dtype=np.float64)
-        if len(group) and group.max() >= len(w):
-            raise ValueError(f"the confidence calibration has {len(w)} groups; the spec has more")
-        return sigmoid((x * w[group]).sum(axis=1) + b[group])
+        w = _per_group(config.confidence_group_weights, group, "confidence_group_weights")
+        b = _per_group(config.confidence_group_bias, group, "confidence_group_bias")
+        return sigmoid((x * w).sum(axis=1) + b)
     if not config.confidence_weights:
         return np.full(len(inputs), np.nan)
     return sigmoid(
@@ -644,11 +646,9 @@ def accept_probability(config: ScioSearchConfig, feats: F64, group: I64 | None =
     """The acceptance rule's P(hypothesis closer to the truth than the current D), (P, H); with
     per-group rules, each row (of `group`) by its own."""
     if config.accept_group_weights and group is not None:
-        w = np.asarray(config.accept_group_weights, dtype=np.float64)
-        b = np.asarray(config.accept_group_bias, dtype=np.float64)
-        if len(group) and group.max() >= len(w):
-            raise ValueError(f"accept_group_weights has {len(w)} groups; the spec more")
-        return sigmoid(np.einsum("phf,pf->ph", feats, w[group]) + b[group][:, None])
+        w = _per_group(config.accept_group_weights, group, "accept_group_weights")
+        b = _per_group(config.accept_group_bias, group, "accept_group_bias")
+        return sigmoid(np.einsum("phf,pf->ph", feats, w) + b[:, None])
     return sigmoid(feats @ np.asarray(config.accept_weights, dtype=np.float64) + config.accept_bias)
 
 
@@ -675,10 +675,7 @@ def apply_rule(
     rows = np.arange(p)
     threshold = np.full(p, config.accept_threshold)
     if config.accept_group_thresholds and group is not None:
-        per_group = np.asarray(config.accept_group_thresholds, dtype=np.float64)
-        if len(group) and group.max() >= len(per_group):
-            raise ValueError(f"accept_group_thresholds has {len(per_group)} groups; the spec more")
-        threshold = per_group[group]
+        threshold = _per_group(config.accept_group_thresholds, group, "accept_group_thresholds")
     moved = prob[rows, best] > threshold
     end = np.where(moved[:, None], cand[rows, best], current)
     loss = np.where(moved, loss_current + feats[rows, best, 0], loss_current)
