@@ -43,7 +43,12 @@ def main() -> int:
     ax.set_ylabel("held-out AP (GT boxes)")
     ax.set_title(f"{cfg['arch']} {cfg['input_hw'][0]}x{cfg['input_hw'][1]}")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if any("lr" in r for r in points):  # the schedule: drops and restarts (extended runs)
+        lr_ax = ax.twinx()
+        lr_ax.step(x, [r.get("lr", float("nan")) for r in points], "k:", where="pre", lw=1)
+        lr_ax.set_yscale("log")
+        lr_ax.set_ylabel("learning rate (dotted)")
+    ax.legend(loc="lower right")
     fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
     fig.savefig(RESULTS / f"{args.name}.png", dpi=110)
@@ -56,7 +61,10 @@ def main() -> int:
         "train_samples": cfg.get("train_samples"),
         "train_seconds": train_s,
         "points": [
-            {k: r.get(k) for k in ("samples", "val_AP", "val_AP50", "val_acc", "samples_per_s")}
+            {
+                k: r.get(k)
+                for k in ("samples", "val_AP", "val_AP50", "val_acc", "samples_per_s", "lr")
+            }
             for r in points
         ],
     }
@@ -67,12 +75,12 @@ def main() -> int:
         "",
         f"![learning curve]({args.name}.png)",
         "",
-        "| samples | AP | AP50 | PCK@0.5 | samples/s |",
-        "|---|---|---|---|---|",
+        "| samples | AP | AP50 | PCK@0.5 | samples/s | learning rate |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['samples']} | {100 * r['val_AP']:.1f} | {100 * r['val_AP50']:.1f} | "
-        f"{r['val_acc']:.3f} | {r['samples_per_s']:.1f} |"
+        f"{r['val_acc']:.3f} | {r['samples_per_s']:.1f} | {r.get('lr', float('nan')):.2g} |"
         for r in points
     ]
     write_results(args.name, report, "\n".join(lines) + "\n")

@@ -51,7 +51,15 @@ def verification_auroc(o: dict[str, Any]) -> float:
 
 def targets(r: dict[str, Any]) -> dict[str, bool]:
     o = r["overall"]
+    # issue 12: the anchors must be much better than what they anchor
+    anchors = {
+        f"{name}: median error of A <= half that of the backbone's D": m["a_error"]
+        <= 0.5 * m["backbone_d_error"]
+        for name, m in r["per_group"].items()
+        if m.get("rows")
+    }
     return {
+        **anchors,
         "P(loss at true D < loss at the start) >= 0.6": o["truth_beats_start"] >= 0.6,
         "accepted moves that end closer >= 65%": o["accepted_closer"] >= 0.65,
         "verification AUROC >= heatmap-peak AUROC + 0.03": verification_auroc(o)
@@ -168,6 +176,8 @@ def main() -> int:
         "- Spearman: within one row, loss against distance to the truth over the radius-4 "
         "lattice around the start, mean over rows.",
         "- acc. closer: of the accepted moves, the share that end closer to the truth.",
+        "- A err, bb D err: median error of the backbone's A and of its D over the group's "
+        "rows (heatmap px; rows are the keypoints the search examines).",
         "- gain: px that Γ's decoded Â moves per px of D; A err/gain: the backbone's median "
         "A error divided by it, to compare with D err (median error of the start, heatmap px).",
         "- AUROC: separation of correct (OKS term >= 0.5) from wrong returned D by the loss "

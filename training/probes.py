@@ -551,6 +551,8 @@ COLUMNS = (
     ("accepted", "accepted", "{:d}"),
     ("accepted_closer", "acc. closer", "{:.3f}"),
     ("gain", "gain", "{:.2f}"),
+    ("a_error", "A err", "{:.2f}"),
+    ("backbone_d_error", "bb D err", "{:.2f}"),
     ("a_error_over_gain", "A err/gain", "{:.2f}"),
     ("d_error", "D err", "{:.2f}"),
     ("auroc_loss_start", "AUROC loss", "{:.3f}"),

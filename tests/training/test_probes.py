@@ -166,3 +166,26 @@ def test_per_group_rules_learn_their_own_signal_and_need_a_real_gain() -> None:
     assert t[0] < 1.0
     assert t[1] < 1.0
     assert t[2] == 1.0  # 0.001 OKS a row is below the minimum
+
+
+def test_probe_targets_judge_each_groups_anchor_against_its_distal_keypoint() -> None:
+    """Issue 12's anchor target is per group: A's median error at most half of the backbone's
+    D's; a group with no rows is not judged."""
+    from benchmarks.scio_probes import targets
+
+    def m(a: float, d: float, rows: int = 10) -> dict[str, float]:
+        return {"rows": rows, "a_error": a, "backbone_d_error": d}
+
+    overall = {
+        "truth_beats_start": 0.5,
+        "accepted_closer": 0.7,
+        "auroc_confidence": 0.8,
+        "auroc_loss_start": 0.5,
+        "auroc_peak": 0.7,
+    }
+    t = targets(
+        {"overall": overall, "per_group": {"arm": m(1.0, 2.0), "leg": m(1.1, 2.0), "x": m(9, 1, 0)}}
+    )
+    assert t["arm: median error of A <= half that of the backbone's D"]
+    assert not t["leg: median error of A <= half that of the backbone's D"]
+    assert not any(k.startswith("x:") for k in t)
