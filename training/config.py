@@ -133,9 +133,10 @@ PRESETS: dict[str, BackboneTrainConfig] = {
     # The SCIO testbed (issue 12): 64x48 heatmaps (the paper's resolution) from a 128x96 input
     # through one stride-2 deconvolution, trained on a pool of 30,000 synthetic images (about
     # 75,000 persons, so the run sees each person about twice rather than 14 times), the
-    # schedule in samples. hrnet_small at 256x192 gives the same 64x48 heatmaps at 4x the cost
-    # per sample (9-14 against 35-45 samples/s on two cores), so at equal wall time it sees a
-    # quarter of the data.
+    # schedule in samples. hrnet_small at 256x192 gives the same 64x48 heatmaps at 3x the cost
+    # per sample (13.5 against 40 samples/s on two cores); in 15 min of training each
+    # (benchmarks/results/testbed_equal_wall_time.md) it reached PCK 0.284 / AP 0.2 against
+    # 0.426 / 4.7 here, the two being alike at equal samples.
     "cpu-testbed": BackboneTrainConfig(
         arch="hrnet_small_up",
         input_hw=(128, 96),

@@ -1,0 +1,124 @@
+"""Backbone runs compared at equal training wall time (issue 12: 128x96 + deconvolution against
+256x192 for the same 64x48 heatmaps), from the runs' own logs.
+
+    scio-pose train backbone --config benchmarks/configs/equal_time_128x96_deconv.toml --out A
+    scio-pose train backbone --config benchmarks/configs/equal_time_256x192.toml --out B
+    python benchmarks/equal_wall_time.py --run A --run B --name testbed_equal_wall_time
+
+Each run's held-out points (its validation images, ground-truth boxes, no flip) against training
+seconds and samples seen, and its throughput. Run them one after the other on an otherwise idle
+machine: the comparison is only as fair as their wall times are. Writes
+benchmarks/results/NAME.{png,json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import RESULTS, machine, md_header, write_results  # noqa: E402
+
+
+def load_run(run: Path) -> dict[str, Any]:
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x]
+    points = [r for r in rows if "val_AP" in r]
+    if not points:
+        raise SystemExit(f"{run}/log.jsonl has no validation rows")
+    cfg = json.loads((run / "config.json").read_text())
+    return {
+        "run": str(run),
+        "arch": cfg["arch"],
+        "input_hw": cfg["input_hw"],
+        "train_samples": cfg.get("train_samples"),
+        "finished": any(r.get("samples", 0) >= cfg.get("train_samples", 0) > 0 for r in points),
+        "points": [
+            {
+                k: r.get(k)
+                for k in (
+                    "samples",
+                    "train_seconds_total",
+                    "val_AP",
+                    "val_AP50",
+                    "val_acc",
+                    "samples_per_s",
+                )
+            }
+            for r in points
+        ],
+    }
+
+
+def label(r: dict[str, Any]) -> str:
+    return f"{r['arch']} {r['input_hw'][0]}x{r['input_hw'][1]}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", type=Path, action="append", required=True, help="run folder")
+    ap.add_argument("--name", default="equal_wall_time")
+    args = ap.parse_args()
+    runs = [load_run(r) for r in args.run]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for r in runs:
+        t = [p["train_seconds_total"] / 60 for p in r["points"]]
+        ax1.plot(t, [100 * p["val_AP"] for p in r["points"]], "o-", label=label(r))
+        ax2.plot(t, [p["val_acc"] for p in r["points"]], "o-", label=label(r))
+    for ax, what in ((ax1, "held-out AP (GT boxes)"), (ax2, "held-out PCK@0.5")):
+        ax.set_xlabel("training wall time (min)")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(RESULTS / f"{args.name}.png", dpi=110)
+    report: dict[str, Any] = {
+        "command": "python benchmarks/equal_wall_time.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "runs": runs,
+    }
+    lines = md_header("Backbones at equal training wall time", report)
+    lines += [
+        "Held-out split: each run's validation images, ground-truth boxes, no flip. Wall time: "
+        "training steps only (validation and data generation excluded).",
+        "",
+        f"![AP and PCK against wall time]({args.name}.png)",
+        "",
+        "| run | samples | training min | AP | AP50 | PCK@0.5 | samples/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        for p in r["points"]:
+            lines.append(
+                f"| {label(r)} | {p['samples']} | {p['train_seconds_total'] / 60:.1f} | "
+                f"{100 * p['val_AP']:.2f} | {100 * p['val_AP50']:.1f} | {p['val_acc']:.3f} | "
+                f"{p['samples_per_s']:.1f} |"
+            )
+    final = [r["points"][-1] for r in runs]
+    lines += [
+        "",
+        "At the end of each schedule: "
+        + "; ".join(
+            f"{label(r)} AP {100 * p['val_AP']:.2f}, PCK {p['val_acc']:.3f} after "
+            f"{p['train_seconds_total'] / 60:.1f} min ({p['samples']} samples, "
+            f"{p['samples_per_s']:.1f} samples/s)"
+            for r, p in zip(runs, final, strict=True)
+        )
+        + ".",
+    ]
+    write_results(args.name, report, "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
