@@ -63,3 +63,12 @@ def git_commit(path: Path = RESULTS.parents[1]) -> str:
     return subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=path, capture_output=True, text=True
     ).stdout.strip()
+
+
+def read_run(run: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """A backbone run's log rows, the rows with held-out results, and its config."""
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x]
+    points = [r for r in rows if "val_AP" in r]
+    if not points:
+        raise SystemExit(f"{run}/log.jsonl has no validation rows")
+    return rows, points, json.loads((run / "config.json").read_text())

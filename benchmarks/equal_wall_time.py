@@ -14,7 +14,6 @@ benchmarks/results/NAME.{png,json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,21 +21,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import RESULTS, machine, md_header, write_results  # noqa: E402
+from benchmarks._common import RESULTS, machine, md_header, read_run, write_results  # noqa: E402
 
 
 def load_run(run: Path) -> dict[str, Any]:
-    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x]
-    points = [r for r in rows if "val_AP" in r]
-    if not points:
-        raise SystemExit(f"{run}/log.jsonl has no validation rows")
-    cfg = json.loads((run / "config.json").read_text())
+    _, points, cfg = read_run(run)
     return {
         "run": str(run),
         "arch": cfg["arch"],
         "input_hw": cfg["input_hw"],
         "train_samples": cfg.get("train_samples"),
-        "finished": any(r.get("samples", 0) >= cfg.get("train_samples", 0) > 0 for r in points),
         "points": [
             {
                 k: r.get(k)

@@ -10,14 +10,13 @@ finished model. Writes benchmarks/results/NAME.{png,json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import RESULTS, machine, md_header, write_results  # noqa: E402
+from benchmarks._common import RESULTS, machine, md_header, read_run, write_results  # noqa: E402
 
 
 def main() -> int:
@@ -25,11 +24,7 @@ def main() -> int:
     ap.add_argument("--run", type=Path, required=True, help="backbone run folder")
     ap.add_argument("--name", default="learning_curve")
     args = ap.parse_args()
-    rows = [json.loads(x) for x in (args.run / "log.jsonl").read_text().splitlines() if x]
-    points = [r for r in rows if "val_AP" in r]
-    if not points:
-        raise SystemExit(f"{args.run}/log.jsonl has no validation rows")
-    cfg = json.loads((args.run / "config.json").read_text())
+    rows, points, cfg = read_run(args.run)
     import matplotlib
 
     matplotlib.use("Agg")
