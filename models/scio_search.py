@@ -15,6 +15,7 @@ import threading
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -523,19 +524,15 @@ def local_maxima(heat: F32, count: int, min_distance: float = 2.0) -> tuple[F64,
     `min_distance` px from it and from each other, taken greedily in order of height among the
     map's `_PEAK_POOL` highest local maxima: (M, count, 2) positions, (M, count) values (0 where
     a map has fewer)."""
-    m, h, w = heat.shape
+    m, _, w = heat.shape
     pos = np.zeros((m, count, 2))
     val = np.zeros((m, count))
     if m == 0 or count <= 0:
         return pos, val
-    pad = np.pad(heat, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    neigh = pad[:, :h, :w]  # the 3x3 maximum, the centre included
-    for dy in range(3):
-        for dx in range(3):
-            if dy or dx:
-                neigh = np.maximum(neigh, pad[:, dy : dy + h, dx : dx + w])
-    peak = (heat >= neigh) & (heat > 0)
-    flat = np.where(peak, heat, -np.inf).reshape(m, -1).astype(np.float64)
+    heat = np.asarray(heat, dtype=np.float32)
+    peak = (heat >= _max3x3(heat)) & (heat > 0)
+    # float32 keeps every height exactly, so the order is the same as in float64
+    flat = np.where(peak, heat, np.float32(-np.inf)).reshape(m, -1)
     pool = min(_PEAK_POOL, flat.shape[1])
     top = np.argpartition(-flat, pool - 1, axis=1)[:, :pool]
     tv = np.take_along_axis(flat, top, axis=1)
@@ -543,22 +540,23 @@ def local_maxima(heat: F32, count: int, min_distance: float = 2.0) -> tuple[F64,
     order = np.take_along_axis(top, np.lexsort((top, -tv), axis=-1), axis=1)
     v = np.take_along_axis(flat, order, axis=1)
     xy = np.stack([order % w, order // w], axis=-1).astype(np.float64)  # (M, pool, 2)
+    finite = np.isfinite(v)
     taken = np.zeros((m, count + 1, 2))
     n_taken = np.zeros(m, dtype=np.int64)
     rows = np.arange(m)
     slot = np.arange(count + 1)
     for j in range(pool):
-        if not np.isfinite(v[:, j]).any():
-            break  # no map has another local maximum
+        # a row is done once it is full or out of maxima (they come highest first)
+        live = finite[:, j] & (n_taken <= count)
+        if not live.any():
+            break
         cand = xy[:, j]
         near = ((taken - cand[:, None]) ** 2).sum(-1) < min_distance**2
         near &= slot[None] < n_taken[:, None]
-        take = np.isfinite(v[:, j]) & ~near.any(axis=1) & (n_taken <= count)
+        take = live & ~near.any(axis=1)
         r = rows[take]
         taken[r, n_taken[r]] = cand[take]
         n_taken[r] += 1
-        if (n_taken > count).all():
-            break
     for k in range(count):  # the first one taken is the global maximum
         has = n_taken > k + 1
         pos[has, k] = taken[has, k + 1]
@@ -568,6 +566,21 @@ def local_maxima(heat: F32, count: int, min_distance: float = 2.0) -> tuple[F64,
 
 
 _PEAK_POOL = 16  # local maxima of one map looked at, highest first
+_CV_CHANNELS = 512  # OpenCV's most channels per image
+
+
+def _max3x3(heat: F32) -> F32:
+    """Each pixel's 3x3 neighbourhood maximum, the centre included (M, h, w), by OpenCV's
+    dilation of the maps as the channels of one image. A replicated border leaves every
+    maximum as it is with the outside ignored (the edge pixel is in the neighbourhood)."""
+    m, h, w = heat.shape
+    out = np.empty_like(heat)
+    kernel = np.ones((3, 3), np.uint8)
+    for i in range(0, m, _CV_CHANNELS):
+        part = np.ascontiguousarray(heat[i : i + _CV_CHANNELS].transpose(1, 2, 0))
+        grown = cv2.dilate(part, kernel, borderType=cv2.BORDER_REPLICATE)
+        out[i : i + _CV_CHANNELS] = grown.reshape(h, w, -1).transpose(2, 0, 1)
+    return out
 
 
 HYP_PEAKS = 2  # local maxima of H_D considered besides the global one
@@ -687,14 +700,13 @@ def _active_rows(
 ) -> I64:
     """(person, group) pairs whose A, B and C are confident enough to verify anything, and whose
     D is not already confident beyond `max_distal` (1.0: never skip on that account)."""
-    pairs: list[tuple[int, int]] = []
-    for gi, g in enumerate(groups):
-        ok = np.min(scores[:, [g.a, g.b, g.c]], axis=1) >= min_conf
-        if max_distal < 1.0:
-            ok &= scores[:, g.d] < max_distal
-        pairs.extend((int(p), gi) for p in np.flatnonzero(ok))
-    pairs.sort()
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    abcd = np.array([[g.a, g.b, g.c, g.d] for g in groups], dtype=np.intp).reshape(-1, 4)
+    s = np.asarray(scores)
+    ok = s[:, abcd[:, :3]].min(axis=2) >= min_conf  # (N, G)
+    if max_distal < 1.0:
+        ok &= s[:, abcd[:, 3]] < max_distal
+    out: I64 = np.argwhere(ok).astype(np.int64)  # (person, group) pairs, in that order
+    return out
 
 
 def _prior_positions(

@@ -235,6 +235,50 @@ def test_local_maxima_skip_the_global_one_and_near_duplicates() -> None:
     assert val[0] == pytest.approx([0.7, 0.5], abs=1e-3)
 
 
+def _local_maxima_by_hand(heat: np.ndarray, count: int, min_distance: float = 2.0) -> tuple:
+    """local_maxima's definition, pixel by pixel: every positive pixel not below any 3x3
+    neighbour, highest first (row-major among equals), greedily kept when at least
+    `min_distance` from those kept, among the map's 16 highest; the first kept is skipped."""
+    m, h, w = heat.shape
+    pos, val = np.zeros((m, count, 2)), np.zeros((m, count))
+    for i in range(m):
+        peaks = []
+        for y in range(h):
+            for x in range(w):
+                v = heat[i, y, x]
+                nb = heat[i, max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2]
+                if v > 0 and v >= nb.max():
+                    peaks.append((-float(v), y * w + x, x, y))
+        kept: list[tuple[int, int]] = []
+        for _, _, x, y in sorted(peaks)[:16]:
+            if len(kept) > count:
+                break
+            if all((x - a) ** 2 + (y - b) ** 2 >= min_distance**2 for a, b in kept):
+                kept.append((x, y))
+        for k, (x, y) in enumerate(kept[1:]):
+            pos[i, k], val[i, k] = (x, y), heat[i, y, x]
+    return pos, val
+
+
+def test_local_maxima_match_their_definition_with_ties_plateaus_and_edges() -> None:
+    from models.scio_search import local_maxima
+
+    rng = np.random.default_rng(3)
+    pts = rng.uniform([-2, -2], [HW[1] + 1, HW[0] + 1], (40, 4, 2))
+    amp = rng.uniform(0.1, 1.0, (40, 4, 1, 1))
+    heat = (render_gaussians(pts, HW, 1.5) * amp).max(1).astype(np.float32)
+    heat = np.round(heat * 16) / 16  # coarse levels: plateaus and equal peaks near the tops,
+    heat[heat < 0.3] = 0.0  # no wide flat tails (the 16 kept among >16 equals are arbitrary)
+    heat[::7] = 0.0  # maps with nothing
+    heat[1::9, 3:5, 3:5] = 2.0  # a flat top, and maps whose peaks sit on the border
+    heat[2::9, 0, :] = np.linspace(0, 1, HW[1])
+    for count in (1, 2, 4):
+        pos, val = local_maxima(heat, count)
+        ref_pos, ref_val = _local_maxima_by_hand(heat, count)
+        np.testing.assert_array_equal(pos, ref_pos)
+        np.testing.assert_array_equal(val, ref_val)
+
+
 def test_hypotheses_reach_a_gross_error_only_where_the_rule_says_so() -> None:
     """The backbone put D on the wrong side (the mirrored keypoint's place): no local search can
     get there, a hypothesis can; a rule that trusts lower loss takes it, an impossible
