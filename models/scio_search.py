@@ -304,6 +304,7 @@ def refine(
     sigma: float = 2.0,
     batched: bool = True,
     flip_index: npt.NDArray[np.intp] | None = None,
+    diagnostics: bool = True,
 ) -> SearchResult:
     """Refine the distal keypoints of N persons.
 
@@ -311,6 +312,12 @@ def refine(
     scores (N, K) decoded from those heatmaps. With `batched=False` every candidate gets its own
     Γ call (for measuring what batching buys); the result is the same. `flip_index` (the spec's
     left/right partner of each keypoint) is needed for the "mirror" hypothesis.
+
+    `diagnostics=False` (the service) skips what only the probes read: Φ and the hypotheses of
+    rows whose group's rule can never move D (`rule_can_move`), unless the start or the
+    calibrated confidence reads them. Positions, losses, moves and confidences are the same; in
+    the skipped rows the hypotheses are absent (`hyp_valid` false) and Φ's columns of
+    `confidence_inputs` are NaN.
     """
     h, w = heatmaps.shape[-2:]
     config = config.in_pixels(sigma)
@@ -328,10 +335,24 @@ def refine(
     hc = heatmaps[person, c]
     f = gather_rows(features, person)
     backbone_d = coords[person, d].astype(np.float64)
+    # the rows whose hypotheses are scored, and those Φ runs on (all of them, or see above)
+    hyp_rows = _hypothesis_rows(config, gidx, diagnostics)
     # Φ runs once, and its decoded D serves the prior, the "phi" hypothesis and the confidence
     wants_phi = config.prior != "backbone" or "phi" in config.hypotheses
-    phi_heat = phi(ha, hb, hc, f, gidx) if phi is not None and wants_phi else None
-    phi_d = None if phi_heat is None else _decoded(phi_heat, backbone_d, decode)
+    phi_heat = phi_d = None
+    if phi is not None and wants_phi:
+        phi_all = diagnostics or config.prior != "backbone"
+        phi_all |= bool(set(config.confidence_features) & set(_PHI_FEATURES))
+        if phi_all or len(hyp_rows) == len(person):
+            phi_heat = phi(ha, hb, hc, f, gidx)
+            phi_d = _decoded(phi_heat, backbone_d, decode)
+        else:
+            phi_heat = np.zeros_like(ha)
+            phi_d = np.full_like(backbone_d, np.nan)
+            if len(hyp_rows):
+                r = hyp_rows
+                phi_heat[r] = phi(ha[r], hb[r], hc[r], f[r], gidx[r])
+                phi_d[r] = _decoded(phi_heat[r], backbone_d[r], decode)
     hd = heatmaps[person, d]
     start = _prior_positions(hd, phi_heat, phi_d, backbone_d, config, decode)
     ctx = gamma.context(hb, hc, f, gidx)
@@ -339,8 +360,15 @@ def refine(
     # The hypotheses do not depend on the search; H_D's local maxima serve them and the confidence
     peaks = local_maxima(hd, HYP_PEAKS)
     if config.hypotheses:
-        cand, kinds, valid = hypotheses(
-            heatmaps, coords, person, d, backbone_d, config.hypotheses, flip_index, phi_d, peaks
+        r = hyp_rows
+        sub = None if phi_d is None else phi_d[r]
+        cand, kinds, valid = _scatter_hypotheses(
+            len(person),
+            r,
+            hypotheses(
+                heatmaps, coords, person[r], d[r], backbone_d[r], config.hypotheses, flip_index,
+                sub, (peaks[0][r], peaks[1][r]),
+            ),
         )  # fmt: skip
     else:
         cand, kinds, valid = (
@@ -349,12 +377,16 @@ def refine(
             None,
         )
     # The first Γ call scores everything known before the search moves: the start (the whole
-    # lattice for "grid") and the hypotheses
+    # lattice for "grid") and the hypotheses (of the rows that have them)
     first = _grid_candidates(start, config, (h, w)) if config.strategy == "grid" else start[:, None]
-    both = np.concatenate([first, cand], axis=1)
-    n_rows, n_first = len(person), first.shape[1]
-    loss_all = evaluate(np.repeat(np.arange(n_rows), both.shape[1]), both.reshape(-1, 2))
-    loss_all = loss_all.reshape(n_rows, -1)
+    n_rows, n_first, n_hyp = len(person), first.shape[1], cand.shape[1]
+    hr = hyp_rows if config.hypotheses else np.zeros(0, np.int64)
+    loss_all = np.full((n_rows, n_first + n_hyp), np.inf)
+    rows_in = np.concatenate([np.repeat(np.arange(n_rows), n_first), np.repeat(hr, n_hyp)])
+    pos_in = np.concatenate([first.reshape(-1, 2), cand[hr].reshape(-1, 2)])
+    losses = evaluate(rows_in, pos_in)
+    loss_all[:, :n_first] = losses[: n_rows * n_first].reshape(n_rows, n_first)
+    loss_all[hr, n_first:] = losses[n_rows * n_first :].reshape(len(hr), n_hyp)
     if config.strategy == "grid":
         end, loss_before, loss_after = _grid_pick(first, loss_all[:, :n_first])
     else:
@@ -403,6 +435,49 @@ def refine(
         result.hyp_positions, result.hyp_features, result.hyp_valid, result.hyp_moved = hyp
         result.accepted = accepted | hyp[3]
     return result
+
+
+_PHI_FEATURES = ("phi_distance", "phi_peak")  # the CONFIDENCE_FEATURES that read Φ
+_HYP_FEATURES = ("alt_dloss",)  # ... and those that read the hypotheses' losses
+
+
+def rule_can_move(config: ScioSearchConfig, group: I64) -> npt.NDArray[np.bool_]:
+    """Which rows (of `group`) the acceptance rule could move to a hypothesis: none without a
+    rule; a row whose threshold is 1 or more never moves (a probability is never above 1)."""
+    ruled = config.accept_weights or (config.accept_group_weights and len(group))
+    if not ruled or not config.hypotheses:
+        return np.zeros(len(group), dtype=bool)
+    threshold = np.full(len(group), config.accept_threshold)
+    if config.accept_group_thresholds and config.accept_group_weights:
+        threshold = _per_group(config.accept_group_thresholds, group, "accept_group_thresholds")
+    out: npt.NDArray[np.bool_] = threshold < 1.0
+    return out
+
+
+def _hypothesis_rows(config: ScioSearchConfig, group: I64, diagnostics: bool) -> I64:
+    """The rows whose hypotheses are scored: all of them for the diagnostics or where the
+    confidence reads them, else those the rule could move."""
+    every = np.arange(len(group), dtype=np.int64)
+    if diagnostics or set(config.confidence_features) & set(_HYP_FEATURES):
+        return every
+    return every[rule_can_move(config, group)]
+
+
+def _scatter_hypotheses(
+    p: int, rows: I64, sub: tuple[F64, I64, npt.NDArray[np.bool_]]
+) -> tuple[F64, I64, npt.NDArray[np.bool_]]:
+    """`hypotheses` of some rows placed among all `p` rows; the others have none (invalid)."""
+    pos, kind, valid = sub
+    if len(rows) == p:
+        return pos, kind, valid
+    n = pos.shape[1] if len(rows) else 0
+    full_pos = np.zeros((p, n, 2))
+    full_kind = np.zeros((p, n), np.int64)
+    full_valid = np.zeros((p, n), dtype=bool)
+    if len(rows):
+        full_pos[rows], full_kind[rows], full_valid[rows] = pos, kind, valid
+        full_kind[:] = kind[0]  # the same kinds in every row
+    return full_pos, full_kind, full_valid
 
 
 _WORKSPACE = threading.local()

@@ -317,6 +317,7 @@ class PosePipeline:
             decode=self.bundle.manifest.pose.decode,
             sigma=self.codec.sigma,
             flip_index=self.spec.flip_index,
+            diagnostics=False,
         )
         # Back onto all persons: row person indices refer to `sel`.
         full = coords.copy()

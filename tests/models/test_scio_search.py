@@ -460,3 +460,70 @@ def test_the_acceptance_rule_can_read_the_row() -> None:
         ScioSearchConfig(accept_row_features=("peak",), accept_weights=(0.0,) * n)
     with pytest.raises(ValueError, match="unknown accept_row_features"):
         ScioSearchConfig(accept_row_features=("luck",))
+
+
+def test_the_service_skips_what_only_the_probes_read_and_returns_the_same() -> None:
+    """`diagnostics=False` runs Φ and scores hypotheses only in the groups whose rule can move D
+    (threshold under 1): positions, losses, moves and confidences are those of the full run;
+    Φ sees fewer rows and Γ's head fewer candidates. Where the confidence reads Φ, Φ runs on all."""
+    from models.scio_search import ACCEPT_FEATURES, rule_can_move
+
+    heat, feats, coords, scores, truth, gamma = _problem(4, shift=0.0)
+    g = GROUPS[0]  # the group that may move: its D sits on the mirrored side, far away
+    mirror = COCO17.flip_index[g.d]
+    coords[:, mirror] = truth[:, g.d]
+    coords[:, g.d] = truth[:, g.d] + np.array([9.0, 0.0])
+    coords[:, g.d, 0] = np.minimum(coords[:, g.d, 0], HW[1] - 1.0)
+    seen: list[np.ndarray] = []
+
+    def phi(ha, hb, hc, f, group):
+        seen.append(np.asarray(group).copy())
+        return render_gaussians(truth[:1, g.d].repeat(len(group), 0) + 0.3, HW, SIGMA)
+
+    weights = [0.0] * len(ACCEPT_FEATURES)
+    weights[0] = -20.0  # lower loss than the current D -> closer
+    n_groups = len(GROUPS)
+    cfg = ScioSearchConfig(
+        strategy="grid", radius=2.0, hypotheses=("backbone", "phi", "peaks", "mirror"),
+        accept_group_weights=(tuple(weights),) * n_groups, accept_group_bias=(0.0,) * n_groups,
+        accept_group_thresholds=(0.5,) + (1.0,) * (n_groups - 1),
+        confidence_features=("loss_end", "peak", "alt_dloss"),
+        confidence_group_weights=((-1.0, 1.0, 0.5),) * n_groups,
+        confidence_group_bias=(0.1,) * n_groups,
+    )  # fmt: skip
+    assert rule_can_move(cfg, np.arange(n_groups)).tolist() == [True] + [False] * (n_groups - 1)
+
+    def run(config, diagnostics):
+        seen.clear()
+        gamma.head_calls = 0
+        sizes = []
+        head = gamma.head
+
+        def counted(context, index, hd):
+            sizes.append(len(index))
+            return head(context, index, hd)
+
+        gamma.head = counted
+        try:
+            res = refine(
+                heat, feats, coords, scores, GROUPS, gamma, config, phi=phi, sigma=SIGMA,
+                flip_index=COCO17.flip_index, diagnostics=diagnostics,
+            )  # fmt: skip
+        finally:
+            gamma.head = head
+        return res, sum(len(s) for s in seen), sum(sizes)
+
+    no_alt = replace(cfg, confidence_features=("loss_end", "peak", "mirror_distance"))
+    for config, skips in ((cfg, False), (no_alt, True)):
+        full, phi_rows_full, cands_full = run(config, True)
+        lean, phi_rows_lean, cands_lean = run(config, False)
+        rows = np.flatnonzero(full.group == 0)
+        assert full.hyp_moved[rows].all()  # the move the test is about happens
+        for name in ("coords", "end", "loss_before", "loss_after", "accepted", "confidence"):
+            np.testing.assert_array_equal(getattr(lean, name), getattr(full, name), err_msg=name)
+        if skips:  # alt_dloss not read: hypotheses only where the rule may move
+            assert phi_rows_lean == len(rows) < phi_rows_full == len(full.group)
+            assert cands_lean < cands_full
+            assert not lean.hyp_valid[full.group != 0].any()
+        else:  # the confidence reads the hypotheses' losses: nothing skipped
+            assert (phi_rows_lean, cands_lean) == (phi_rows_full, cands_full)
