@@ -1,0 +1,181 @@
+"""The person detector's recall and precision against ground-truth boxes (issue 12: recall >= 0.85
+at the service's score threshold), through the service's own detector (letterbox, ONNX Runtime,
+the bundle's input size).
+
+    python benchmarks/detector_recall.py --bundle bundles/demo \
+        --ann runs/ablation/synth-tune-2001-400/person_keypoints.json \
+        --images runs/ablation/synth-tune-2001-400/images [--detector RUN/detector] [--name NAME]
+
+`--detector` measures a `scio-pose train detector` output folder (detector.onnx and
+detector.json) instead of the bundle's. A person counts as found when a detection at or above the
+threshold overlaps its box with IoU >= 0.5, one detection per person, best overlaps first. Persons
+without labelled keypoints and crowd regions are not counted (the pose metrics ignore them too),
+and detections that match nobody are not held against the detector where they overlap them.
+Recall is also broken down by box height, where the misses are. Writes
+benchmarks/results/NAME.{json,md} (default detector_recall).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import git_commit, machine, md_header, md_targets, write_results  # noqa: E402
+
+THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+HEIGHT_BINS = (0, 32, 64, 96, 128, 192, 10_000)  # GT box height, image px
+RECALL_TARGET = 0.85
+
+
+def match(gt: np.ndarray, det: np.ndarray, iou_min: float = 0.5) -> np.ndarray:
+    """Which GT boxes (N, 4) a detection (M, 4) covers, one detection each, the highest
+    overlaps first (x1, y1, x2, y2)."""
+    from service.tracking import box_iou
+
+    found = np.zeros(len(gt), dtype=bool)
+    if len(gt) == 0 or len(det) == 0:
+        return found
+    iou = box_iou(gt, det)
+    pairs = np.argwhere(iou >= iou_min)
+    used: set[int] = set()
+    for i, j in sorted(pairs.tolist(), key=lambda p: -iou[p[0], p[1]]):
+        if not found[i] and j not in used:
+            found[i] = True
+            used.add(j)
+    return found
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "demo")
+    ap.add_argument("--detector", type=Path, help="a `train detector` output folder instead")
+    ap.add_argument("--ann", type=Path, required=True, help="COCO-format person annotations")
+    ap.add_argument("--images", type=Path, required=True, help="their image folder")
+    ap.add_argument("--name", default="detector_recall")
+    args = ap.parse_args()
+
+    from PIL import Image
+
+    from models.bundle import DETECTOR, DetectorInfo, load_bundle
+    from service.detector import PersonDetector
+    from service.runtime import OnnxModel
+
+    if args.detector is not None:
+        meta = json.loads((args.detector / "detector.json").read_text())
+        info = DetectorInfo.from_dict(meta)
+        model = OnnxModel.load(args.detector / "detector.onnx", device="cpu")
+        source = str(args.detector)
+    else:
+        bundle = load_bundle(args.bundle)
+        bundled, path = bundle.manifest.detector, bundle.path(DETECTOR)
+        if bundled is None or path is None:
+            raise SystemExit(f"{args.bundle} has no detector")
+        info = bundled
+        model = OnnxModel.load(path, device="cpu")
+        source = str(
+            args.bundle.relative_to(ROOT) if args.bundle.is_relative_to(ROOT) else args.bundle
+        )
+    detector = PersonDetector(model, info)
+    ann = json.loads(args.ann.read_text())
+    gts: dict[int, list[list[float]]] = {}
+    for a in ann["annotations"]:
+        if a.get("iscrowd") or a.get("num_keypoints", 0) == 0:
+            continue
+        x, y, w, h = a["bbox"]
+        gts.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+    thresholds = sorted({*THRESHOLDS, info.score_threshold})  # the service's own among them
+    floor = min(thresholds)
+    found: dict[float, list[bool]] = {t: [] for t in thresholds}  # per threshold, per GT box
+    detections = dict.fromkeys(thresholds, 0)
+    matched = dict.fromkeys(thresholds, 0)
+    heights: list[float] = []
+    for im in ann["images"]:
+        rgb = np.asarray(Image.open(args.images / im["file_name"]).convert("RGB"))
+        ((boxes, scores),) = detector([rgb], min_score=floor)
+        gt = np.array(gts.get(im["id"], []), dtype=np.float64).reshape(-1, 4)
+        heights.extend((gt[:, 3] - gt[:, 1]).tolist())
+        for t in thresholds:
+            det = boxes[scores >= t]
+            f = match(gt, det)
+            found[t].extend(f.tolist())
+            detections[t] += len(det)
+            matched[t] += int(f.sum())
+    h = np.array(heights)
+    rows = []
+    for t in thresholds:
+        f = np.array(found[t], dtype=bool)
+        rows.append(
+            {
+                "threshold": t,
+                "recall": float(f.mean()) if len(f) else float("nan"),
+                "precision": matched[t] / max(detections[t], 1),
+                "detections_per_person": detections[t] / max(len(f), 1),
+            }
+        )
+    thr = info.score_threshold
+    at = np.array(found[thr], dtype=bool)
+    by_height: list[dict[str, Any]] = []
+    for lo, hi in itertools.pairwise(HEIGHT_BINS):
+        m = (h > lo) & (h <= hi)
+        if m.any():
+            by_height.append(
+                {"height": [lo, hi], "persons": int(m.sum()), "recall": float(at[m].mean())}
+            )
+    recall = float(at.mean())
+    report: dict[str, Any] = {
+        "command": "python benchmarks/detector_recall.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "code": git_commit(),
+        "detector": source,
+        "annotations": str(args.ann),
+        "images": len(ann["images"]),
+        "persons": len(at),
+        "score_threshold": thr,
+        "recall": recall,
+        "by_threshold": rows,
+        "by_height": by_height,
+        "targets": {
+            f"recall >= {RECALL_TARGET} at the service's threshold {thr}": recall >= RECALL_TARGET
+        },
+    }
+    lines = md_header(f"Person detector recall ({source})", report)
+    lines += [
+        "",
+        f"{report['persons']} persons with labelled keypoints in {report['images']} images of "
+        f"`{args.ann}`. Found: a detection with IoU >= 0.5, one per person.",
+        "",
+        "| score threshold | recall | precision | detections per person |",
+        "|---|---|---|---|",
+        *[
+            f"| {r['threshold']:.2f}{' (service)' if r['threshold'] == thr else ''} | "
+            f"{r['recall']:.3f} | {r['precision']:.3f} | {r['detections_per_person']:.2f} |"
+            for r in rows
+        ],
+        "",
+        f"Recall at the service's threshold {thr} by ground-truth box height (image px):",
+        "",
+        "| height | persons | recall |",
+        "|---|---|---|",
+        *[
+            f"| {b['height'][0]}-{b['height'][1]} | {b['persons']} | {b['recall']:.3f} |"
+            for b in by_height
+        ],
+        "",
+        *md_targets(report["targets"]),
+        "",
+    ]
+    write_results(args.name, report, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
