@@ -314,10 +314,10 @@ def refine(
     left/right partner of each keypoint) is needed for the "mirror" hypothesis.
 
     `diagnostics=False` (the service) skips what only the probes read: Φ and the hypotheses of
-    rows whose group's rule can never move D (`rule_can_move`), unless the start or the
-    calibrated confidence reads them. Positions, losses, moves and confidences are the same; in
-    the skipped rows the hypotheses are absent (`hyp_valid` false) and Φ's columns of
-    `confidence_inputs` are NaN.
+    rows whose group's rule can never move D (`rule_can_move`), and H_D's local maxima there,
+    unless the start or the calibrated confidence reads them. Positions, losses, moves and
+    confidences are the same; in the skipped rows the hypotheses are absent (`hyp_valid` false)
+    and the columns of `confidence_inputs` that read Φ or the maxima are NaN.
     """
     h, w = heatmaps.shape[-2:]
     config = config.in_pixels(sigma)
@@ -358,7 +358,12 @@ def refine(
     ctx = gamma.context(hb, hc, f, gidx)
     evaluate = _Evaluator(gamma, ctx, ha, (h, w), sigma, batched, config.score)
     # The hypotheses do not depend on the search; H_D's local maxima serve them and the confidence
-    peaks = local_maxima(hd, HYP_PEAKS)
+    # (in the rows that have hypotheses, unless the confidence reads them: NaN elsewhere)
+    if diagnostics or "second_peak" in config.confidence_features or len(hyp_rows) == len(hd):
+        peaks = local_maxima(hd, HYP_PEAKS)
+    else:
+        peaks = (np.zeros((len(hd), HYP_PEAKS, 2)), np.full((len(hd), HYP_PEAKS), np.nan))
+        peaks[0][hyp_rows], peaks[1][hyp_rows] = local_maxima(hd[hyp_rows], HYP_PEAKS)
     if config.hypotheses:
         r = hyp_rows
         sub = None if phi_d is None else phi_d[r]

@@ -514,7 +514,8 @@ def test_the_service_skips_what_only_the_probes_read_and_returns_the_same() -> N
         return res, sum(len(s) for s in seen), sum(sizes)
 
     no_alt = replace(cfg, confidence_features=("loss_end", "peak", "mirror_distance"))
-    for config, skips in ((cfg, False), (no_alt, True)):
+    second = replace(cfg, confidence_features=("loss_end", "peak", "second_peak"))
+    for config, skips in ((cfg, False), (no_alt, True), (second, True)):
         full, phi_rows_full, cands_full = run(config, True)
         lean, phi_rows_lean, cands_lean = run(config, False)
         rows = np.flatnonzero(full.group == 0)
