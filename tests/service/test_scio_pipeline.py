@@ -134,6 +134,12 @@ def test_refine_toggle_and_the_response_fields(nets_and_bundle) -> None:
         [(img, PoseOptions(boxes=boxes)), (img[:, ::-1].copy(), PoseOptions(boxes=boxes))]
     )
     np.testing.assert_allclose(both[0].persons[0].keypoints, on.persons[0].keypoints, atol=1e-4)
+    # the metadata follows the settings in use (it is built once per configuration)
+    assert pipe.info["scio"] == pipe.scio_config.to_dict()
+    pipe.info["name"] = "changed by a caller"  # a copy: the next caller sees the bundle's own
+    assert pipe.info["name"] != "changed by a caller"
+    pipe.scio_config = replace(pipe.scio_config, radius=pipe.scio_config.radius + 1.0)
+    assert pipe.info["scio"]["radius"] == pipe.scio_config.radius
 
 
 def test_a_bundle_whose_groups_do_not_match_its_spec_is_refused(
