@@ -1,13 +1,19 @@
 """Backbone runs compared at equal training wall time (issue 12: 128x96 + deconvolution against
-256x192 for the same 64x48 heatmaps), from the runs' own logs.
+256x192 for the same 64x48 heatmaps), or at equal samples (fresh data against a small pool seen
+over and over), from the runs' own logs.
 
     scio-pose train backbone --config benchmarks/configs/equal_time_128x96_deconv.toml --out A
     scio-pose train backbone --config benchmarks/configs/equal_time_256x192.toml --out B
     python benchmarks/equal_wall_time.py --run A --run B --name testbed_equal_wall_time
 
+    scio-pose train backbone --config benchmarks/configs/fresh_vs_repeat_pool1000.toml --out C
+    scio-pose train backbone --config benchmarks/configs/fresh_vs_repeat_pool30000.toml --out D
+    python benchmarks/equal_wall_time.py --run C --run D --by samples --name testbed_fresh_vs_repeat
+
 Each run's held-out points (its validation images, ground-truth boxes, no flip) against training
-seconds and samples seen, and its throughput. Run them one after the other on an otherwise idle
-machine: the comparison is only as fair as their wall times are. Writes
+seconds (`--by time`) or samples seen (`--by samples`), and its throughput. For `--by time` run
+them one after the other on an otherwise idle machine: the comparison is only as fair as their
+wall times are; at equal samples the load does not matter. Writes
 benchmarks/results/NAME.{png,json,md}.
 """
 
@@ -31,6 +37,7 @@ def load_run(run: Path) -> dict[str, Any]:
         "arch": cfg["arch"],
         "input_hw": cfg["input_hw"],
         "train_samples": cfg.get("train_samples"),
+        "train_pool_images": (cfg["data"].get("synthetic") or {}).get("train_images"),
         "points": [
             {
                 k: r.get(k)
@@ -48,16 +55,24 @@ def load_run(run: Path) -> dict[str, Any]:
     }
 
 
-def label(r: dict[str, Any]) -> str:
-    return f"{r['arch']} {r['input_hw'][0]}x{r['input_hw'][1]}"
+def label(r: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """Architecture and input; the training pool too where the runs differ in it."""
+    out = f"{r['arch']} {r['input_hw'][0]}x{r['input_hw'][1]}"
+    if len({x["train_pool_images"] for x in runs}) > 1:
+        out += f", pool of {r['train_pool_images']} images"
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, action="append", required=True, help="run folder")
     ap.add_argument("--name", default="equal_wall_time")
+    ap.add_argument(
+        "--by", choices=["time", "samples"], default="time", help="what the runs are equal in"
+    )
     args = ap.parse_args()
     runs = [load_run(r) for r in args.run]
+    by_time = args.by == "time"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,11 +80,12 @@ def main() -> int:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for r in runs:
-        t = [p["train_seconds_total"] / 60 for p in r["points"]]
-        ax1.plot(t, [100 * p["val_AP"] for p in r["points"]], "o-", label=label(r))
-        ax2.plot(t, [p["val_acc"] for p in r["points"]], "o-", label=label(r))
+        pts = r["points"]
+        t = [p["train_seconds_total"] / 60 if by_time else p["samples"] / 1000 for p in pts]
+        ax1.plot(t, [100 * p["val_AP"] for p in pts], "o-", label=label(r, runs))
+        ax2.plot(t, [p["val_acc"] for p in pts], "o-", label=label(r, runs))
     for ax, what in ((ax1, "held-out AP (GT boxes)"), (ax2, "held-out PCK@0.5")):
-        ax.set_xlabel("training wall time (min)")
+        ax.set_xlabel("training wall time (min)" if by_time else "samples seen (thousands)")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -81,12 +97,13 @@ def main() -> int:
         "machine": machine(),
         "runs": runs,
     }
-    lines = md_header("Backbones at equal training wall time", report)
+    title = "training wall time" if by_time else "samples seen"
+    lines = md_header(f"Backbones at equal {title}", report)
     lines += [
         "Held-out split: each run's validation images, ground-truth boxes, no flip. Wall time: "
         "training steps only (validation and data generation excluded).",
         "",
-        f"![AP and PCK against wall time]({args.name}.png)",
+        f"![AP and PCK against {title}]({args.name}.png)",
         "",
         "| run | samples | training min | AP | AP50 | PCK@0.5 | samples/s |",
         "|---|---|---|---|---|---|---|",
@@ -94,7 +111,7 @@ def main() -> int:
     for r in runs:
         for p in r["points"]:
             lines.append(
-                f"| {label(r)} | {p['samples']} | {p['train_seconds_total'] / 60:.1f} | "
+                f"| {label(r, runs)} | {p['samples']} | {p['train_seconds_total'] / 60:.1f} | "
                 f"{100 * p['val_AP']:.2f} | {100 * p['val_AP50']:.1f} | {p['val_acc']:.3f} | "
                 f"{p['samples_per_s']:.1f} |"
             )
@@ -103,7 +120,7 @@ def main() -> int:
         "",
         "At the end of each schedule: "
         + "; ".join(
-            f"{label(r)} AP {100 * p['val_AP']:.2f}, PCK {p['val_acc']:.3f} after "
+            f"{label(r, runs)} AP {100 * p['val_AP']:.2f}, PCK {p['val_acc']:.3f} after "
             f"{p['train_seconds_total'] / 60:.1f} min ({p['samples']} samples, "
             f"{p['samples_per_s']:.1f} samples/s)"
             for r, p in zip(runs, final, strict=True)
