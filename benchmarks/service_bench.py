@@ -112,7 +112,8 @@ def model_timer(pipe: PosePipeline, img: np.ndarray) -> Callable[[], dict[str, f
     c, s = box_to_center_scale(xywh, pipe.codec.input_hw[1] / pipe.codec.input_hw[0])
     crops = warp_affine(img, affine_matrices(c, s, None, pipe.codec.input_hw), pipe.codec.input_hw)
     x = to_network_input(crops, pipe.norm)
-    bp = pipe.backbone_pass([(img, PoseOptions(boxes=boxes))])  # SCIO's input, once
+    items = [(img, PoseOptions(boxes=boxes))]
+    bp = pipe.backbone_pass(items)  # SCIO's input, once
 
     def once() -> dict[str, float]:
         t = time.perf_counter()
@@ -121,7 +122,7 @@ def model_timer(pipe: PosePipeline, img: np.ndarray) -> Callable[[], dict[str, f
         t = time.perf_counter()
         pipe.pose.run(image=x)
         t_pose = time.perf_counter() - t
-        t_scio = scio_network_seconds(pipe, bp) if pipe.verifier is not None else 0.0
+        t_scio = scio_network_seconds(pipe, items, bp) if pipe.verifier is not None else 0.0
         return {"detector": 1000 * t_det, "backbone": 1000 * t_pose, "scio": 1000 * t_scio}
 
     return once
@@ -150,23 +151,19 @@ class _Timed:
         return self._call(self.inner, *args)
 
 
-def scio_network_seconds(pipe: PosePipeline, bp: Any) -> float:
-    """The SCIO search of one pass, counting only its network calls (Γ context/head, Φ)."""
-    from models.scio_search import refine
-
+def scio_network_seconds(
+    pipe: PosePipeline, items: list[tuple[np.ndarray, PoseOptions]], bp: Any
+) -> float:
+    """The SCIO stage of one pass as the service runs it (`PosePipeline.finish`, the bundle's
+    settings), counting only its network calls (Γ context/head, Φ)."""
     gamma = _Timed(pipe.verifier)
     phi: Any = _Timed(pipe.predictor) if pipe.predictor is not None else None
-    refine(
-        bp.heatmaps,
-        bp.features,
-        bp.coords,
-        bp.scores,
-        pipe.spec.groups,
-        gamma,
-        pipe.scio_config,
-        phi=phi,
-        sigma=pipe.codec.sigma,
-    )
+    saved = pipe.verifier, pipe.predictor
+    pipe.verifier, pipe.predictor = gamma, phi  # type: ignore[assignment]
+    try:
+        pipe.finish(items, bp)
+    finally:
+        pipe.verifier, pipe.predictor = saved
     return gamma.seconds + (phi.seconds if phi is not None else 0.0)
 
 
