@@ -453,7 +453,7 @@ def rule_can_move(config: ScioSearchConfig, group: I64) -> npt.NDArray[np.bool_]
     if not ruled or not config.hypotheses:
         return np.zeros(len(group), dtype=bool)
     threshold = np.full(len(group), config.accept_threshold)
-    if config.accept_group_thresholds and config.accept_group_weights:
+    if config.accept_group_thresholds:  # as `apply_rule` reads them, with either kind of rule
         threshold = _per_group(config.accept_group_thresholds, group, "accept_group_thresholds")
     out: npt.NDArray[np.bool_] = threshold < 1.0
     return out

@@ -492,6 +492,13 @@ def test_the_service_skips_what_only_the_probes_read_and_returns_the_same() -> N
         confidence_group_bias=(0.1,) * n_groups,
     )  # fmt: skip
     assert rule_can_move(cfg, np.arange(n_groups)).tolist() == [True] + [False] * (n_groups - 1)
+    # one shared rule whose own threshold never moves, but per-group thresholds that do (group 0)
+    shared = replace(
+        cfg, accept_group_weights=(), accept_group_bias=(), accept_weights=tuple(weights),
+        accept_threshold=1.0, confidence_features=("loss_end", "peak", "mirror_distance"),
+        confidence_group_weights=((-1.0, 1.0, 0.5),) * n_groups,
+    )  # fmt: skip
+    assert rule_can_move(shared, np.arange(n_groups)).tolist() == [True] + [False] * (n_groups - 1)
 
     def run(config, diagnostics):
         seen.clear()
@@ -515,7 +522,7 @@ def test_the_service_skips_what_only_the_probes_read_and_returns_the_same() -> N
 
     no_alt = replace(cfg, confidence_features=("loss_end", "peak", "mirror_distance"))
     second = replace(cfg, confidence_features=("loss_end", "peak", "second_peak"))
-    for config, skips in ((cfg, False), (no_alt, True), (second, True)):
+    for config, skips in ((cfg, False), (no_alt, True), (second, True), (shared, True)):
         full, phi_rows_full, cands_full = run(config, True)
         lean, phi_rows_lean, cands_lean = run(config, False)
         rows = np.flatnonzero(full.group == 0)
