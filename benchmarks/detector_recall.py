@@ -39,18 +39,12 @@ RECALL_TARGET = 0.85
 def match(gt: np.ndarray, det: np.ndarray, iou_min: float = 0.5) -> np.ndarray:
     """Which GT boxes (N, 4) a detection (M, 4) covers, one detection each, the highest
     overlaps first (x1, y1, x2, y2)."""
-    from service.tracking import box_iou
+    from service.tracking import box_iou, greedy_pairs
 
     found = np.zeros(len(gt), dtype=bool)
-    if len(gt) == 0 or len(det) == 0:
-        return found
-    iou = box_iou(gt, det)
-    pairs = np.argwhere(iou >= iou_min)
-    used: set[int] = set()
-    for i, j in sorted(pairs.tolist(), key=lambda p: -iou[p[0], p[1]]):
-        if not found[i] and j not in used:
+    if len(gt) and len(det):
+        for i, _ in greedy_pairs(box_iou(gt, det), iou_min):
             found[i] = True
-            used.add(j)
     return found
 
 

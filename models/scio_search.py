@@ -335,15 +335,16 @@ def refine(
     hc = heatmaps[person, c]
     f = gather_rows(features, person)
     backbone_d = coords[person, d].astype(np.float64)
-    # the rows whose hypotheses are scored, and those Φ runs on (all of them, or see above)
+    # the rows whose hypotheses are scored (all of them, or see above); Φ and H_D's local maxima
+    # are needed there, and in every row where the start or the confidence reads them
     hyp_rows = _hypothesis_rows(config, gidx, diagnostics)
+    every_row = len(hyp_rows) == len(person)
     # Φ runs once, and its decoded D serves the prior, the "phi" hypothesis and the confidence
     wants_phi = config.prior != "backbone" or "phi" in config.hypotheses
     phi_heat = phi_d = None
     if phi is not None and wants_phi:
-        phi_all = diagnostics or config.prior != "backbone"
-        phi_all |= bool(set(config.confidence_features) & set(_PHI_FEATURES))
-        if phi_all or len(hyp_rows) == len(person):
+        phi_read = config.prior != "backbone" or set(config.confidence_features) & {*_PHI_FEATURES}
+        if every_row or phi_read:
             phi_heat = phi(ha, hb, hc, f, gidx)
             phi_d = _decoded(phi_heat, backbone_d, decode)
         else:
@@ -359,7 +360,7 @@ def refine(
     evaluate = _Evaluator(gamma, ctx, ha, (h, w), sigma, batched, config.score)
     # The hypotheses do not depend on the search; H_D's local maxima serve them and the confidence
     # (in the rows that have hypotheses, unless the confidence reads them: NaN elsewhere)
-    if diagnostics or "second_peak" in config.confidence_features or len(hyp_rows) == len(hd):
+    if every_row or "second_peak" in config.confidence_features:
         peaks = local_maxima(hd, HYP_PEAKS)
     else:
         peaks = (np.zeros((len(hd), HYP_PEAKS, 2)), np.full((len(hd), HYP_PEAKS), np.nan))
@@ -480,7 +481,7 @@ def _scatter_hypotheses(
     full_kind = np.zeros((p, n), np.int64)
     full_valid = np.zeros((p, n), dtype=bool)
     if len(rows):
-        full_pos[rows], full_kind[rows], full_valid[rows] = pos, kind, valid
+        full_pos[rows], full_valid[rows] = pos, valid
         full_kind[:] = kind[0]  # the same kinds in every row
     return full_pos, full_kind, full_valid
 

@@ -23,6 +23,25 @@ import numpy.typing as npt
 F64 = npt.NDArray[np.float64]
 
 
+def greedy_pairs(iou: F64, threshold: float) -> list[tuple[int, int]]:
+    """(row, column) pairs of an IoU matrix at or above `threshold`, the best overlaps first
+    (ties in row-major order), each row and each column used once."""
+    pairs: list[tuple[int, int]] = []
+    if iou.size == 0:
+        return pairs
+    used_row, used_col = set(), set()
+    for flat in np.argsort(-iou, axis=None, kind="stable"):
+        i, j = divmod(int(flat), iou.shape[1])
+        if iou[i, j] < threshold:
+            break
+        if i in used_row or j in used_col:
+            continue
+        used_row.add(i)
+        used_col.add(j)
+        pairs.append((i, j))
+    return pairs
+
+
 def box_iou(a: F64, b: F64) -> F64:
     """IoU of every box in `a` (N, 4) with every box in `b` (M, 4), [x1, y1, x2, y2] -> (N, M)."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
@@ -70,17 +89,7 @@ class Tracker:
         ids = [0] * len(boxes)
         if self._tracks and len(boxes):
             iou = box_iou(boxes, np.stack([t.predicted(frame) for t in self._tracks]))
-            # best pairs first; a box and a track are each used once
-            order = np.argsort(-iou, axis=None, kind="stable")
-            used_box, used_track = set(), set()
-            for flat in order:
-                i, j = divmod(int(flat), len(self._tracks))
-                if iou[i, j] < self.iou_threshold:
-                    break
-                if i in used_box or j in used_track:
-                    continue
-                used_box.add(i)
-                used_track.add(j)
+            for i, j in greedy_pairs(iou, self.iou_threshold):
                 self._tracks[j].moved_to(boxes[i], frame)
                 ids[i] = self._tracks[j].track_id
         for i, box in enumerate(boxes):
