@@ -74,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--preset", default="cpu-small", choices=sorted(SCIO_PRESETS))
     s.add_argument("--epochs", type=int, help="override the number of epochs")
     s.add_argument(
+        "--persons",
+        type=int,
+        help="override the cap on cached training persons (about 0.3 MB each at 64x48; 0: all)",
+    )
+    s.add_argument(
         "--groups",
         choices=["design", "proximal"],
         help="group assignment: DESIGN.md's (A next to D) or proximal (A = the torso joint)",
@@ -153,6 +158,10 @@ def _scio(args: argparse.Namespace) -> int:
     cfg = SCIO_PRESETS[args.preset]
     if args.epochs is not None:
         cfg = replace(cfg, epochs=args.epochs)
+    if args.persons is not None:
+        if args.persons < 0:
+            raise SystemExit("--persons must be >= 0 (0: all)")
+        cfg = replace(cfg, max_train_persons=args.persons)
     if args.groups is not None:
         cfg = replace(cfg, groups=args.groups)
     train_scio(args.backbone, args.out, cfg, resume=args.resume)

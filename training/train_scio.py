@@ -74,7 +74,10 @@ def collect_outputs(
     backbone.eval()
     h, w = dataset.codec.heatmap_hw
     stride = torch.as_tensor(dataset.codec.stride_xy, dtype=torch.float32)
-    hms, feats, joints, vis = [], [], [], []
+    # Written into preallocated tensors: concatenating a list of batches would hold the cache
+    # twice at its peak (about 10 GB for 32,000 persons at 64x48).
+    total = len(dataset) * passes if limit is None else min(limit, len(dataset) * passes)
+    out: BackboneOutputs | None = None
     n = 0
     for p in range(passes):
         dataset.set_epoch(10_000 + p)  # augmentation draws differ from the backbone's epochs
@@ -85,21 +88,26 @@ def collect_outputs(
             inside = (
                 (j[..., 0] >= 0) & (j[..., 0] <= w - 1) & (j[..., 1] >= 0) & (j[..., 1] <= h - 1)
             )
-            hms.append(heat.half())
-            feats.append(f.half())
-            joints.append(j.float())
-            vis.append((batch["target_weight"] > 0) & inside)
-            n += len(heat)
-            if limit is not None and n >= limit:
+            if out is None:
+                out = BackboneOutputs(
+                    torch.empty((total, *heat.shape[1:]), dtype=torch.float16),
+                    torch.empty((total, *f.shape[1:]), dtype=torch.float16),
+                    torch.empty((total, *j.shape[1:]), dtype=torch.float32),
+                    torch.empty((total, *j.shape[1:-1]), dtype=torch.bool),
+                )
+            m = min(len(heat), total - n)
+            out.heatmaps[n : n + m] = heat[:m]
+            out.features[n : n + m] = f[:m]
+            out.joints[n : n + m] = j[:m]
+            out.visible[n : n + m] = ((batch["target_weight"] > 0) & inside)[:m]
+            n += m
+            if n >= total:
                 break
-        if limit is not None and n >= limit:
+        if n >= total:
             break
-    out = BackboneOutputs(torch.cat(hms), torch.cat(feats), torch.cat(joints), torch.cat(vis))
-    if limit is not None:
-        out = BackboneOutputs(
-            *(t[:limit] for t in (out.heatmaps, out.features, out.joints, out.visible))
-        )
-    return out
+    if out is None:
+        raise ValueError("no persons to collect backbone outputs from")
+    return BackboneOutputs(*(t[:n] for t in (out.heatmaps, out.features, out.joints, out.visible)))
 
 
 def render(points: Tensor, hw: tuple[int, int], sigma: float) -> Tensor:
