@@ -77,6 +77,9 @@ def load_folded_onnx(model: Backbone, onnx_path: str | Path) -> None:
     """Put the (BatchNorm-folded) weights of `onnx_path` into `model` (see the module doc)."""
     graph = onnx.load(str(onnx_path)).graph
     weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:  # the exporter shares equal weights (untrained biases) by Identity
+        if n.op_type == "Identity" and n.input[0] in weights:
+            weights[n.output[0]] = weights[n.input[0]]
     nodes = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
     convs = _execution_order(model)
     if len(nodes) != len(convs):
@@ -117,10 +120,15 @@ def load_folded_onnx(model: Backbone, onnx_path: str | Path) -> None:
 
 
 def recover(
-    onnx_path: str | Path, cfg: BackboneTrainConfig, out: str | Path, source: str = ""
+    onnx_path: str | Path,
+    cfg: BackboneTrainConfig,
+    out: str | Path,
+    source: str = "",
+    meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the preset's backbone, load the file into it, check it against ONNX Runtime on a
-    random batch (the export's own parity rule), write the checkpoint. Returns the parity."""
+    random batch (the export's own parity rule), write the checkpoint (with `meta` added to its
+    own). Returns the parity."""
     from training.onnx_export import check_parity
     from training.train_backbone import build_model
 
@@ -140,9 +148,21 @@ def recover(
             "train_config": to_plain(cfg),
             "recovered_from": {"onnx": source or str(onnx_path), "sha256": digest},
             "parity": parity,
+            **(meta or {}),
         },
     )
     return parity
+
+
+def training_record(bundle: Path) -> dict[str, Any]:
+    """What the bundle's provenance says about the original training (samples seen, training
+    seconds), under the names a training checkpoint's meta uses, so that a build continuing from
+    the recovered checkpoint reports the backbone's real training."""
+    import json
+
+    prov = json.loads((bundle / "bundle.json").read_text()).get("provenance") or {}
+    keys = {"samples": "backbone_samples", "train_seconds": "backbone_train_seconds"}
+    return {k: prov[v] for k, v in keys.items() if prov.get(v) is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_backbone_config(args.preset, args.config)
-    parity = recover(args.bundle / "pose.onnx", cfg, args.out, str(args.bundle / "pose.onnx"))
+    parity = recover(
+        args.bundle / "pose.onnx",
+        cfg,
+        args.out,
+        str(args.bundle / "pose.onnx"),
+        meta=training_record(args.bundle),
+    )
     print(f"wrote {args.out}; against ONNX Runtime: {parity}")
     return 0
 

@@ -59,3 +59,23 @@ def test_a_file_of_another_architecture_is_refused(tmp_path: Path) -> None:
     path = export_backbone(build_model(_cfg("cpu-small")).eval(), tmp_path / "pose.onnx")
     with pytest.raises(RecoveryError):
         load_folded_onnx(build_model(_cfg("cpu-testbed")), path)
+
+
+def test_the_bundles_training_record_travels_into_the_checkpoint(tmp_path: Path) -> None:
+    import json
+
+    from models.checkpoint import read_checkpoint
+    from training.recover_backbone import training_record
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    prov = {"backbone_samples": 480000, "backbone_train_seconds": 15969.4, "machine": "x"}
+    (bundle / "bundle.json").write_text(json.dumps({"provenance": prov}))
+    record = training_record(bundle)
+    assert record == {"samples": 480000, "train_seconds": 15969.4}
+    cfg = _cfg("cpu-small")  # untrained: equal folded biases, shared by Identity nodes
+    path = export_backbone(build_model(cfg).eval(), tmp_path / "pose.onnx")
+    recover(path, cfg, tmp_path / "final.pt", meta=record)
+    meta = read_checkpoint(tmp_path / "final.pt").meta
+    assert (meta["samples"], meta["train_seconds"]) == (480000, 15969.4)
+    assert meta["recovered_from"]["sha256"]
