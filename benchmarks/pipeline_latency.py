@@ -2,9 +2,10 @@
 median of 20 calls after 5 warm-ups, with the image's ground-truth boxes (so every bundle poses
 the same 5 persons) and with its own detector; refinement on. No HTTP (service_bench has that).
 
-    python benchmarks/pipeline_latency.py [--flip] BUNDLE [BUNDLE ...]
+    python benchmarks/pipeline_latency.py [--flip | --no-flip] BUNDLE [BUNDLE ...]
 
-`--flip`: with the flip test on as well.
+Each bundle runs its own default (bundle.json pose.flip_test); `--flip` / `--no-flip` force the
+flip test on / off for all of them.
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ def main() -> int:
     sample = make_sample(SynthConfig(width=640, height=480, persons=(5, 5), seed=77), 0)
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (lab.bbox for lab in sample.labels)])
     out: dict[str, object] = {"machine": machine(), "command": " ".join(sys.argv)}
-    flip = "--flip" in sys.argv[1:]
-    for path in (a for a in sys.argv[1:] if a != "--flip"):
+    flags = {"--flip": True, "--no-flip": False}
+    flip = next((flags[a] for a in sys.argv[1:] if a in flags), None)
+    for path in (a for a in sys.argv[1:] if a not in flags):
         pipe = PosePipeline.from_path(path, device="cpu")
         pipe.warmup()
         gt_ms, gt_n = p50(pipe, sample.image, PoseOptions(refine=True, boxes=boxes, flip=flip))
         det_ms, det_n = p50(pipe, sample.image, PoseOptions(refine=True, flip=flip))
-        out[path] = {"p50_ms_gt_boxes": gt_ms, "persons_gt": gt_n,
+        out[path] = {"flip_test": pipe.bundle.manifest.pose.flip_test if flip is None else flip,
+                     "p50_ms_gt_boxes": gt_ms, "persons_gt": gt_n,
                      "p50_ms_detector": det_ms, "persons_detector": det_n}  # fmt: skip
     print(json.dumps(out, indent=1))
     return 0

@@ -520,6 +520,7 @@ def main() -> int:
         "machine": machine(),
         "command": " ".join(["python", *sys.argv]),
         "bundle": str(args.bundle),
+        "flip_test": load_bundle(args.bundle, verify=False).manifest.pose.flip_test,
         "tuning": tuning,
     }
     assert val_split is not None
@@ -635,7 +636,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"Bundle: `{r['bundle']}`; settings chosen on the tuning split (synthetic seed 2001): "
         f"`{r['tuning']['best']}` (what a bundle ships); the best settings that search: "
         f"`{r['tuning']['best_with_search']}` (the +SCL+SCO row); results on the validation "
-        "split (seed 3001).",
+        f"split (seed 3001). Flip test {'on' if r.get('flip_test') else 'off'} (the bundle's "
+        "default) in every row.",
         "",
     ]
     for key, t in r["table4"].items():

@@ -44,6 +44,7 @@ def main() -> int:
         "bundle": str(args.bundle),
         "split": {"name": args.split, "seed": SPLITS[args.split], "images": args.images},
         "search": pipe.scio_config.to_dict(),
+        "flip_test": pipe.bundle.manifest.pose.flip_test,
     }
     for key, boxes in (("gt boxes", "gt"), ("detections", str(split / "detections.json"))):
         opts = EvalOptions(boxes=boxes, keep_results=True)
@@ -79,7 +80,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         *md_header("SCIO on the held-out split: off against the shipped settings", r),
         f"Bundle `{r['bundle']}`; split: synthetic seed {r['split']['seed']} "
-        f"({r['split']['name']}), {r['split']['images']} images; no flip. Settings chosen on the "
+        f"({r['split']['name']}), {r['split']['images']} images; flip test "
+        f"{'on' if r.get('flip_test') else 'off'} (the bundle's default). Settings chosen on the "
         "tuning split (seed 2001).",
         "",
     ]

@@ -7,7 +7,7 @@ loss prefer the true D to the search's start, does it order the search's candida
 distance to the truth, do accepted moves get closer, how far Γ's Â follows D against A's own
 error, and how well the verification loss predicts a correct keypoint next to the backbone's
 heatmap peak. The pooled loss/accuracy correlation is kept, labelled: it mixes samples and
-mostly measures how hard a sample is. Ground-truth boxes, no flip.
+mostly measures how hard a sample is. Ground-truth boxes; the flip test as the bundle's default.
 
 Writes benchmarks/results/scio_probes.{json,md} (or --name).
 """
@@ -155,6 +155,7 @@ def main() -> int:
         "machine": machine(),
         "bundle": str(args.bundle),
         "bundle_name": pipe.bundle.manifest.name,
+        "flip_test": pipe.bundle.manifest.pose.flip_test,
         "split": {"name": args.split, "seed": SPLITS[args.split], "images": args.images},
         "search": search.to_dict(),
         "search_is_the_bundles": search == shipped,
@@ -165,7 +166,8 @@ def main() -> int:
     lines = md_header("SCIO verification probes", report)
     lines += [
         f"Bundle: {report['bundle_name']} ({args.bundle}); split: synthetic seed "
-        f"{SPLITS[args.split]} ({args.split}), {args.images} images, ground-truth boxes, no flip.",
+        f"{SPLITS[args.split]} ({args.split}), {args.images} images, ground-truth boxes, "
+        f"flip test {'on' if report['flip_test'] else 'off'} (the bundle's default).",
         f"Search judged: {json.dumps(search.to_dict())}"
         + ("" if report["search_is_the_bundles"] else " (the bundle's own settings do not search)"),
         "",

@@ -112,6 +112,8 @@ def model_timer(pipe: PosePipeline, img: np.ndarray) -> Callable[[], dict[str, f
     c, s = box_to_center_scale(xywh, pipe.codec.input_hw[1] / pipe.codec.input_hw[0])
     crops = warp_affine(img, affine_matrices(c, s, None, pipe.codec.input_hw), pipe.codec.input_hw)
     x = to_network_input(crops, pipe.norm)
+    if pipe.bundle.manifest.pose.flip_test:  # the request's default: the mirrored crop too
+        x = np.concatenate([x, np.ascontiguousarray(x[..., ::-1])])
     items = [(img, PoseOptions(boxes=boxes))]
     bp = pipe.backbone_pass(items)  # SCIO's input, once
 

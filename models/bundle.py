@@ -47,6 +47,9 @@ class PoseModelInfo:
     feature_channels: int
     decode: str = "argmax"  # "argmax" (official quarter shift) or "dark"
     flip_shift: bool = True  # the official one-pixel shift when averaging the flip test
+    # The flip test by default: what a request that does not say `flip` gets. Chosen when the
+    # bundle is built (the SCIO settings are then fitted on flip-averaged heatmaps).
+    flip_test: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class BundleManifest:
                 feature_channels=int(p["feature_channels"]),
                 decode=str(p.get("decode", "argmax")),
                 flip_shift=bool(p.get("flip_shift", True)),
+                flip_test=bool(p.get("flip_test", False)),
             )
             det = d.get("detector")
             detector = DetectorInfo.from_dict(det) if det else None

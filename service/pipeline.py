@@ -145,6 +145,7 @@ class PosePipeline:
             "input_hw": list(m.pose.input_hw),
             "heatmap_hw": list(m.pose.heatmap_hw),
             "detector": self.detector is not None,
+            "flip_test": m.pose.flip_test,
             "refine_available": self.refine_available,
             "scio": self.scio_config.to_dict() if self.refine_available else None,
             "providers": self.pose.providers,
@@ -181,7 +182,10 @@ class PosePipeline:
         timings["preprocess_ms"] = _ms(t)
 
         t = time.perf_counter()
-        flip = np.array([items[i][1].flip for i in persons.item], dtype=bool)
+        default = self.bundle.manifest.pose.flip_test
+        flip = np.array(
+            [default if (f := items[i][1].flip) is None else f for i in persons.item], dtype=bool
+        )
         heatmaps, features = self._backbone(crops, flip)
         timings["backbone_ms"] = _ms(t)
 

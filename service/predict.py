@@ -60,7 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=True,
         help="SCIO refinement, as /pose?refine= (default: on when the bundle has it)",
     )
-    p.add_argument("--flip", action="store_true", help="flip test, as /pose?flip=true")
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip test, as /pose?flip= (default: the bundle's, bundle.json pose.flip_test)",
+    )
     p.add_argument(
         "--boxes-from",
         type=Path,

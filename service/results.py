@@ -21,7 +21,9 @@ from models.keypoints import KeypointSpec
 @dataclass(frozen=True)
 class PoseOptions:
     refine: bool = True  # run SCIO refinement (ignored when the bundle has no SCIO networks)
-    flip: bool = False  # flip test: average with the mirrored crop's heatmaps
+    # flip test: average with the mirrored crop's heatmaps; None: the bundle's default
+    # (bundle.json pose.flip_test)
+    flip: bool | None = None
     boxes: npt.NDArray[np.float64] | None = None  # (N, 4) person boxes; skips the detector
     box_scores: npt.NDArray[np.float64] | None = None  # (N,) scores of `boxes`; default 1.0
     min_score: float = 0.0  # drop persons whose score is below this

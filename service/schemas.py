@@ -43,7 +43,11 @@ class _CommonParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     refine: bool = Field(True, description="run SCIO refinement when the bundle has it")
-    flip: bool = Field(False, description="flip test (average with the mirrored crop)")
+    flip: bool | None = Field(
+        None,
+        description="flip test (average with the mirrored crop); omitted: the bundle's default "
+        "(GET /info: bundle.flip_test)",
+    )
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="drop persons scoring below this")
     max_persons: int | None = Field(None, ge=1, le=1000, description="keep the best N persons")
     format: Literal["json", "coco"] = Field("json", description="json, or the COCO results list")

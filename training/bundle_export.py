@@ -47,6 +47,7 @@ class BundleSpec:
     spec: KeypointSpec
     sigma: float
     decode: str = "argmax"
+    flip_test: bool = False  # the flip test by default (a request can still say flip=false)
     detector_onnx: Path | None = None
     detector_info: DetectorInfo | None = None
     scio: ScioExport | None = None
@@ -119,6 +120,7 @@ def build_bundle(out: str | Path, model: Backbone, b: BundleSpec) -> Bundle:
                 color_order=cfg.color_order,
                 feature_channels=model.feature_channels,
                 decode=b.decode,
+                flip_test=b.flip_test,
             ),
             files={},
             detector=b.detector_info,

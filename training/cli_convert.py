@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sigma", type=float, help="target sigma (default: 2 at 64x48, 3 at 96x72)"
     )
     parser.add_argument("--decode", default="argmax", choices=["argmax", "dark"])
+    parser.add_argument(
+        "--flip-test",
+        action="store_true",
+        help="run the flip test by default, as the official evaluation does (requests can say "
+        "flip=false); off by default because it runs the network twice",
+    )
     parser.add_argument("--detector-pt", type=Path, help="an ultralytics YOLO .pt to export")
     parser.add_argument("--detector-size", type=int, default=640, help="detector input size")
     parser.add_argument("--name", default="", help="bundle name (default: from the weights)")
@@ -112,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
                 spec=spec,
                 sigma=args.sigma or default_sigma((h // 4, w // 4)),
                 decode=args.decode,
+                flip_test=args.flip_test,
                 detector_onnx=det,
                 detector_info=(
                     DetectorInfo(input_hw=(args.detector_size, args.detector_size)) if det else None

@@ -25,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="'gt' (ground-truth boxes), 'detector' (the bundle's), or a COCO results file",
     )
     parser.add_argument("--refine", default="none", choices=["none", "scl", "sco"])
-    parser.add_argument("--flip", action="store_true", help="flip test (one-pixel shift)")
+    parser.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip test (one-pixel shift); default: the bundle's (bundle.json pose.flip_test)",
+    )
     parser.add_argument("--device", default="cpu", choices=["auto", "cuda", "tensorrt", "cpu"])
     parser.add_argument(
         "--protocol",

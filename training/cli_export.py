@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", default="1")
     parser.add_argument("--decode", default="argmax", choices=["argmax", "dark"])
     parser.add_argument(
+        "--flip-test",
+        action="store_true",
+        help="run the flip test by default (requests without `flip` get it; flip=false turns "
+        "it off); fit the SCIO settings on a bundle exported with it",
+    )
+    parser.add_argument(
         "--provenance",
         type=Path,
         action="append",
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name or args.backbone.resolve().parent.name,
         version=args.version,
         decode=args.decode,
+        flip_test=args.flip_test,
         extra=[json.loads(p.read_text()) for p in args.provenance],
         command=args.command_line,
     )
@@ -69,6 +76,7 @@ def export_bundle(
     name: str = "bundle",
     version: str = "1",
     decode: str = "argmax",
+    flip_test: bool = False,
     extra: list[dict[str, Any]] | None = None,
     command: str = "",
 ) -> Any:
@@ -146,6 +154,7 @@ def export_bundle(
                 spec=spec,
                 sigma=codec.sigma,
                 decode=decode,
+                flip_test=flip_test,
                 detector_onnx=det_onnx,
                 detector_info=det_info,
                 scio=scio,

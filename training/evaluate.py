@@ -46,7 +46,7 @@ CROWD_STATS = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium
 class EvalOptions:
     boxes: str = "gt"  # "gt", "detector" (the bundle's own), or a COCO results file of boxes
     refine: str = "none"  # none: baseline; scl: Φ prior only; sco: Φ prior + the search
-    flip: bool = False
+    flip: bool | None = None  # None: the bundle's default (bundle.json pose.flip_test)
     device: str = "cpu"
     batch_images: int = 8  # images per pipeline call
     limit: int | None = None  # evaluate only the first N images (smoke runs)
@@ -151,7 +151,7 @@ def evaluate_variants(
             "boxes": opts.boxes,
             "protocol": opts.protocol,
             "refine": name,
-            "flip": opts.flip,
+            "flip": bundle.manifest.pose.flip_test if opts.flip is None else opts.flip,
             "scio_config": cfg.to_dict() if cfg else None,
             "images": len(image_ids),
             "persons": int(sum(len(p) for p in preds.values())),

@@ -141,8 +141,9 @@ def probe(
     lattice_radius: float = 4.0,
     batch_images: int = 16,
 ) -> dict[str, Any]:
-    """The probes over a split (ground-truth boxes, no flip). `search`: the settings whose
-    accepted moves are judged (default: the bundle's)."""
+    """The probes over a split (ground-truth boxes; the flip test as the bundle's default, so
+    that a fit is made on the heatmaps the bundle serves). `search`: the settings whose accepted
+    moves are judged (default: the bundle's)."""
     if pipe.verifier is None:
         raise ValueError("the bundle has no SCIO networks to probe")
     spec = pipe.spec
@@ -161,7 +162,7 @@ def probe(
             item_image.append(image_id)
             with Image.open(Path(images_dir) / coco.images[image_id].file_name) as img:
                 image = np.asarray(img.convert("RGB"))
-            items.append((image, PoseOptions(refine=True, flip=False, boxes=boxes)))
+            items.append((image, PoseOptions(refine=True, boxes=boxes)))
             anns.extend(persons)
         if not items:
             continue

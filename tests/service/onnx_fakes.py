@@ -97,6 +97,7 @@ def make_fake_bundle(
     detector_hw: tuple[int, int] = (320, 320),
     scio_files: dict[str, Path] | None = None,
     scio_settings: dict[str, Any] | None = None,
+    flip_test: bool = False,
 ) -> Path:
     """The dot pose model (features: 2 channels), optionally a fixed detector and SCIO files."""
     work = root.parent / f"{root.name}-src"
@@ -118,6 +119,7 @@ def make_fake_bundle(
             std=(0.229, 0.224, 0.225),
             color_order="RGB",
             feature_channels=2,
+            flip_test=flip_test,
         ),
         files={},
         detector=DetectorInfo(input_hw=detector_hw, score_threshold=0.3),

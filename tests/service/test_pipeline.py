@@ -127,3 +127,22 @@ def test_flip_fusion_reinforces_the_same_peak(pipe: PosePipeline) -> None:
     assert pk[0] == fk[0]
     assert abs(pk[1] - fk[1]) <= 1
     assert f.max() > p.max() - 0.5 * (p.max() - p.min())
+
+
+def test_a_bundle_with_the_flip_test_by_default_runs_it_unless_a_request_says_no(
+    tmp_path: Path,
+) -> None:
+    flipping = PosePipeline.from_path(make_fake_bundle(tmp_path / "f", flip_test=True))
+    assert flipping.info["flip_test"] is True
+    img = _dots((300, 400), [(85, 100)])
+    box = np.array([[60.0, 60, 140, 180]])
+
+    def heatmaps(p: PosePipeline, flip: bool | None) -> np.ndarray:
+        return p.backbone_pass([(img, PoseOptions(boxes=box, flip=flip))]).heatmaps
+
+    on, off = heatmaps(flipping, True), heatmaps(flipping, False)
+    assert not np.allclose(on, off)  # the off-centre dot's fused maps differ from the plain
+    np.testing.assert_array_equal(heatmaps(flipping, None), on)
+    plain = PosePipeline.from_path(make_fake_bundle(tmp_path / "p"))
+    assert plain.info["flip_test"] is False
+    np.testing.assert_array_equal(heatmaps(plain, None), heatmaps(plain, False))

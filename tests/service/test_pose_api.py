@@ -252,3 +252,11 @@ def test_a_url_or_path_body_is_just_not_an_image(body: bytes) -> None:
     assert raw.json()["error"]["code"] == "unsupported_media_type"
     assert as_field.status_code == 422
     assert as_field.json()["error"]["code"] == "missing_image"
+
+
+def test_an_omitted_flip_leaves_it_to_the_bundle() -> None:
+    fake = FakeEstimator(persons=1)
+    with serve(fake) as client:
+        assert post_image(client, PNG).status_code == 200
+        assert post_image(client, PNG, flip="false").status_code == 200
+    assert [seen[1].flip for seen in fake.seen] == [None, False]

@@ -52,7 +52,7 @@ def test_convert_official_weights_into_a_servable_bundle(tmp_path: Path, mmpose:
     out = tmp_path / "bundle"
     args = ["convert", "--weights", str(ckpt), "--arch", "pose_resnet_50", "--out", str(out)]
     if mmpose:
-        args += ["--color-order", "RGB"]
+        args += ["--color-order", "RGB", "--flip-test"]
     assert main(args) == 0
     b = load_bundle(out)
     assert b.manifest.pose.input_hw == (256, 192)
@@ -60,6 +60,7 @@ def test_convert_official_weights_into_a_servable_bundle(tmp_path: Path, mmpose:
     assert b.manifest.pose.sigma == 2.0
     assert b.manifest.pose.color_order == ("RGB" if mmpose else "BGR")  # official ResNets: BGR
     assert b.manifest.pose.feature_channels == 256
+    assert b.manifest.pose.flip_test is mmpose  # recorded only when asked for
     assert b.manifest.provenance["parity_max_abs_diff"]["pose"] <= 1e-4
     if not (MINI / "images").exists():
         return
