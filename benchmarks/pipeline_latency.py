@@ -48,7 +48,7 @@ def main() -> int:
         pipe.warmup()
         gt_ms, gt_n = p50(pipe, sample.image, PoseOptions(refine=True, boxes=boxes, flip=flip))
         det_ms, det_n = p50(pipe, sample.image, PoseOptions(refine=True, flip=flip))
-        out[path] = {"flip_test": pipe.bundle.manifest.pose.flip_test if flip is None else flip,
+        out[path] = {"flip_test": pipe.flips(flip),
                      "p50_ms_gt_boxes": gt_ms, "persons_gt": gt_n,
                      "p50_ms_detector": det_ms, "persons_detector": det_n}  # fmt: skip
     print(json.dumps(out, indent=1))

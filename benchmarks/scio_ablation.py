@@ -503,7 +503,8 @@ def main() -> int:
     limit = 20 if args.quick else None
     tune_split = make_split(args.work, "tune", args.images)
     val_split = None if args.tune_only else make_split(args.work, "val", args.images)
-    base = PosePipeline(load_bundle(args.bundle), device="cpu").scio_config
+    bundle = load_bundle(args.bundle)
+    base = PosePipeline(bundle, device="cpu").scio_config
 
     t0 = time.perf_counter()
     tuning = tune(args.bundle, tune_split, base, limit)
@@ -520,7 +521,7 @@ def main() -> int:
         "machine": machine(),
         "command": " ".join(["python", *sys.argv]),
         "bundle": str(args.bundle),
-        "flip_test": load_bundle(args.bundle, verify=False).manifest.pose.flip_test,
+        "flip_test": bundle.manifest.pose.flip_test,
         "tuning": tuning,
     }
     assert val_split is not None
@@ -533,12 +534,11 @@ def main() -> int:
         if boxes == "gt":
             image_ids = res["baseline"]["image_ids"]
             ann = val_split / "person_keypoints.json"
-            spec = load_bundle(args.bundle).manifest.spec
             # paired over images: +SCL+SCO and baseline against +SCL
             report["bootstrap_gt"] = bootstrap_ap(
                 ann,
                 {k: results[k] for k in ("+SCL", "+SCL+SCO", "baseline")},
-                spec,
+                bundle.manifest.spec,
                 image_ids,
                 samples=1000,
             )

@@ -52,7 +52,7 @@ from benchmarks._common import (  # noqa: E402
     write_results,
 )
 from models.bundle import load_bundle  # noqa: E402
-from service.pipeline import PosePipeline  # noqa: E402
+from service.pipeline import PosePipeline, with_mirrored  # noqa: E402
 from service.results import PoseOptions  # noqa: E402
 
 
@@ -111,9 +111,8 @@ def model_timer(pipe: PosePipeline, img: np.ndarray) -> Callable[[], dict[str, f
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
     c, s = box_to_center_scale(xywh, pipe.codec.input_hw[1] / pipe.codec.input_hw[0])
     crops = warp_affine(img, affine_matrices(c, s, None, pipe.codec.input_hw), pipe.codec.input_hw)
-    x = to_network_input(crops, pipe.norm)
-    if pipe.bundle.manifest.pose.flip_test:  # the request's default: the mirrored crop too
-        x = np.concatenate([x, np.ascontiguousarray(x[..., ::-1])])
+    # the request's default: the mirrored crops too when the bundle runs the flip test
+    x = with_mirrored(to_network_input(crops, pipe.norm), np.full(len(crops), pipe.flips(None)))
     items = [(img, PoseOptions(boxes=boxes))]
     bp = pipe.backbone_pass(items)  # SCIO's input, once
 

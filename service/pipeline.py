@@ -57,6 +57,16 @@ class BackbonePass:
     timings: dict[str, float]
 
 
+def with_mirrored(
+    x: npt.NDArray[np.float32], flip: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float32]:
+    """The network's batch: the inputs (N, 3, H, W), then the mirrored copies of those `flip`
+    marks (the flip test), which `fuse_flip` averages back into the first N."""
+    if not flip.any():
+        return x
+    return np.concatenate([x, np.ascontiguousarray(x[flip][..., ::-1])])
+
+
 class PosePipeline:
     """Implements `service.results.PoseEstimator` on a bundle."""
 
@@ -152,6 +162,10 @@ class PosePipeline:
             "provenance": m.provenance,
         }
 
+    def flips(self, flip: bool | None) -> bool:
+        """Whether a request runs the flip test: its own `flip`, else the bundle's default."""
+        return self.bundle.manifest.pose.flip_test if flip is None else flip
+
     def warmup(self) -> None:
         """One full pass on a blank image, so the first request does not pay session start-up."""
         blank = np.zeros((self.codec.input_hw[0] * 2, self.codec.input_hw[1] * 2, 3), np.uint8)
@@ -182,10 +196,7 @@ class PosePipeline:
         timings["preprocess_ms"] = _ms(t)
 
         t = time.perf_counter()
-        default = self.bundle.manifest.pose.flip_test
-        flip = np.array(
-            [default if (f := items[i][1].flip) is None else f for i in persons.item], dtype=bool
-        )
+        flip = np.array([self.flips(items[i][1].flip) for i in persons.item], dtype=bool)
         heatmaps, features = self._backbone(crops, flip)
         timings["backbone_ms"] = _ms(t)
 
@@ -276,9 +287,7 @@ class PosePipeline:
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Heatmaps (N, K, h, w), flip-averaged where asked, and features (N, C, h, w)."""
         n = len(crops)
-        x = to_network_input(crops, self.norm)
-        if flip.any():
-            x = np.concatenate([x, np.ascontiguousarray(x[flip][..., ::-1])])
+        x = with_mirrored(to_network_input(crops, self.norm), flip)
         hms, feats = [], []
         for start in range(0, len(x), self.max_batch):
             out = self.pose.run(image=x[start : start + self.max_batch])

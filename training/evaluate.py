@@ -151,7 +151,7 @@ def evaluate_variants(
             "boxes": opts.boxes,
             "protocol": opts.protocol,
             "refine": name,
-            "flip": bundle.manifest.pose.flip_test if opts.flip is None else opts.flip,
+            "flip": pipe.flips(opts.flip),
             "scio_config": cfg.to_dict() if cfg else None,
             "images": len(image_ids),
             "persons": int(sum(len(p) for p in preds.values())),
