@@ -127,6 +127,20 @@ def _add_detector(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     model.add_argument("--weights", type=Path, help="a local ultralytics .pt to fine-tune")
     d.add_argument("--out", type=Path, required=True, help="run folder")
     d.add_argument("--epochs", type=int, default=30)
+    d.add_argument(
+        "--time-budget",
+        type=parse_duration,
+        help=(
+            "wall-clock budget (seconds, or 90m, 1.5h): ultralytics refits the number of epochs"
+            " and its learning-rate schedule to it after the first epoch; --epochs is ignored"
+        ),
+    )
+    d.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=3.0,
+        help="learning-rate warm-up in epochs (default %(default)s; fewer for a large pool)",
+    )
     d.add_argument("--imgsz", type=int, default=256, help="square input size, multiple of 32")
     d.add_argument("--batch", type=int, default=16)
     d.add_argument("--workers", type=int, default=2, help="data-loader workers (GPU only)")
@@ -223,6 +237,8 @@ def _detector(args: argparse.Namespace) -> int:
         weights=args.weights,
         imgsz=args.imgsz,
         epochs=args.epochs,
+        time_budget_s=args.time_budget,
+        warmup_epochs=args.warmup_epochs,
         batch=args.batch,
         workers=args.workers,
         device=args.device,

@@ -90,6 +90,13 @@ class DetectorTrainConfig:
     weights: Path | None = None  # or a local ultralytics .pt to fine-tune (replaces `model`)
     imgsz: int = 256  # square training and export size (a multiple of 32)
     epochs: int = 30
+    # Wall-clock budget in seconds (ultralytics' time mode): after the first epoch the number of
+    # epochs, and with it the learning-rate schedule, is refitted to the budget; `epochs` is
+    # then only the first estimate. None: train `epochs`.
+    time_budget_s: float | None = None
+    # ultralytics' learning-rate warm-up, in epochs (its default 3): over a large pool trained
+    # for few epochs, 3 would be most of the run
+    warmup_epochs: float = 3.0
     batch: int = 16
     workers: int = 2  # data-loader processes (ultralytics uses none on the CPU)
     device: str = "auto"  # "auto" (CUDA if there is one), "cpu", "0", "0,1", ...
@@ -422,6 +429,8 @@ def _train(
     args: dict[str, Any] = {
         "data": str(data_yaml),
         "epochs": cfg.epochs,
+        **({"time": cfg.time_budget_s / 3600} if cfg.time_budget_s else {}),
+        "warmup_epochs": cfg.warmup_epochs,
         "imgsz": cfg.imgsz,
         "batch": cfg.batch,
         "workers": cfg.workers,

@@ -189,6 +189,11 @@ def test_train_export_and_serve_offline(tmp_path: Path, monkeypatch: pytest.Monk
         "0.001",
         "--score-threshold",
         "0.1",
+        # a budget shorter than one epoch: ultralytics' time mode stops after the first
+        "--time-budget",
+        "1",
+        "--warmup-epochs",
+        "0.5",
     ]
     _NETWORK.clear()
     _WATCHING = True
@@ -213,6 +218,8 @@ def test_train_export_and_serve_offline(tmp_path: Path, monkeypatch: pytest.Monk
         "empty_images": 0,
     }
     assert "train detector" in meta["command"]
+    assert meta["train"]["time"] == pytest.approx(1 / 3600)  # hours, as ultralytics takes it
+    assert meta["train"]["warmup_epochs"] == 0.5
     import ultralytics.utils
 
     if ultralytics.utils.USER_CONFIG_DIR.parent == out / ".ultralytics":
