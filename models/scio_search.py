@@ -279,7 +279,8 @@ def self_constraint_loss(target: F32, predicted: F32, score: str = "l2") -> F64:
 def _scored(maps: F32, score: str) -> F32:
     """(M, h, w) maps as the loss compares them: (M, h·w) float32, scaled to unit L2 norm for
     the "normalized" score."""
-    x = np.asarray(maps, dtype=np.float32).reshape(len(maps), -1)
+    x = np.asarray(maps, dtype=np.float32)
+    x = x.reshape(len(x), int(np.prod(x.shape[1:])))  # (0, h·w) too, where -1 cannot say
     if score == "normalized":
         x = x / np.maximum(_norms(x), 1e-6).astype(np.float32)[:, None]
     return x
@@ -305,6 +306,7 @@ def refine(
     batched: bool = True,
     flip_index: npt.NDArray[np.intp] | None = None,
     diagnostics: bool = True,
+    all_losses: bool = True,
 ) -> SearchResult:
     """Refine the distal keypoints of N persons.
 
@@ -318,6 +320,11 @@ def refine(
     unless the start or the calibrated confidence reads them. Positions, losses, moves and
     confidences are the same; in the skipped rows the hypotheses are absent (`hyp_valid` false)
     and the columns of `confidence_inputs` that read Φ or the maxima are NaN.
+
+    `all_losses=False` (the service) also runs Γ only in the rows whose result reads its loss
+    (`gamma_rows`): a search that moves D, hypotheses the rule may accept, or a calibrated
+    confidence that reads the loss. Elsewhere the returned D is the start and its losses are NaN;
+    positions, moves and confidences are the same.
     """
     h, w = heatmaps.shape[-2:]
     config = config.in_pixels(sigma)
@@ -330,34 +337,51 @@ def refine(
         e = np.zeros((0, 2))
         z = np.zeros(0)
         return SearchResult(out, person, gidx, d, e, e, e, z, z, np.zeros(0, bool), calls=0)
+    n_rows = len(person)
     ha = heatmaps[person, a]
     hb = heatmaps[person, b]
     hc = heatmaps[person, c]
-    f = gather_rows(features, person)
     backbone_d = coords[person, d].astype(np.float64)
     # the rows whose hypotheses are scored (all of them, or see above); Φ and H_D's local maxima
     # are needed there, and in every row where the start or the confidence reads them
     hyp_rows = _hypothesis_rows(config, gidx, diagnostics)
-    every_row = len(hyp_rows) == len(person)
+    every_row = len(hyp_rows) == n_rows
     # Φ runs once, and its decoded D serves the prior, the "phi" hypothesis and the confidence
-    wants_phi = config.prior != "backbone" or "phi" in config.hypotheses
+    wants_phi = phi is not None and (config.prior != "backbone" or "phi" in config.hypotheses)
+    phi_read = config.prior != "backbone" or set(config.confidence_features) & {*_PHI_FEATURES}
+    phi_rows = np.zeros(0, np.int64)
+    if wants_phi:
+        phi_rows = np.arange(n_rows) if every_row or phi_read else hyp_rows
+    # the rows Γ scores (all, or see above); the feature maps are gathered for those and Φ's only
+    scored = gamma_rows(config, gidx, diagnostics or all_losses)
+    f_rows = np.union1d(scored, phi_rows)
+    f = gather_rows(features, person[f_rows])
+    f_at = np.full(n_rows, -1, dtype=np.int64)  # row -> its row of f
+    f_at[f_rows] = np.arange(len(f_rows))
     phi_heat = phi_d = None
     if phi is not None and wants_phi:
-        phi_read = config.prior != "backbone" or set(config.confidence_features) & {*_PHI_FEATURES}
-        if every_row or phi_read:
+        if len(phi_rows) == n_rows:
             phi_heat = phi(ha, hb, hc, f, gidx)
             phi_d = _decoded(phi_heat, backbone_d, decode)
         else:
             phi_heat = np.zeros_like(ha)
             phi_d = np.full_like(backbone_d, np.nan)
-            if len(hyp_rows):
-                r = hyp_rows
-                phi_heat[r] = phi(ha[r], hb[r], hc[r], f[r], gidx[r])
+            if len(phi_rows):
+                r = phi_rows
+                phi_heat[r] = phi(ha[r], hb[r], hc[r], _take(f, f_at[r]), gidx[r])
                 phi_d[r] = _decoded(phi_heat[r], backbone_d[r], decode)
     hd = heatmaps[person, d]
     start = _prior_positions(hd, phi_heat, phi_d, backbone_d, config, decode)
-    ctx = gamma.context(hb, hc, f, gidx)
-    evaluate = _Evaluator(gamma, ctx, ha, (h, w), sigma, batched, config.score)
+    # Γ's context for the rows it scores; the evaluator takes row indices into that subset
+    local = np.full(n_rows, -1, dtype=np.int64)
+    local[scored] = np.arange(len(scored))
+    sc = scored
+    ctx = (
+        gamma.context(_take(hb, sc), _take(hc, sc), _take(f, f_at[sc]), _take(gidx, sc))
+        if len(sc)
+        else None
+    )
+    evaluate = _Evaluator(gamma, ctx, _take(ha, sc), (h, w), sigma, batched, config.score)
     # The hypotheses do not depend on the search; H_D's local maxima serve them and the confidence
     # (in the rows that have hypotheses, unless the confidence reads them: NaN elsewhere)
     if every_row or "second_peak" in config.confidence_features:
@@ -385,17 +409,20 @@ def refine(
     # The first Γ call scores everything known before the search moves: the start (the whole
     # lattice for "grid") and the hypotheses (of the rows that have them)
     first = _grid_candidates(start, config, (h, w)) if config.strategy == "grid" else start[:, None]
-    n_rows, n_first, n_hyp = len(person), first.shape[1], cand.shape[1]
+    n_first, n_hyp = first.shape[1], cand.shape[1]
     hr = hyp_rows if config.hypotheses else np.zeros(0, np.int64)
     loss_all = np.full((n_rows, n_first + n_hyp), np.inf)
-    rows_in = np.concatenate([np.repeat(np.arange(n_rows), n_first), np.repeat(hr, n_hyp)])
-    pos_in = np.concatenate([first.reshape(-1, 2), cand[hr].reshape(-1, 2)])
+    loss_all[np.setdiff1d(np.arange(n_rows), scored), :n_first] = np.nan  # Γ not run there
+    rows_in = np.concatenate([np.repeat(local[scored], n_first), np.repeat(local[hr], n_hyp)])
+    pos_in = np.concatenate([first[scored].reshape(-1, 2), cand[hr].reshape(-1, 2)])
     losses = evaluate(rows_in, pos_in)
-    loss_all[:, :n_first] = losses[: n_rows * n_first].reshape(n_rows, n_first)
-    loss_all[hr, n_first:] = losses[n_rows * n_first :].reshape(len(hr), n_hyp)
+    n_scored = len(scored) * n_first
+    loss_all[scored, :n_first] = losses[:n_scored].reshape(len(scored), n_first)
+    loss_all[hr, n_first:] = losses[n_scored:].reshape(len(hr), n_hyp)
     if config.strategy == "grid":
         end, loss_before, loss_after = _grid_pick(first, loss_all[:, :n_first])
     else:
+        # the descent's evaluator takes rows of the scored subset (all rows when it searches)
         end, loss_before, loss_after = _descent(evaluate, start, loss_all[:, 0], config, (h, w))
     accepted = loss_after < loss_before * (1.0 - config.min_improvement)
     accepted &= np.any(end != start, axis=1)
@@ -460,6 +487,20 @@ def rule_can_move(config: ScioSearchConfig, group: I64) -> npt.NDArray[np.bool_]
     return out
 
 
+def gamma_rows(config: ScioSearchConfig, group: I64, everywhere: bool) -> I64:
+    """The rows Γ scores (indices into `group`): every row when asked (`everywhere`), when the
+    search moves D (a grid, or descent iterations), or when the calibrated confidence reads Γ's
+    loss; else only the rows whose hypotheses the acceptance rule may take."""
+    every = np.arange(len(group), dtype=np.int64)
+    searches = config.strategy == "grid" or config.iterations > 0
+    reads = set(config.confidence_features) & {"loss_end", *_HYP_FEATURES}
+    if everywhere or searches or reads:
+        return every
+    if not config.hypotheses:
+        return every[:0]
+    return _hypothesis_rows(config, group, diagnostics=False)
+
+
 def _hypothesis_rows(config: ScioSearchConfig, group: I64, diagnostics: bool) -> I64:
     """The rows whose hypotheses are scored: all of them for the diagnostics or where the
     confidence reads them, else those the rule could move."""
@@ -510,6 +551,13 @@ def gather_rows(x: F32, index: I64) -> F32:
     out: F32 = buf[:need].reshape(shape)
     np.take(x, index, axis=0, out=out, mode="clip")  # "raise" would buffer a copy first
     return out
+
+
+def _take(x: Any, index: I64) -> Any:
+    """x[index], without a copy when index is every row in order (the usual case)."""
+    if len(index) == len(x) and np.array_equal(index, np.arange(len(x))):
+        return x
+    return x[index]
 
 
 def _per_group(values: Any, group: I64, name: str) -> F64:

@@ -210,13 +210,23 @@ class PosePipeline:
         items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]],
         bp: BackbonePass,
         scio_config: ScioSearchConfig | None = None,
+        all_losses: bool = False,
     ) -> list[PoseResult]:
         """SCIO (with `scio_config`, default the bundle's), back-projection and person scoring.
-        Several calls on one pass compare SCIO settings on identical backbone outputs."""
+        Several calls on one pass compare SCIO settings on identical backbone outputs.
+        `all_losses`: Γ's loss for every refined keypoint (evaluation reports); by default Γ
+        runs only where its loss changes the result, and elsewhere the losses are None."""
         timings = dict(bp.timings)
         t = time.perf_counter()
         search = self._refine(
-            items, bp.persons, bp.heatmaps, bp.features, bp.coords, bp.scores, scio_config
+            items,
+            bp.persons,
+            bp.heatmaps,
+            bp.features,
+            bp.coords,
+            bp.scores,
+            scio_config,
+            all_losses,
         )
         coords = bp.coords
         if search is not None:
@@ -319,6 +329,7 @@ class PosePipeline:
         coords: F64,
         scores: F64,
         config: ScioSearchConfig | None = None,
+        all_losses: bool = False,
     ) -> SearchResult | None:
         """SCIO on the persons of the items that asked for it; None when nothing to do."""
         if self.verifier is None:
@@ -341,6 +352,7 @@ class PosePipeline:
             sigma=self.codec.sigma,
             flip_index=self.spec.flip_index,
             diagnostics=False,
+            all_losses=all_losses,
         )
         # Back onto all persons: row person indices refer to `sel`.
         full = coords.copy()
@@ -413,8 +425,8 @@ class PosePipeline:
                     keypoint=int(search.keypoint[r]),
                     group=self.spec.groups[int(search.group[r])].name,
                     displacement_px=moved,
-                    loss_before=float(search.loss_before[r]),
-                    loss_after=float(search.loss_after[r]),
+                    loss_before=_finite_or_none(search.loss_before, int(r)),
+                    loss_after=_finite_or_none(search.loss_after, int(r)),
                     accepted=bool(search.accepted[r]),
                     confidence=_finite_or_none(search.confidence, int(r)),
                 )

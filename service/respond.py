@@ -54,8 +54,9 @@ def checked_persons(result: PoseResult, spec: KeypointSpec) -> list[PersonPose]:
     return out
 
 
-def _ref_numbers(r: RefinedKeypoint) -> tuple[float, float, float]:
-    return (r.displacement_px, r.loss_before, r.loss_after)
+def _ref_numbers(r: RefinedKeypoint) -> list[float]:
+    """The refinement's numbers that must be finite (a loss may be absent, never NaN)."""
+    return [v for v in (r.displacement_px, r.loss_before, r.loss_after) if v is not None]
 
 
 def pose_response(
@@ -93,8 +94,8 @@ def _person(p: PersonPose, spec: KeypointSpec) -> Person:
                 name=spec.keypoint_names[r.keypoint],
                 group=r.group,
                 displacement_px=float(r.displacement_px),
-                loss_before=float(r.loss_before),
-                loss_after=float(r.loss_after),
+                loss_before=None if r.loss_before is None else float(r.loss_before),
+                loss_after=None if r.loss_after is None else float(r.loss_after),
                 accepted=bool(r.accepted),
                 confidence=None if r.confidence is None else float(r.confidence),
             )

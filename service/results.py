@@ -42,9 +42,11 @@ class RefinedKeypoint:
     group: str  # the structural group whose verifier scored it
     displacement_px: float  # distance from the backbone's own position, in image pixels
     # (the SCL prior may move D even when the search's own move is not accepted)
-    loss_before: float  # self-constraint loss where the search started: the SCL prior's position,
-    # or the backbone's when the prior is the backbone (the verification score)
-    loss_after: float  # loss at the returned position
+    # Γ's self-constraint loss where the search started (the SCL prior's position, or the
+    # backbone's when the prior is the backbone) and at the returned position; None where Γ was
+    # not run for this keypoint because nothing at the bundle's settings reads its loss there
+    loss_before: float | None
+    loss_after: float | None
     accepted: bool  # whether the search's move was kept
     # P(the returned keypoint is correct), calibrated on a tuning split; None without calibration
     confidence: float | None = None

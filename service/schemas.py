@@ -90,10 +90,18 @@ class Refinement(BaseModel):
     displacement_px: float = Field(
         description="distance from the backbone's position to the returned one, in image pixels"
     )
-    loss_before: float = Field(
-        description="self-constraint loss where the search started (the SCL prior's position)"
+    loss_before: float | None = Field(
+        default=None,
+        description=(
+            "Γ's self-constraint loss where the search started (the SCL prior's position); null"
+            " where Γ was not run for this keypoint: at the bundle's settings nothing reads its"
+            " loss there (no search move, no hypothesis the rule may accept, not in the"
+            " confidence)"
+        ),
     )
-    loss_after: float = Field(description="self-constraint loss at the returned position")
+    loss_after: float | None = Field(
+        default=None, description="Γ's self-constraint loss at the returned position, or null"
+    )
     accepted: bool = Field(description="whether the search's own move was kept")
     confidence: float | None = Field(
         default=None,

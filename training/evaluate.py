@@ -133,7 +133,8 @@ def evaluate_variants(
         for name, cfg in variants.items():
             t = time.perf_counter()
             v_items = [(im, replace(o, refine=cfg is not None)) for im, o in items]
-            results = pipe.finish(v_items, bp, cfg)
+            # the refinement rows report Γ's loss for every refined keypoint
+            results = pipe.finish(v_items, bp, cfg, all_losses=opts.keep_refinements)
             seconds[name] += shared + time.perf_counter() - t
             for image_id, res in zip(chunk, results, strict=True):
                 predictions[name][image_id] = res.persons
@@ -394,11 +395,13 @@ def refinement_summary(matches: list[Match], spec: KeypointSpec) -> dict[str, An
     rows = refinement_rows(matches, spec)
     if not rows:
         return {"refined": 0}
-    loss = np.array([r["loss_after"] for r in rows])
-    acc = np.array([r["accuracy"] for r in rows])
+    # Γ's loss where it was run (see PosePipeline.finish's all_losses)
+    scored = [r for r in rows if r["loss_after"] is not None]
+    loss = np.array([r["loss_after"] for r in scored])
+    acc = np.array([r["accuracy"] for r in scored])
     corr = (
         float(np.corrcoef(loss, acc)[0, 1])
-        if len(rows) > 2 and loss.std() > 0 and acc.std() > 0
+        if len(scored) > 2 and loss.std() > 0 and acc.std() > 0
         else float("nan")
     )
     return {
@@ -406,6 +409,7 @@ def refinement_summary(matches: list[Match], spec: KeypointSpec) -> dict[str, An
         "accepted": int(sum(r["accepted"] for r in rows)),
         "acceptance_rate": float(np.mean([r["accepted"] for r in rows])),
         "mean_displacement_px": float(np.mean([r["displacement_px"] for r in rows])),
+        "loss_scored": len(scored),
         "loss_accuracy_correlation": corr,
     }
 

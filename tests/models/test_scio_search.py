@@ -535,3 +535,75 @@ def test_the_service_skips_what_only_the_probes_read_and_returns_the_same() -> N
             assert not lean.hyp_valid[full.group != 0].any()
         else:  # the confidence reads the hypotheses' losses: nothing skipped
             assert (phi_rows_lean, cands_lean) == (phi_rows_full, cands_full)
+
+
+def test_the_service_runs_gamma_only_where_its_loss_changes_the_result() -> None:
+    """`all_losses=False`: with no search move (descent, 0 iterations) and a confidence that does
+    not read Γ's loss, Γ's context and head see only the rows whose rule may move D (group 0);
+    coords, moves and confidences equal the full run's, whose losses the lean run keeps there and
+    leaves NaN elsewhere. A confidence that reads the loss, or a search, needs Γ everywhere."""
+    from models.scio_search import ACCEPT_FEATURES, gamma_rows
+
+    heat, feats, coords, scores, truth, gamma = _problem(4, shift=0.0)
+    g = GROUPS[0]  # the group that may move: its D sits on the mirrored side, far away
+    coords[:, COCO17.flip_index[g.d]] = truth[:, g.d]
+    coords[:, g.d] = truth[:, g.d] + np.array([9.0, 0.0])
+    coords[:, g.d, 0] = np.minimum(coords[:, g.d, 0], HW[1] - 1.0)
+    weights = [0.0] * len(ACCEPT_FEATURES)
+    weights[0] = -20.0  # lower loss than the current D -> closer
+    n_groups = len(GROUPS)
+    cfg = ScioSearchConfig(
+        strategy="descent", iterations=0, hypotheses=("backbone", "peaks", "mirror"),
+        accept_group_weights=(tuple(weights),) * n_groups, accept_group_bias=(0.0,) * n_groups,
+        accept_group_thresholds=(0.5,) + (1.0,) * (n_groups - 1),
+        confidence_features=("peak", "mirror_distance"),
+        confidence_group_weights=((1.0, -0.5),) * n_groups, confidence_group_bias=(0.1,) * n_groups,
+    )  # fmt: skip
+    context = gamma.context
+    rows_seen: list[int] = []
+
+    def counted(hb, hc, f, group):
+        rows_seen.append(len(group))
+        assert len(hb) == len(hc) == len(f) == len(group)
+        return context(hb, hc, f, group)
+
+    gamma.context = counted
+
+    def run(config, all_losses):
+        rows_seen.clear()
+        res = refine(
+            heat, feats, coords, scores, GROUPS, gamma, config, sigma=SIGMA,
+            flip_index=COCO17.flip_index, diagnostics=False, all_losses=all_losses,
+        )  # fmt: skip
+        return res, sum(rows_seen)
+
+    full, n_full = run(cfg, True)
+    lean, n_lean = run(cfg, False)
+    mine = full.group == 0
+    assert full.hyp_moved[mine].all()  # the move the test is about happens
+    assert n_full == len(full.group) > n_lean == mine.sum()
+    np.testing.assert_array_equal(gamma_rows(cfg, full.group, False), np.flatnonzero(mine))
+    for name in ("coords", "end", "accepted", "confidence"):
+        np.testing.assert_array_equal(getattr(lean, name), getattr(full, name), err_msg=name)
+    for name in ("loss_before", "loss_after"):
+        np.testing.assert_array_equal(getattr(lean, name)[mine], getattr(full, name)[mine])
+        assert np.isnan(getattr(lean, name)[~mine]).all()
+    reads_loss = replace(
+        cfg, confidence_features=("loss_end", "peak"),
+        confidence_group_weights=((-1.0, 1.0),) * n_groups,
+    )  # fmt: skip
+    searches = replace(cfg, iterations=3)
+    for config in (reads_loss, searches):
+        full, n_full = run(config, True)
+        lean, n_lean = run(config, False)
+        assert n_lean == n_full == len(full.group)
+        for name in ("coords", "loss_before", "loss_after", "confidence"):
+            np.testing.assert_array_equal(getattr(lean, name), getattr(full, name), err_msg=name)
+    # no hypotheses, no search, no loss read: Γ is not run at all
+    bare = replace(cfg, hypotheses=(), accept_group_weights=(), accept_group_bias=(),
+                   accept_group_thresholds=())  # fmt: skip
+    lean, n_lean = run(bare, False)
+    assert n_lean == 0
+    assert lean.calls == 0
+    assert np.isnan(lean.loss_after).all()
+    np.testing.assert_array_equal(lean.end, lean.start)

@@ -104,8 +104,8 @@ class FakeEstimator:
                 g.d,
                 g.name,
                 1.5 if i % 2 == 0 else 0.0,
-                0.4,
-                0.2,
+                0.4 if i % 2 == 0 else None,  # odd groups: Γ not run (its loss read nowhere)
+                0.2 if i % 2 == 0 else None,
                 i % 2 == 0,
                 0.75 if i % 2 == 0 else None,
             )

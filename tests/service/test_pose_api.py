@@ -49,6 +49,9 @@ def test_pose_json_schema_and_values() -> None:
         "confidence": 0.75,
     }
     assert person["refinements"][1]["confidence"] is None  # a bundle without calibration
+    # Γ not run for that keypoint: its losses are null, not NaN (which JSON cannot carry)
+    assert person["refinements"][1]["loss_before"] is None
+    assert person["refinements"][1]["loss_after"] is None
 
 
 def test_form_fields_are_refused_naming_them_not_ignored() -> None:

@@ -90,14 +90,14 @@ def test_confidence_selection_finds_the_signal_each_group_needs() -> None:
         r.correct.append(bool(y[i]))
         r.peak.append(float(x[i, col["peak"]]))
     features, steps = select_confidence_features(r)
-    assert features[:3] == ("loss_end", "peak", "mirror_distance")
+    assert features[:2] == ("peak", "mirror_distance")  # Γ's loss only on merit: none here
     assert steps[-1]["cv_auroc"] > steps[0]["cv_auroc"] + 0.1  # the raw peak comes first
     assert cv_auroc(r, features, per_group=True) > cv_auroc(r, features, per_group=False)
     fit = fit_confidence(r, features, per_group=True, groups=2)
     w = np.asarray(fit["confidence_group_weights"])
-    m = features.index("mirror_distance")
-    assert abs(w[0, 1]) > 3 * abs(w[0, m])  # group 0 leans on the peak
-    assert abs(w[1, m]) > 3 * abs(w[1, 1])  # group 1 on the mirror distance
+    k, m = features.index("peak"), features.index("mirror_distance")
+    assert abs(w[0, k]) > 3 * abs(w[0, m])  # group 0 leans on the peak
+    assert abs(w[1, m]) > 3 * abs(w[1, k])  # group 1 on the mirror distance
     cfg = ScioSearchConfig(**fit)
     p = verification_probability(cfg, np.stack(r.conf_inputs), g)
     assert ((p > 0.5) == y).mean() > 0.85
