@@ -375,13 +375,14 @@ def refine(
     # Γ's context for the rows it scores; the evaluator takes row indices into that subset
     local = np.full(n_rows, -1, dtype=np.int64)
     local[scored] = np.arange(len(scored))
-    sc = scored
     ctx = (
-        gamma.context(_take(hb, sc), _take(hc, sc), _take(f, f_at[sc]), _take(gidx, sc))
-        if len(sc)
+        gamma.context(
+            _take(hb, scored), _take(hc, scored), _take(f, f_at[scored]), _take(gidx, scored)
+        )
+        if len(scored)
         else None
     )
-    evaluate = _Evaluator(gamma, ctx, _take(ha, sc), (h, w), sigma, batched, config.score)
+    evaluate = _Evaluator(gamma, ctx, _take(ha, scored), (h, w), sigma, batched, config.score)
     # The hypotheses do not depend on the search; H_D's local maxima serve them and the confidence
     # (in the rows that have hypotheses, unless the confidence reads them: NaN elsewhere)
     if every_row or "second_peak" in config.confidence_features:

@@ -59,6 +59,10 @@ def _ref_numbers(r: RefinedKeypoint) -> list[float]:
     return [v for v in (r.displacement_px, r.loss_before, r.loss_after) if v is not None]
 
 
+def _float_or_none(v: float | None) -> float | None:
+    return None if v is None else float(v)
+
+
 def pose_response(
     result: PoseResult,
     persons: list[PersonPose],
@@ -94,10 +98,10 @@ def _person(p: PersonPose, spec: KeypointSpec) -> Person:
                 name=spec.keypoint_names[r.keypoint],
                 group=r.group,
                 displacement_px=float(r.displacement_px),
-                loss_before=None if r.loss_before is None else float(r.loss_before),
-                loss_after=None if r.loss_after is None else float(r.loss_after),
+                loss_before=_float_or_none(r.loss_before),
+                loss_after=_float_or_none(r.loss_after),
                 accepted=bool(r.accepted),
-                confidence=None if r.confidence is None else float(r.confidence),
+                confidence=_float_or_none(r.confidence),
             )
             for r in p.refinements
         ],

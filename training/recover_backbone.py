@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -158,8 +159,6 @@ def training_record(bundle: Path) -> dict[str, Any]:
     """What the bundle's provenance says about the original training (samples seen, training
     seconds), under the names a training checkpoint's meta uses, so that a build continuing from
     the recovered checkpoint reports the backbone's real training."""
-    import json
-
     prov = json.loads((bundle / "bundle.json").read_text()).get("provenance") or {}
     keys = {"samples": "backbone_samples", "train_seconds": "backbone_train_seconds"}
     return {k: prov[v] for k, v in keys.items() if prov.get(v) is not None}
