@@ -411,7 +411,9 @@ def select_confidence_features(
     return chosen, steps
 
 
-MIN_GAIN_PER_ROW = 0.01  # a group's rule moves only if it gains this much OKS per row in tuning
+MIN_GAIN_PER_ROW = 0.01  # a group's rule moves only if it gains this much OKS per row
+RULE_FOLDS = 4  # the thresholds are chosen on out-of-fold probabilities (folds by image)
+RULE_MIN_Z = 2.0  # ... and the moves' out-of-fold gain must be this many standard errors above 0
 
 
 def fit_acceptance(
@@ -420,15 +422,26 @@ def fit_acceptance(
     n_groups: int = 0,
     per_group_rules: bool = False,
     min_gain_per_row: float = MIN_GAIN_PER_ROW,
+    folds: int = RULE_FOLDS,
+    min_z: float = RULE_MIN_Z,
 ) -> dict[str, Any]:
     """The acceptance rule from probed rows: logistic regression of "the hypothesis is closer to
     the truth than the current D" on the hypotheses' features (Newton's method,
     L2-regularised), then the threshold that maximises the summed OKS-term gain of the moves it
-    makes on these rows, over all rows and (with `n_groups`) for each group's rows.
+    makes, over all rows and (with `n_groups`) for each group's rows.
 
-    `per_group_rules`: one regression per group as well. A group whose best threshold gains
-    less than `min_gain_per_row` OKS per row of the group gets threshold 1.0 (never moves):
-    small in-sample gains did not hold on held-out images."""
+    The thresholds are chosen on **out-of-fold** probabilities: the rows split into `folds` by
+    image, each fold scored by the regression fitted on the others, so that a rule is judged on
+    rows it was not fitted to. Chosen on the fitted rows themselves (before stop 24) the rule
+    found gains that were not there: on the demo backbone's tuning split it moved 44 left
+    ankles, 61% of them closer, +2.7 OKS; on held-out images 42 moves, 50% closer, -0.04 OKS.
+    Out of fold is not enough on its own: the best of many thresholds still finds a gain in
+    noise, so a threshold is kept only where the gains of its moves are, on average, `min_z`
+    standard errors above zero. The weights shipped are then fitted on all rows.
+
+    `per_group_rules`: one regression per group as well. A group whose best out-of-fold
+    threshold gains less than `min_gain_per_row` OKS per row of the group gets threshold 1.0
+    (never moves); without per-group rules any positive gain is enough."""
     if not rows.hyp_features:
         raise ValueError("no hypothesis rows: probe with a search that has hypotheses")
     x = np.stack(rows.hyp_features)  # (n, H, F)
@@ -439,7 +452,12 @@ def fit_acceptance(
     oks = np.stack(rows.hyp_oks)
     current = np.asarray(rows.current_oks)
     groups = np.asarray(rows.group)
+    image = np.asarray(rows.image) if len(rows.image) == len(x) else np.arange(len(x))
+    fold = np.unique(image, return_inverse=True)[1].reshape(-1) % max(folds, 1)
     grid = np.linspace(0.3, 0.95, 27)
+
+    def fit(sel: npt.NDArray[np.bool_]) -> F64:
+        return logistic_fit(x[sel][valid[sel]], y[sel][valid[sel]], l2)
 
     def decide(w: F64, sel: npt.NDArray[np.bool_]) -> tuple[F64, F64]:
         """Each selected row's best far hypothesis: its P(closer) and its OKS-term gain."""
@@ -448,17 +466,33 @@ def fit_acceptance(
         r = np.arange(len(prob))
         return prob[r, best], oks[sel][r, best] - current[sel]
 
+    def out_of_fold(sel: npt.NDArray[np.bool_], train: npt.NDArray[np.bool_]) -> tuple[F64, F64]:
+        """`decide` for the rows of `sel`, each fold by the rule fitted on the other folds'
+        rows of `train`; a lone fold is scored in-sample."""
+        top, gain = np.zeros(len(x)), np.zeros(len(x))
+        for k in np.unique(fold[sel]):
+            here = sel & (fold == k)
+            rest = train & (fold != k)
+            top[here], gain[here] = decide(fit(rest if rest.any() else train), here)
+        return top[sel], gain[sel]
+
     def best_threshold(top: F64, gain: F64, min_total: float = 0.0) -> tuple[float, float]:
         """The threshold of the largest summed gain and the gain (1.0, never move, where that
-        gain is not above `min_total`)."""
+        gain is not above `min_total` or not `min_z` standard errors above zero)."""
         totals = [float(gain[top > t].sum()) for t in grid]
         k = int(np.argmax(totals))
-        return (float(grid[k]), totals[k]) if totals[k] > max(min_total, 0.0) else (1.0, 0.0)
+        moved = gain[top > grid[k]]
+        if totals[k] <= max(min_total, 0.0) or len(moved) < 2:
+            return 1.0, 0.0
+        se = float(moved.std(ddof=1)) / np.sqrt(len(moved))
+        if moved.mean() < min_z * se:
+            return 1.0, 0.0
+        return float(grid[k]), totals[k]
 
-    w = logistic_fit(x[valid], y[valid], l2)
     everyone = np.ones(len(x), dtype=bool)
+    w = fit(everyone)
+    threshold, total = best_threshold(*out_of_fold(everyone, everyone))
     top, gain = decide(w, everyone)
-    threshold, total = best_threshold(top, gain)
     out: dict[str, Any] = {
         "accept_weights": [float(v) for v in w[:-1]],
         "accept_bias": float(w[-1]),
@@ -472,13 +506,10 @@ def fit_acceptance(
             per_group.append((1.0, 0.0))
             group_rules.append(w)
             continue
-        wg = w
-        if per_group_rules:
-            wg = logistic_fit(x[sel][valid[sel]], y[sel][valid[sel]], l2)
-        group_rules.append(wg)
-        tg, gg = decide(wg, sel)
+        group_rules.append(fit(sel) if per_group_rules else w)
+        held = out_of_fold(sel, sel if per_group_rules else everyone)
         min_total = min_gain_per_row * int(sel.sum()) if per_group_rules else 0.0
-        per_group.append(best_threshold(tg, gg, min_total))
+        per_group.append(best_threshold(*held, min_total))
     out["accept_group_thresholds"] = [t for t, _ in per_group]
     if per_group_rules:
         out["accept_group_weights"] = [[float(v) for v in wg[:-1]] for wg in group_rules]
@@ -486,8 +517,10 @@ def fit_acceptance(
     out["fit"] = {
         "hypotheses": int(valid.sum()),
         "closer_rate": float(y[valid].mean()),
+        "folds": len(np.unique(fold)),
         "moves_at_threshold": int((top > threshold).sum()),
-        "oks_gain_at_threshold": total,
+        "oks_gain_at_threshold_in_sample": float(gain[top > threshold].sum()),
+        "oks_gain_at_threshold": total,  # out of fold, as the threshold was chosen
         "oks_gain_at_group_thresholds": float(sum(gg for _, gg in per_group)),
         "rows": len(x),
     }

@@ -168,6 +168,32 @@ def test_per_group_rules_learn_their_own_signal_and_need_a_real_gain() -> None:
     assert t[2] == 1.0  # 0.001 OKS a row is below the minimum
 
 
+def test_acceptance_thresholds_are_chosen_out_of_fold_so_noise_never_moves() -> None:
+    """Features that say nothing about which hypothesis is closer: a rule fitted per group on
+    18 features finds gains in the rows it was fitted to, and none on the images it was not.
+    Chosen out of fold, no group moves."""
+    from models.scio_search import ACCEPT_FEATURES
+    from training.probes import fit_acceptance
+
+    rng = np.random.default_rng(3)
+    r = Rows()
+    for i in range(300):
+        f = rng.normal(size=(3, len(ACCEPT_FEATURES)))
+        closer = rng.random(3) < 0.5
+        r.group.append(i % 2)
+        r.image.append(i // 3)
+        r.hyp_features.append(f)
+        r.hyp_valid.append(np.ones(3, bool))
+        r.hyp_far.append(np.ones(3, bool))
+        r.hyp_closer.append(closer)
+        r.hyp_oks.append(np.where(closer, 0.9, 0.1))
+        r.current_oks.append(0.5)
+    fit = fit_acceptance(r, n_groups=2, per_group_rules=True)
+    assert fit["accept_group_thresholds"] == [1.0, 1.0]
+    assert fit["accept_threshold"] == 1.0
+    assert fit["fit"]["folds"] == 4
+
+
 def test_probe_targets_judge_each_groups_anchor_against_its_distal_keypoint() -> None:
     """Issue 12's anchor target is per group: A's median error at most half of the backbone's
     D's; a group with no rows is not judged."""
