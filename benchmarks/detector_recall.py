@@ -11,8 +11,10 @@ detector.json) instead of the bundle's. A person counts as found when a detectio
 threshold overlaps its box with IoU >= 0.5, one detection per person, best overlaps first. Persons
 without labelled keypoints and crowd regions are not counted (the pose metrics ignore them too),
 and detections that match nobody are not held against the detector where they overlap them.
-Recall is also broken down by box height, where the misses are. Writes
-benchmarks/results/NAME.{json,md} (default detector_recall).
+Recall is also broken down by box height and by how many keypoints are visible, where the misses
+are, and NAME_misses.png shows the largest people it missed (their box red, the detection that
+overlaps them most at any score yellow, with its score). Writes
+benchmarks/results/NAME.{json,md,_misses.png} (default detector_recall).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import itertools
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +32,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import git_commit, machine, md_header, md_targets, write_results  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    RESULTS,
+    git_commit,
+    machine,
+    md_header,
+    md_targets,
+    write_results,
+)
 
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 HEIGHT_BINS = (0, 32, 64, 96, 128, 192, 10_000)  # GT box height, image px
+VISIBLE_BINS = (0, 4, 8, 12, 17)  # labelled keypoints of the person
+MISS_TILES = 24  # the largest missed persons shown in NAME_misses.png
 RECALL_TARGET = 0.85
 
 
@@ -81,22 +93,29 @@ def main() -> int:
     detector = PersonDetector(model, info)
     ann = json.loads(args.ann.read_text())
     gts: dict[int, list[list[float]]] = {}
+    visible_of: dict[int, list[int]] = {}
     for a in ann["annotations"]:
         if a.get("iscrowd") or a.get("num_keypoints", 0) == 0:
             continue
         x, y, w, h = a["bbox"]
         gts.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+        visible_of.setdefault(a["image_id"], []).append(int(a["num_keypoints"]))
     thresholds = sorted({*THRESHOLDS, info.score_threshold})  # the service's own among them
     floor = min(thresholds)
     found: dict[float, list[bool]] = {t: [] for t in thresholds}  # per threshold, per GT box
     detections = dict.fromkeys(thresholds, 0)
     matched = dict.fromkeys(thresholds, 0)
     heights: list[float] = []
+    visible: list[int] = []
+    misses: list[Miss] = []
     for im in ann["images"]:
         rgb = np.asarray(Image.open(args.images / im["file_name"]).convert("RGB"))
         ((boxes, scores),) = detector([rgb], min_score=floor)
         gt = np.array(gts.get(im["id"], []), dtype=np.float64).reshape(-1, 4)
         heights.extend((gt[:, 3] - gt[:, 1]).tolist())
+        visible.extend(visible_of.get(im["id"], []))
+        missed = ~match(gt, boxes[scores >= info.score_threshold])
+        misses += [Miss(im["file_name"], gt[i], boxes, scores) for i in np.flatnonzero(missed)]
         for t in thresholds:
             det = boxes[scores >= t]
             f = match(gt, det)
@@ -124,7 +143,17 @@ def main() -> int:
             by_height.append(
                 {"height": [lo, hi], "persons": int(m.sum()), "recall": float(at[m].mean())}
             )
+    vis = np.array(visible)
+    by_visible: list[dict[str, Any]] = []
+    for lo, hi in itertools.pairwise(VISIBLE_BINS):
+        m = (vis > lo) & (vis <= hi)
+        if m.any():
+            by_visible.append(
+                {"visible": [lo + 1, hi], "persons": int(m.sum()), "recall": float(at[m].mean())}
+            )
     recall = float(at.mean())
+    picture = RESULTS / f"{args.name}_misses.png"
+    shown = draw_misses(misses, args.images, picture)
     report: dict[str, Any] = {
         "command": "python benchmarks/detector_recall.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
@@ -137,6 +166,8 @@ def main() -> int:
         "recall": recall,
         "by_threshold": rows,
         "by_height": by_height,
+        "by_visible_keypoints": by_visible,
+        "misses_picture": picture.name if shown else None,
         "targets": {
             f"recall >= {RECALL_TARGET} at the service's threshold {thr}": recall >= RECALL_TARGET
         },
@@ -164,11 +195,88 @@ def main() -> int:
             for b in by_height
         ],
         "",
+        "By labelled keypoints of the person:",
+        "",
+        "| visible keypoints | persons | recall |",
+        "|---|---|---|",
+        *[
+            f"| {b['visible'][0]}-{b['visible'][1]} | {b['persons']} | {b['recall']:.3f} |"
+            for b in by_visible
+        ],
+        "",
+        *(
+            [
+                f"The {shown} largest people it missed: `{picture.name}` (their box red; yellow, "
+                "the detection that overlaps them most at any score, with its score and IoU).",
+                "",
+            ]
+            if shown
+            else []
+        ),
         *md_targets(report["targets"]),
         "",
     ]
     write_results(args.name, report, "\n".join(lines))
     return 0
+
+
+@dataclass
+class Miss:
+    """A person the detector missed at the service's threshold, with every detection of its
+    image down to the lowest threshold measured."""
+
+    file_name: str
+    box: np.ndarray  # (4,) x1, y1, x2, y2
+    det_boxes: np.ndarray  # (M, 4)
+    det_scores: np.ndarray  # (M,)
+
+
+def draw_misses(misses: list[Miss], images: Path, out: Path, tiles: int = MISS_TILES) -> int:
+    """A grid of the `tiles` tallest misses (a crop around each, 160 px high), written to `out`;
+    how many it shows."""
+    import cv2
+
+    from service.tracking import box_iou
+
+    chosen = sorted(misses, key=lambda m: -(m.box[3] - m.box[1]))[:tiles]
+    size, cols = 160, 6
+    grid = np.full((size * -(-len(chosen) // cols), size * cols, 3), 255, np.uint8)
+    for k, m in enumerate(chosen):
+        bgr = cv2.imread(str(images / m.file_name), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(images / m.file_name)
+        x1, y1, x2, y2 = m.box
+        side = max(x2 - x1, y2 - y1) * 1.3 + 8
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        scale = size / side
+        # the square around the person, scaled to the tile (OpenCV, bilinear, grey outside)
+        mat = np.array([[scale, 0, size / 2 - cx * scale], [0, scale, size / 2 - cy * scale]])
+        tile = cv2.warpAffine(
+            bgr, mat, (size, size), flags=cv2.INTER_LINEAR, borderValue=(128, 128, 128)
+        )
+
+        label = f"h{y2 - y1:.0f}px"
+        if len(m.det_boxes):
+            iou = box_iou(m.box[None], m.det_boxes)[0]
+            j = int(np.argmax(iou))
+            if iou[j] > 0:
+                cv2.rectangle(tile, *_corners(m.det_boxes[j], mat), (0, 215, 255), 1)
+                label += f" {m.det_scores[j]:.2f}/{iou[j]:.2f}"
+        cv2.rectangle(tile, *_corners(m.box, mat), (0, 0, 255), 1)
+        cv2.putText(tile, label, (3, size - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 2)
+        cv2.putText(tile, label, (3, size - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+        r, c = divmod(k, cols)
+        grid[r * size : (r + 1) * size, c * size : (c + 1) * size] = tile
+    if chosen:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out), grid)
+    return len(chosen)
+
+
+def _corners(box: np.ndarray, mat: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A box's corners through a scale-and-shift affine matrix (2, 3), as OpenCV points."""
+    p = (box.reshape(2, 2) * np.diag(mat[:, :2]) + mat[:, 2]).round().astype(int)
+    return (int(p[0, 0]), int(p[0, 1])), (int(p[1, 0]), int(p[1, 1]))
 
 
 if __name__ == "__main__":

@@ -156,6 +156,20 @@ def _add_detector(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=0.05,
         help="score floor baked into the exported NMS (default %(default)s)",
     )
+    d.add_argument(
+        "--nms-iou",
+        type=float,
+        default=0.7,
+        help=(
+            "NMS IoU baked into the export (default %(default)s, ultralytics'): higher keeps "
+            "people whose boxes overlap more; the pipeline's OKS-NMS removes duplicate poses"
+        ),
+    )
+    d.add_argument(
+        "--export-only",
+        action="store_true",
+        help="no training: validate and export --weights as they are (e.g. with another --nms-iou)",
+    )
     d.set_defaults(handler=_detector)
 
 
@@ -246,6 +260,8 @@ def _detector(args: argparse.Namespace) -> int:
         threads=args.threads,
         score_threshold=args.score_threshold,
         export_conf=args.export_conf,
+        iou=args.nms_iou,
+        export_only=args.export_only,
     )
     try:
         if args.synthetic:

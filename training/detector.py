@@ -104,7 +104,11 @@ class DetectorTrainConfig:
     threads: int | None = None  # torch CPU threads for training; None: ultralytics' cores - 1
     score_threshold: float = 0.25  # DetectorInfo.score_threshold, the service's default
     export_conf: float = 0.05  # the floor baked into the exported NMS; requests can go down to it
-    iou: float = 0.7  # NMS IoU, at export and in the parity check (ultralytics' default)
+    # NMS IoU, at export and in the parity check (ultralytics' default 0.7). Higher keeps people
+    # whose boxes overlap more (one behind another); the duplicates it also keeps are removed by
+    # the pipeline's OKS-NMS on the keypoints.
+    iou: float = 0.7
+    export_only: bool = False  # no training: validate and export `weights` as they are
     parity_images: int = 4  # validation images compared between ONNX Runtime and predict
 
 
@@ -375,6 +379,10 @@ def train_detector(
         )
     if not 0 < cfg.export_conf <= cfg.score_threshold < 1:
         raise DetectorDataError("need 0 < export_conf <= score_threshold < 1")
+    if not 0 < cfg.iou < 1:
+        raise DetectorDataError(f"the NMS IoU must be between 0 and 1, not {cfg.iou}")
+    if cfg.export_only and cfg.weights is None:
+        raise DetectorDataError("--export-only needs --weights (the .pt to export)")
     out = out.resolve()
     model_arg = check_model_source(cfg)
     data_yaml, stats = prepare_dataset(paths, out / "data" / "yolo")
@@ -385,7 +393,10 @@ def train_detector(
     # ultralytics sets torch's thread count for the whole process; give it back afterwards
     threads_before = torch.get_num_threads()
     try:
-        best, metrics, train_args = _train(ul, model_arg, cfg, data_yaml, out, device)
+        if cfg.export_only:
+            best, metrics, train_args = _validate(ul, model_arg, cfg, data_yaml, out, device)
+        else:
+            best, metrics, train_args = _train(ul, model_arg, cfg, data_yaml, out, device)
         onnx_path = export_onnx(ul, best, cfg, out / "export")
         val_images = sorted((out / "data" / "yolo" / "images" / "val").rglob("*.*"))
         parity = check_parity(ul, onnx_path, best, val_images[: cfg.parity_images], cfg)
@@ -456,6 +467,37 @@ def _train(
     results = model.train(**args)
     best = out / "train" / "weights" / "best.pt"
     return best, _box_metrics(results), {"model": model_arg, **args, "threads": cfg.threads}
+
+
+def _validate(
+    ul: ModuleType,
+    model_arg: str,
+    cfg: DetectorTrainConfig,
+    data_yaml: Path,
+    out: Path,
+    device: str,
+) -> tuple[Path, dict[str, float], dict[str, Any]]:
+    """No training (`export_only`): a copy of the weights in `out/train/weights/best.pt`, their
+    val metrics and the args, as `_train` returns them."""
+    best = out / "train" / "weights" / "best.pt"
+    best.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_arg, best)
+    args: dict[str, Any] = {
+        "data": str(data_yaml),
+        "imgsz": cfg.imgsz,
+        "batch": cfg.batch,
+        "device": device,
+        "iou": cfg.iou,
+        "plots": False,
+        "save_json": False,
+        "project": str(out),
+        "name": "val",
+        "exist_ok": True,
+        "verbose": False,
+    }
+    log.info("validating %s with %s", model_arg, args)
+    results = ul.YOLO(str(best)).val(**args)
+    return best, _box_metrics(results), {"export_only": True, "weights": model_arg, **args}
 
 
 def _box_metrics(results: Any) -> dict[str, float]:

@@ -135,6 +135,10 @@ def test_cli_exits_non_zero_on_bad_input(tmp_path: Path, caplog: pytest.LogCaptu
     missing = ["--val-ann", str(ann), "--val-images", str(tmp_path / "nowhere")]
     assert main([*common, "--train-images", str(images), *missing]) == 2
     assert "nowhere does not exist" in caplog.text
+    assert main([*common, *data, "--export-only"]) == 2
+    assert "--export-only needs --weights" in caplog.text
+    assert main([*common, *data, "--nms-iou", "1.5"]) == 2
+    assert "between 0 and 1" in caplog.text
 
 
 _NETWORK: list[str] = []
@@ -227,6 +231,28 @@ def test_train_export_and_serve_offline(tmp_path: Path, monkeypatch: pytest.Monk
             json.loads((ultralytics.utils.USER_CONFIG_DIR / "settings.json").read_text())["sync"]
             is False
         )
+
+    assert meta["export"]["iou"] == 0.7
+
+    # the trained weights exported again with another NMS IoU, without training
+    again = tmp_path / "again"
+    best = out / "train" / "weights" / "best.pt"
+    args = ["train", "detector", *mini, "--out", str(again), "--weights", str(best)]
+    args += ["--export-only", "--nms-iou", "0.8", "--imgsz", "128", "--device", "cpu"]
+    _NETWORK.clear()
+    _WATCHING = True
+    try:
+        assert main(args) == 0
+    finally:
+        _WATCHING = False
+    assert _NETWORK == []
+    meta2 = json.loads((again / "detector.json").read_text())
+    assert meta2["export"]["iou"] == 0.8
+    assert meta2["train"]["export_only"] is True
+    assert meta2["train"]["weights"] == str(best.resolve())
+    assert meta2["metrics"]["map50"] == pytest.approx(meta["metrics"]["map50"], abs=0.02)
+    assert meta2["parity"]["max_box_diff_px"] <= 0.5
+    assert (again / "train" / "weights" / "best.pt").read_bytes() == best.read_bytes()
 
     model = OnnxModel.load(out / "detector.onnx", device="cpu")
     assert model.session.get_outputs()[0].shape == [1, 300, 6]
