@@ -10,10 +10,12 @@ image-sized buffers should be), and `trim` returns the heaps' free tops after a 
 
 Fixing the mmap threshold also fixes glibc's trim threshold at its default, 128 kB: a heap whose
 free top grows past it is shrunk at once. Every request frees its crops, network inputs and
-outputs (a few MB below the mmap threshold), so each one gave the pages back and took them again:
-600 page faults per one-person `/pose`, 2,500 for five persons (measured). `tune_malloc` keeps
-16 MB of free top per heap instead (the faults of a 1-, 5- or 20-person request stop growing at
-that value: 89, 447, 1,940); the explicit `trim` after a large decode is unaffected.
+outputs (a few MB below the mmap threshold), so each one gave the pages back and took them again
+(measured, stop 23's demo bundle: 600 page faults per one-person `/pose`, 2,500 for five persons;
+stop 24's, 3,720 for five). `tune_malloc` keeps 16 MB of free top per heap instead (the faults of
+a 1-, 5- or 20-person request stop falling at that value: 89, 447, 1,940 with stop 23's bundle;
+5 persons 224 with stop 24's, 7 ms of 147); the explicit `trim` after a large decode is
+unaffected.
 """
 
 from __future__ import annotations
