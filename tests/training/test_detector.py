@@ -158,20 +158,33 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         _NETWORK.append(f"{event} {args[1]}")
 
 
+def _run_offline(args: list[str]) -> None:
+    """`scio-pose ARGS` succeeds with no name lookup, connection or installer process."""
+    from service.cli import main
+
+    global _WATCHING
+    _NETWORK.clear()
+    _WATCHING = True
+    try:
+        assert main(args) == 0
+    finally:
+        _WATCHING = False
+    assert _NETWORK == []
+
+
 @pytest.mark.skipif(not (MINI / "person_keypoints.json").exists(), reason="no coco-val-mini")
 def test_train_export_and_serve_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """1 epoch on the 20 coco-val-mini images at 128 px, export, and the service's detector on
     the result; no name lookup, connection or pip/curl process is allowed on the way."""
     if importlib.util.find_spec("ultralytics") is None:  # not importorskip: import it offline
         pytest.skip("ultralytics is not installed")
-    from service.cli import main
     from service.detector import PersonDetector
     from service.runtime import OnnxModel
 
     # what ultralytics_offline and ultralytics' import set is undone after the test
     for var in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_CONFIG_DIR", "OMP_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
-    global _WATCHING, _HOOKED
+    global _HOOKED
     if not _HOOKED:  # audit hooks cannot be removed; this one only records while watching
         sys.addaudithook(_audit)
         _HOOKED = True
@@ -199,13 +212,7 @@ def test_train_export_and_serve_offline(tmp_path: Path, monkeypatch: pytest.Monk
         "--warmup-epochs",
         "0.5",
     ]
-    _NETWORK.clear()
-    _WATCHING = True
-    try:
-        assert main(args) == 0
-    finally:
-        _WATCHING = False
-    assert _NETWORK == []
+    _run_offline(args)
 
     meta = json.loads((out / "detector.json").read_text())
     assert meta["input_hw"] == [128, 128]
@@ -239,13 +246,7 @@ def test_train_export_and_serve_offline(tmp_path: Path, monkeypatch: pytest.Monk
     best = out / "train" / "weights" / "best.pt"
     args = ["train", "detector", *mini, "--out", str(again), "--weights", str(best)]
     args += ["--export-only", "--nms-iou", "0.8", "--imgsz", "128", "--device", "cpu"]
-    _NETWORK.clear()
-    _WATCHING = True
-    try:
-        assert main(args) == 0
-    finally:
-        _WATCHING = False
-    assert _NETWORK == []
+    _run_offline(args)
     meta2 = json.loads((again / "detector.json").read_text())
     assert meta2["export"]["iou"] == 0.8
     assert meta2["train"]["export_only"] is True
