@@ -141,6 +141,19 @@ def _add_detector(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=3.0,
         help="learning-rate warm-up in epochs (default %(default)s; fewer for a large pool)",
     )
+    d.add_argument(
+        "--optimizer",
+        default="auto",
+        help=(
+            "ultralytics' optimizer (SGD, AdamW, ...; default %(default)s: it picks the optimizer "
+            "and the learning rate itself and ignores --lr0)"
+        ),
+    )
+    d.add_argument(
+        "--lr0",
+        type=float,
+        help="initial learning rate, with --optimizer (continuing a trained detector: smaller)",
+    )
     d.add_argument("--imgsz", type=int, default=256, help="square input size, multiple of 32")
     d.add_argument("--batch", type=int, default=16)
     d.add_argument("--workers", type=int, default=2, help="data-loader workers (GPU only)")
@@ -253,6 +266,8 @@ def _detector(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         time_budget_s=args.time_budget,
         warmup_epochs=args.warmup_epochs,
+        optimizer=args.optimizer,
+        lr0=args.lr0,
         batch=args.batch,
         workers=args.workers,
         device=args.device,

@@ -139,6 +139,8 @@ def test_cli_exits_non_zero_on_bad_input(tmp_path: Path, caplog: pytest.LogCaptu
     assert "--export-only needs --weights" in caplog.text
     assert main([*common, *data, "--nms-iou", "1.5"]) == 2
     assert "between 0 and 1" in caplog.text
+    assert main([*common, *data, "--lr0", "0.001"]) == 2  # "auto" would ignore it
+    assert "an --optimizer other than auto" in caplog.text
 
 
 _NETWORK: list[str] = []
@@ -211,6 +213,10 @@ def test_train_export_and_serve_offline(tmp_path: Path, monkeypatch: pytest.Monk
         "1",
         "--warmup-epochs",
         "0.5",
+        "--optimizer",
+        "AdamW",
+        "--lr0",
+        "0.001",
     ]
     _run_offline(args)
 
@@ -231,6 +237,7 @@ def test_train_export_and_serve_offline(tmp_path: Path, monkeypatch: pytest.Monk
     assert "train detector" in meta["command"]
     assert meta["train"]["time"] == pytest.approx(1 / 3600)  # hours, as ultralytics takes it
     assert meta["train"]["warmup_epochs"] == 0.5
+    assert (meta["train"]["optimizer"], meta["train"]["lr0"]) == ("AdamW", 0.001)
     import ultralytics.utils
 
     if ultralytics.utils.USER_CONFIG_DIR.parent == out / ".ultralytics":
