@@ -92,14 +92,12 @@ def main() -> int:
         )
     detector = PersonDetector(model, info)
     ann = json.loads(args.ann.read_text())
-    gts: dict[int, list[list[float]]] = {}
-    visible_of: dict[int, list[int]] = {}
+    gts: dict[int, list[tuple[list[float], int]]] = {}  # per image: box, labelled keypoints
     for a in ann["annotations"]:
         if a.get("iscrowd") or a.get("num_keypoints", 0) == 0:
             continue
         x, y, w, h = a["bbox"]
-        gts.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
-        visible_of.setdefault(a["image_id"], []).append(int(a["num_keypoints"]))
+        gts.setdefault(a["image_id"], []).append(([x, y, x + w, y + h], int(a["num_keypoints"])))
     thresholds = sorted({*THRESHOLDS, info.score_threshold})  # the service's own among them
     floor = min(thresholds)
     found: dict[float, list[bool]] = {t: [] for t in thresholds}  # per threshold, per GT box
@@ -111,17 +109,18 @@ def main() -> int:
     for im in ann["images"]:
         rgb = np.asarray(Image.open(args.images / im["file_name"]).convert("RGB"))
         ((boxes, scores),) = detector([rgb], min_score=floor)
-        gt = np.array(gts.get(im["id"], []), dtype=np.float64).reshape(-1, 4)
+        people = gts.get(im["id"], [])
+        gt = np.array([b for b, _ in people], dtype=np.float64).reshape(-1, 4)
         heights.extend((gt[:, 3] - gt[:, 1]).tolist())
-        visible.extend(visible_of.get(im["id"], []))
-        missed = ~match(gt, boxes[scores >= info.score_threshold])
-        misses += [Miss(im["file_name"], gt[i], boxes, scores) for i in np.flatnonzero(missed)]
+        visible.extend(n for _, n in people)
         for t in thresholds:
             det = boxes[scores >= t]
             f = match(gt, det)
             found[t].extend(f.tolist())
             detections[t] += len(det)
             matched[t] += int(f.sum())
+            if t == info.score_threshold:
+                misses += [Miss(im["file_name"], gt[i], boxes, scores) for i in np.flatnonzero(~f)]
     h = np.array(heights)
     rows = []
     for t in thresholds:

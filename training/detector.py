@@ -401,10 +401,8 @@ def train_detector(
     # ultralytics sets torch's thread count for the whole process; give it back afterwards
     threads_before = torch.get_num_threads()
     try:
-        if cfg.export_only:
-            best, metrics, train_args = _validate(ul, model_arg, cfg, data_yaml, out, device)
-        else:
-            best, metrics, train_args = _train(ul, model_arg, cfg, data_yaml, out, device)
+        fit = _validate if cfg.export_only else _train
+        best, metrics, train_args = fit(ul, model_arg, cfg, data_yaml, out, device)
         onnx_path = export_onnx(ul, best, cfg, out / "export")
         val_images = sorted((out / "data" / "yolo" / "images" / "val").rglob("*.*"))
         parity = check_parity(ul, onnx_path, best, val_images[: cfg.parity_images], cfg)
