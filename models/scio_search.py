@@ -337,6 +337,11 @@ def refine(
         e = np.zeros((0, 2))
         z = np.zeros(0)
         return SearchResult(out, person, gidx, d, e, e, e, z, z, np.zeros(0, bool), calls=0)
+    if not diagnostics and _only_confidence(config, gidx, phi is not None, all_losses):
+        return _confidence_result(
+            heatmaps, coords, scores, out, (person, gidx), (a, b, c, d), config, sigma,
+            phi is not None, flip_index,
+        )  # fmt: skip
     n_rows = len(person)
     ha = heatmaps[person, a]
     hb = heatmaps[person, b]
@@ -468,6 +473,70 @@ def refine(
     if hyp is not None:
         result.hyp_positions, result.hyp_features, result.hyp_valid, result.hyp_moved = hyp
         result.accepted = accepted | hyp[3]
+    return result
+
+
+def _only_confidence(config: ScioSearchConfig, group: I64, has_phi: bool, all_losses: bool) -> bool:
+    """Whether the service's refine (no diagnostics) has nothing to do but the confidence: the
+    search starts at the backbone's D and never moves it (no Γ call anywhere: no search, no
+    hypothesis the rule may take, no confidence that reads Γ's loss) and Φ runs nowhere. The
+    shipped bundle, whose rules move nothing, is this case."""
+    reads_phi = has_phi and bool(set(config.confidence_features) & {*_PHI_FEATURES})
+    return (
+        config.prior == "backbone"
+        and not reads_phi
+        and len(gamma_rows(config, group, all_losses)) == 0
+        and len(_hypothesis_rows(config, group, diagnostics=False)) == 0
+    )
+
+
+def _confidence_result(
+    heatmaps: F32,
+    coords: F64,
+    scores: F64,
+    out: F64,
+    rows: tuple[I64, I64],
+    abcd: tuple[I64, I64, I64, I64],
+    config: ScioSearchConfig,
+    sigma: float,
+    has_phi: bool,
+    flip_index: npt.NDArray[np.intp] | None,
+) -> SearchResult:
+    """`refine`'s result where `_only_confidence` holds, without the steps whose outputs are
+    empty there: every field as the full path gives it (losses NaN, nothing accepted, empty
+    hypotheses when the settings have them, Φ's columns as for a Φ that ran nowhere)."""
+    person, gidx = rows
+    d = abcd[3]
+    p = len(person)
+    backbone_d = coords[person, d].astype(np.float64)
+    nan = np.full(p, np.nan)
+    phi_d = phi_heat = None
+    if has_phi and "phi" in config.hypotheses:  # the full path's Φ output for rows it skipped
+        phi_d = np.full((p, 2), np.nan)
+        phi_heat = np.zeros((p, *heatmaps.shape[-2:]), heatmaps.dtype)
+    if "second_peak" in config.confidence_features:
+        second = local_maxima(heatmaps[person, d], HYP_PEAKS)[1][:, 0]
+    else:
+        second = nan
+    inputs = ConfidenceInputs(
+        heatmaps=heatmaps, coords=coords, scores=scores, person=person, abcd=abcd,
+        end=backbone_d, loss_end=nan, sigma=sigma, phi_d=phi_d, phi_heat=phi_heat,
+        flip_index=flip_index, second_peak=second,
+    )  # fmt: skip
+    result = SearchResult(
+        coords=out, person=person, group=gidx, keypoint=d, start=backbone_d.copy(),
+        backbone=backbone_d, end=backbone_d.copy(), loss_before=nan, loss_after=nan.copy(),
+        accepted=np.zeros(p, dtype=bool), calls=0,
+    )  # fmt: skip
+    result.local_end = backbone_d.copy()
+    result.confidence_inputs = confidence_inputs(inputs)
+    result.confidence = verification_probability(config, result.confidence_inputs, gidx)
+    if config.hypotheses:
+        n_feats = len(ACCEPT_FEATURES) + len(config.accept_row_features)
+        result.hyp_positions = np.zeros((p, 0, 2))
+        result.hyp_features = np.zeros((p, 0, n_feats))
+        result.hyp_valid = np.zeros((p, 0), dtype=bool)
+        result.hyp_moved = np.zeros(p, dtype=bool)
     return result
 
 

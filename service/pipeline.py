@@ -101,6 +101,7 @@ class PosePipeline:
         self.predictor: OnnxPredictor | None = None
         self.scio_config = scio_config or ScioSearchConfig()
         self._info: tuple[ScioSearchConfig, dict[str, Any]] | None = None
+        self._in_pixels: tuple[ScioSearchConfig, ScioSearchConfig] | None = None
         if bundle.has_scio:
             self._load_scio(bundle, load, scio_config)
         self.refine_available = self.verifier is not None
@@ -338,15 +339,19 @@ class PosePipeline:
         if not want.any():
             return None
         sel = np.flatnonzero(want)
-        everyone = len(sel) == len(want)  # the usual case: no copy of the feature maps
+        all_coords = coords
+        if len(sel) < len(want):  # else (the usual case) no copies of the maps
+            heatmaps, features, coords, scores = (
+                heatmaps[sel], features[sel], coords[sel], scores[sel]
+            )  # fmt: skip
         part = refine(
-            heatmaps[sel],
-            features if everyone else features[sel],
-            coords[sel],
-            scores[sel],
+            heatmaps,
+            features,
+            coords,
+            scores,
             self.spec.groups,
             self.verifier,
-            config or self.scio_config,
+            self._pixel_settings(config or self.scio_config),
             phi=self.predictor,
             decode=self.bundle.manifest.pose.decode,
             sigma=self.codec.sigma,
@@ -355,11 +360,19 @@ class PosePipeline:
             all_losses=all_losses,
         )
         # Back onto all persons: row person indices refer to `sel`.
-        full = coords.copy()
-        full[sel] = part.coords
-        part.coords = full
-        part.person = sel[part.person]
+        if len(sel) < len(want):
+            full = all_coords.copy()
+            full[sel] = part.coords
+            part.coords = full
+            part.person = sel[part.person]
         return part
+
+    def _pixel_settings(self, config: ScioSearchConfig) -> ScioSearchConfig:
+        """`config` in heatmap pixels, converted once per settings object."""
+        cached = self._in_pixels
+        if cached is None or cached[0] is not config:
+            cached = self._in_pixels = (config, config.in_pixels(self.codec.sigma))
+        return cached[1]
 
     def _assemble(
         self,

@@ -607,3 +607,89 @@ def test_the_service_runs_gamma_only_where_its_loss_changes_the_result() -> None
     assert lean.calls == 0
     assert np.isnan(lean.loss_after).all()
     np.testing.assert_array_equal(lean.end, lean.start)
+
+
+def test_where_only_the_confidence_is_left_the_short_path_returns_what_the_full_one_does(
+    monkeypatch,
+) -> None:
+    """The service's refine (no diagnostics, no loss wanted) with settings that never move D
+    (no search, rules that cannot move, a confidence that reads neither Γ nor Φ) skips straight to
+    the confidence; every field equals the full path's, and neither Γ nor Φ is called."""
+    import models.scio_search as ss
+
+    heat, feats, coords, scores, truth, gamma = _problem(3)
+    scores = RNG.uniform(0.3, 0.9, scores.shape)  # some distal keypoints skipped as confident
+    n_groups = len(GROUPS)
+    calls: list[str] = []
+
+    class Watched:
+        def context(self, *a):
+            calls.append("context")
+            return gamma.context(*a)
+
+        def head(self, *a):
+            calls.append("head")
+            return gamma.head(*a)
+
+    def phi(ha, hb, hc, f, group):
+        calls.append("phi")
+        return render_gaussians(truth[:1, 9].repeat(len(group), 0), HW, SIGMA)
+
+    weights = (0.5,) * len(ss.ACCEPT_FEATURES)
+    shipped = ScioSearchConfig(
+        iterations=0, max_distal_confidence=0.6, hypotheses=("backbone", "phi", "peaks", "mirror"),
+        accept_group_weights=(weights,) * n_groups, accept_group_bias=(0.0,) * n_groups,
+        accept_group_thresholds=(1.0,) * n_groups,
+        confidence_features=("peak", "anchor_peak", "mirror_distance"),
+        confidence_group_weights=((5.0, 2.0, 0.3),) * n_groups,
+        confidence_group_bias=(-3.0,) * n_groups,
+    )  # fmt: skip
+    variants = {
+        "shipped": shipped,
+        "second peak and Φ's columns": replace(
+            shipped, confidence_features=("second_peak", "phi_distance", "phi_peak"),
+        ),
+        "row features in the rule": replace(
+            shipped, accept_row_features=("peak", "heat_end"),
+            accept_group_weights=((*weights, 0.1, 0.2),) * n_groups,
+        ),
+        "no hypotheses": replace(
+            shipped, hypotheses=(), accept_group_weights=(), accept_group_bias=(),
+            accept_group_thresholds=(),
+        ),
+        "uncalibrated": replace(
+            shipped, confidence_group_weights=(), confidence_group_bias=(),
+        ),
+    }  # fmt: skip
+    full_path = ss._only_confidence
+    for name, config in variants.items():
+        for with_phi in (phi, None):
+            if with_phi is None and "phi" in config.confidence_features[1:]:
+                continue
+
+            def run(short: bool, config: ScioSearchConfig, with_phi):
+                monkeypatch.setattr(ss, "_only_confidence", full_path if short else lambda *a: 0)
+                calls.clear()
+                res = refine(
+                    heat, feats, coords, scores, GROUPS, Watched(), config, phi=with_phi,
+                    sigma=SIGMA, flip_index=COCO17.flip_index, diagnostics=False,
+                    all_losses=False,
+                )  # fmt: skip
+                return res, list(calls)
+
+            assert full_path(config, np.arange(n_groups), with_phi is not None, False) == (
+                config is not variants["second peak and Φ's columns"] or with_phi is None
+            )
+            short, short_calls = run(True, config, with_phi)
+            full, full_calls = run(False, config, with_phi)
+            assert short_calls == full_calls
+            if config is not variants["second peak and Φ's columns"] or with_phi is None:
+                assert short_calls == [], name
+            assert 0 < len(full.person) < 3 * n_groups  # confident D skipped, the others kept
+            for f in ss.fields(ss.SearchResult):
+                a, b = getattr(short, f.name), getattr(full, f.name)
+                if isinstance(b, np.ndarray):
+                    assert (a.shape, a.dtype) == (b.shape, b.dtype), (name, f.name)
+                    np.testing.assert_array_equal(a, b, err_msg=f"{name}: {f.name}")
+                else:
+                    assert a == b, (name, f.name)
