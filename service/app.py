@@ -22,7 +22,7 @@ from PIL import Image
 
 from service.api_docs import render_docs
 from service.cli import _version
-from service.decode_budget import MB, DecodeBudget
+from service.decode_budget import INLINE_DECODE_BYTES, MB, DecodeBudget
 from service.errors import install_error_handlers
 from service.guards import DrainGuardMiddleware
 from service.limits import Limits, PipelineRunner
@@ -95,7 +95,9 @@ async def _running(state: ServiceState, factory: EstimatorFactory) -> AsyncItera
     """The lifespan: start the runner, load in the background, drain and stop at the end."""
     runner = PipelineRunner(_limits(state.settings), state.metrics)
     budget = DecodeBudget(
-        state.settings.decode_memory_mb * MB, threads=2 * state.settings.max_concurrency
+        state.settings.decode_memory_mb * MB,
+        threads=2 * state.settings.max_concurrency,
+        inline_bytes=INLINE_DECODE_BYTES,
     )
     state.runner, state.estimator, state.readiness = runner, None, Readiness()
     state.decode_budget = budget

@@ -104,3 +104,19 @@ def test_a_small_image_costs_about_its_own_size_and_skips_the_trim() -> None:
     big = cost((4000, 3000), "PNG")
     assert (big - 64 * (1 << 20)) % (4000 * 3000) == 0
     assert big >= TRIM_AFTER_BYTES
+
+
+def test_a_small_decode_runs_on_the_event_loop_and_a_larger_one_on_a_thread() -> None:
+    async def main() -> None:
+        budget = DecodeBudget(100, threads=1, inline_bytes=10)
+        loop_thread = threading.get_ident()
+        for cost, here in ((10, True), (11, False)):
+            async with budget.hold(cost) as h:
+                ran_on = await budget.run(h, threading.get_ident)
+                assert (ran_on == loop_thread) is here
+                if here:  # no thread to wait for
+                    assert (h.threads, budget.running) == (0, 0)
+            assert budget.held == 0
+        budget.close()
+
+    asyncio.run(main())
