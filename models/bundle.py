@@ -57,6 +57,14 @@ class DetectorInfo:
     input_hw: tuple[int, int]  # letterboxed square input of the ONNX model
     person_class: int = 0
     score_threshold: float = 0.25
+    # OKS above which the pipeline keeps only the better-scored of two persons' poses (OKS-NMS):
+    # the official code's 0.9 unless the bundle's build chose another for its detector, whose
+    # duplicate boxes on one person it removes. `scio-pose evaluate` uses 0.9 (AP's protocol).
+    oks_nms: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.oks_nms <= 1.0:
+            raise ValueError(f"the OKS-NMS threshold must be in (0, 1], not {self.oks_nms}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DetectorInfo:
@@ -65,6 +73,7 @@ class DetectorInfo:
             input_hw=_pair(d["input_hw"]),
             person_class=int(d.get("person_class", 0)),
             score_threshold=float(d.get("score_threshold", 0.25)),
+            oks_nms=float(d.get("oks_nms", 0.9)),
         )
 
 

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from models.bundle import DETECTOR, GAMMA_CONTEXT, GAMMA_HEAD, PHI, POSE, Bundle, load_bundle
 from models.codec import HeatmapCodec, fuse_flip
 from models.geometry import affine_matrices, box_to_center_scale, heatmap_to_image, warp_affine
-from models.postprocess import oks_nms, rescore
+from models.postprocess import OKS_THRE, oks_nms, rescore
 from models.preprocess import Normalization, to_network_input
 from models.scio_search import ScioSearchConfig, SearchResult, refine
 from service.detector import PersonDetector
@@ -97,6 +97,8 @@ class PosePipeline:
             if det_path is not None and m.detector is not None
             else None
         )
+        # OKS-NMS between persons: the bundle's detector setting, else the official value
+        self.oks_nms = m.detector.oks_nms if m.detector is not None else OKS_THRE
         self.verifier: OnnxVerifier | None = None
         self.predictor: OnnxPredictor | None = None
         self.scio_config = scio_config or ScioSearchConfig()
@@ -156,6 +158,7 @@ class PosePipeline:
             "input_hw": list(m.pose.input_hw),
             "heatmap_hw": list(m.pose.heatmap_hw),
             "detector": self.detector is not None,
+            "oks_nms": self.oks_nms,
             "flip_test": m.pose.flip_test,
             "refine_available": self.refine_available,
             "scio": self.scio_config.to_dict() if self.refine_available else None,
@@ -394,6 +397,7 @@ class PosePipeline:
                     scores[sel],
                     areas[sel],
                     self.spec.sigmas_array,
+                    thresh=self.oks_nms if o.oks_nms_threshold is None else o.oks_nms_threshold,
                     official_order=o.official,
                 )
                 sel = sel[keep]

@@ -28,6 +28,8 @@ class PoseOptions:
     box_scores: npt.NDArray[np.float64] | None = None  # (N,) scores of `boxes`; default 1.0
     min_score: float = 0.0  # drop persons whose score is below this
     max_persons: int | None = None  # keep at most this many, best first
+    # OKS-NMS threshold; None: the bundle's (its detector's `oks_nms`, else the official 0.9)
+    oks_nms_threshold: float | None = None
     oks_nms: bool = False  # OKS-NMS on caller-given boxes too (detector boxes always get it)
     # `scio-pose evaluate --protocol official`: keypoints not clipped to the image, and OKS-NMS
     # ties broken as the official code's argsort does (the later person first). The API clips.

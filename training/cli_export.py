@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "it off); fit the SCIO settings on a bundle exported with it",
     )
     parser.add_argument(
+        "--oks-nms",
+        type=float,
+        help="OKS above which the service keeps only the better-scored of two persons' poses "
+        "(default: the detector's, else the official 0.9); with --detector",
+    )
+    parser.add_argument(
         "--provenance",
         type=Path,
         action="append",
@@ -50,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.oks_nms is not None and (args.detector is None or not 0 < args.oks_nms <= 1):
+        print("scio-pose export: --oks-nms needs --detector and a value in (0, 1]", file=sys.stderr)
+        return 2
     bundle = export_bundle(
         backbone=args.backbone,
         out=args.out,
@@ -60,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         version=args.version,
         decode=args.decode,
         flip_test=args.flip_test,
+        oks_nms=args.oks_nms,
         extra=[json.loads(p.read_text()) for p in args.provenance],
         command=args.command_line,
     )
@@ -77,10 +88,12 @@ def export_bundle(
     version: str = "1",
     decode: str = "argmax",
     flip_test: bool = False,
+    oks_nms: float | None = None,
     extra: list[dict[str, Any]] | None = None,
     command: str = "",
 ) -> Any:
     import tempfile
+    from dataclasses import replace
 
     from models.bundle import DetectorInfo
     from models.checkpoint import load_scio_net
@@ -91,6 +104,8 @@ def export_bundle(
     from training.train_backbone import codec_for
     from training.train_scio import load_backbone
 
+    if oks_nms is not None and detector_dir is None:
+        raise ValueError("--oks-nms is the detector's setting: it needs --detector")
     model, cfg = load_backbone(backbone)
     spec = get_spec(cfg.data.spec)
     codec = codec_for(cfg)
@@ -141,6 +156,8 @@ def export_bundle(
             det_onnx = detector_dir / "detector.onnx"
             meta = _read_json(detector_dir / "detector.json")
             det_info = DetectorInfo.from_dict(meta)
+            if oks_nms is not None:
+                det_info = replace(det_info, oks_nms=oks_nms)
             provenance["detector"] = {k: v for k, v in meta.items() if k != "input_hw"}
         for e in extra or []:
             provenance.update(e)

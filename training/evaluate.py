@@ -3,7 +3,9 @@
 The pipeline object is the one `scio-pose serve` runs (service.pipeline.PosePipeline), so the AP
 reported here is the AP the service delivers. Protocol (DESIGN.md): person boxes from the ground
 truth (cleaned, as the official code does) or from a detections file (raw); flip test with the
-one-pixel shift; person score = box score × mean keypoint score above 0.2; OKS-NMS at 0.9;
+one-pixel shift; person score = box score × mean keypoint score above 0.2; OKS-NMS at 0.9
+(the official value, whatever the bundle's detector sets for `/pose`: AP ranks every answer by
+score, and the duplicates a lower threshold removes for the API's users cost it little);
 pycocotools COCOeval, or xtcocotools' crowd evaluation for CrowdPose.
 
 Per-keypoint accuracy: for each labelled ground-truth keypoint, the OKS similarity
@@ -29,6 +31,7 @@ from PIL import Image
 from models.bundle import load_bundle
 from models.geometry import clean_gt_boxes
 from models.keypoints import KeypointSpec
+from models.postprocess import OKS_THRE
 from models.scio_search import ScioSearchConfig
 from service.pipeline import PosePipeline
 from service.results import PersonPose, PoseOptions
@@ -55,6 +58,7 @@ class EvalOptions:
     keep_results: bool = False  # add the COCO results list ("coco_results"), for bootstraps
     # "official": the official HRNet code's protocol exactly: its GT-box filter, keypoints not
     # clipped to the image, OKS-NMS ties broken as its argsort does; "service": as /pose answers
+    # (clipped keypoints), but with the official OKS-NMS threshold (see the module's docstring)
     protocol: str = "service"
 
 
@@ -115,7 +119,13 @@ def evaluate_variants(
         items = []
         for image_id in chunk:
             if boxes is None:  # the service's path: the bundle's detector finds the persons
-                o = PoseOptions(refine=False, flip=opts.flip, oks_nms=True, official=official)
+                o = PoseOptions(
+                    refine=False,
+                    flip=opts.flip,
+                    oks_nms=True,
+                    oks_nms_threshold=OKS_THRE,  # AP's protocol, not the bundle's
+                    official=official,
+                )
             else:
                 b, s = boxes.get(image_id, (np.zeros((0, 4)), np.zeros(0)))
                 o = PoseOptions(
@@ -124,6 +134,7 @@ def evaluate_variants(
                     boxes=b,
                     box_scores=s,
                     oks_nms=True,
+                    oks_nms_threshold=OKS_THRE,
                     official=official,
                 )
             items.append((_load(Path(images_dir), coco.images[image_id]), o))

@@ -115,3 +115,11 @@ def test_not_a_bundle(tmp_path: Path) -> None:
     (tmp_path / "bundle.json").write_text("{")
     with pytest.raises(BundleError, match="not valid JSON"):
         load_bundle(tmp_path)
+
+
+def test_the_detector_oks_nms_threshold_defaults_to_the_official_one_and_is_checked() -> None:
+    assert DetectorInfo.from_dict({"input_hw": [256, 256]}).oks_nms == 0.9  # older bundles
+    assert DetectorInfo.from_dict({"input_hw": [256, 256], "oks_nms": 0.6}).oks_nms == 0.6
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="OKS-NMS"):
+            DetectorInfo(input_hw=(256, 256), oks_nms=bad)

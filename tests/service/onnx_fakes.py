@@ -98,6 +98,7 @@ def make_fake_bundle(
     scio_files: dict[str, Path] | None = None,
     scio_settings: dict[str, Any] | None = None,
     flip_test: bool = False,
+    oks_nms: float = 0.9,
 ) -> Path:
     """The dot pose model (features: 2 channels), optionally a fixed detector and SCIO files."""
     work = root.parent / f"{root.name}-src"
@@ -122,7 +123,7 @@ def make_fake_bundle(
             flip_test=flip_test,
         ),
         files={},
-        detector=DetectorInfo(input_hw=detector_hw, score_threshold=0.3),
+        detector=DetectorInfo(input_hw=detector_hw, score_threshold=0.3, oks_nms=oks_nms),
         scio=scio_settings,
         provenance={"test": True},
     )

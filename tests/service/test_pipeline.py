@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,37 @@ def test_a_bundle_with_the_flip_test_by_default_runs_it_unless_a_request_says_no
     plain = PosePipeline.from_path(make_fake_bundle(tmp_path / "p"))
     assert plain.info["flip_test"] is False
     np.testing.assert_array_equal(heatmaps(plain, None), heatmaps(plain, False))
+
+
+def test_oks_nms_uses_the_bundles_threshold_unless_a_request_gives_one(tmp_path: Path) -> None:
+    """Two small boxes, each on its own dot, 30 px apart: their poses overlap a little (OKS near
+    0.001). A bundle whose detector sets OKS-NMS at 1e-6 keeps only the better one; a request
+    asking for 1.0 keeps both, as does a bundle at the official 0.9."""
+    import service.pipeline as sp
+
+    img = _dots((240, 240), [(100, 120), (130, 120)])
+    boxes = np.array([[80.0, 100, 110, 140], [120, 100, 150, 140]])  # crops: one dot each
+    seen: list[float] = []
+    strict = PosePipeline.from_path(
+        make_fake_bundle(tmp_path / "strict", detector_rows=np.zeros((0, 6)), oks_nms=1e-6),
+        device="cpu",
+    )
+    official = PosePipeline.from_path(
+        make_fake_bundle(tmp_path / "official", detector_rows=np.zeros((0, 6))), device="cpu"
+    )
+    assert (strict.oks_nms, official.oks_nms, strict.info["oks_nms"]) == (1e-6, 0.9, 1e-6)
+    nms = sp.oks_nms
+
+    def watched(*a, **kw):
+        seen.append(kw["thresh"])
+        return nms(*a, **kw)
+
+    sp.oks_nms = watched
+    try:
+        caller = PoseOptions(boxes=boxes, oks_nms=True)
+        assert len(strict.estimate(img, caller).persons) == 1
+        assert len(strict.estimate(img, replace(caller, oks_nms_threshold=1.0)).persons) == 2
+        assert len(official.estimate(img, caller).persons) == 2
+        assert seen == [1e-6, 1.0, 0.9]
+    finally:
+        sp.oks_nms = nms

@@ -270,3 +270,31 @@ def test_bootstrap_of_ap_differences_is_paired_and_sees_a_real_difference() -> N
     full = coco_stats(MINI / "person_keypoints.json", noisy, COCO17, ids)["AP"]
     assert lo <= full <= hi
     assert hi - lo > 0.01
+
+
+def test_evaluate_uses_the_official_oks_nms_whatever_the_bundle_sets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AP's protocol: OKS-NMS at 0.9 with the detector's boxes and with ground-truth boxes, even
+    when the bundle's detector sets another threshold for /pose."""
+    import service.pipeline as sp
+
+    rows = np.array([[40, 60, 120, 260, 0.9, 0]], np.float32)
+    bundle = make_fake_bundle(tmp_path / "bundle", detector_rows=rows, oks_nms=0.3)
+    seen: list[float] = []
+    nms = sp.oks_nms
+
+    def watched(*a, **kw):
+        seen.append(kw["thresh"])
+        return nms(*a, **kw)
+
+    monkeypatch.setattr(sp, "oks_nms", watched)
+    for boxes in ("detector", "gt"):
+        evaluate(
+            bundle,
+            MINI / "person_keypoints.json",
+            MINI / "images",
+            EvalOptions(boxes=boxes, limit=2),
+        )
+    assert len(seen) >= 4
+    assert set(seen) == {0.9}

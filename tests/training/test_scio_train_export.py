@@ -244,3 +244,25 @@ def test_search_decision_recipe_trains_and_its_score_travels_into_the_bundle(
     bad.write_text(json.dumps({"score": "l2"}))
     with pytest.raises(ValueError, match="trained for 'normalized'"):
         _export(runs["backbone"], tmp_path / "scio", tmp_path / "b2", "--search", str(bad))
+
+
+def test_export_sets_the_detectors_oks_nms_threshold(runs, tmp_path: Path, capsys) -> None:
+    from tests.service.onnx_fakes import make_fixed_detector
+
+    det = tmp_path / "det"
+    det.mkdir()
+    make_fixed_detector(det / "detector.onnx", np.array([[40, 60, 120, 260, 0.9, 0]], np.float32))
+    (det / "detector.json").write_text(json.dumps({"input_hw": [320, 320]}))
+    _export(runs["backbone"], runs["scio"], tmp_path / "a", "--detector", str(det))
+    assert load_bundle(tmp_path / "a").manifest.detector.oks_nms == 0.9  # the official default
+    _export(
+        runs["backbone"], runs["scio"], tmp_path / "b", "--detector", str(det), "--oks-nms", "0.6"
+    )
+    b = load_bundle(tmp_path / "b")
+    assert b.manifest.detector.oks_nms == 0.6
+    assert PosePipeline(b, device="cpu").oks_nms == 0.6
+    args = ["export", "--backbone", str(runs["backbone"]), "--out", str(tmp_path / "c")]
+    assert main([*args, "--oks-nms", "0.6"]) == 2  # no detector
+    assert main([*args, "--detector", str(det), "--oks-nms", "0"]) == 2
+    assert "--oks-nms needs --detector" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -1,0 +1,167 @@
+"""What `/pose` answers on a labelled split, by the OKS-NMS threshold between persons: how many
+people it finds once, how many it answers twice (a duplicate pose of someone already found),
+how many answers match nobody, and the COCO AP of the same answers.
+
+    python benchmarks/pose_answers.py --bundle bundles/demo \
+        --ann runs/ablation/synth-tune-2001-400/person_keypoints.json \
+        --images runs/ablation/synth-tune-2001-400/images [--name NAME]
+
+The bundle's detector finds the persons and the pipeline answers as `/pose` does by default
+(every person, keypoints clipped to the image, the bundle's flip test and SCIO settings); only
+the OKS-NMS threshold changes between rows. Matching, per image and in score order: an answer
+takes the unmatched labelled person it overlaps most if their OKS is at least 0.5 (found); else,
+if it overlaps an already matched person that much, it is a duplicate; else it matches nobody
+(a missed pose or no person at all). F1 is over persons found and answers. The AP column is
+pycocotools' on the same answers (AP ranks answers by score, so it gains from keeping more;
+`scio-pose evaluate` uses the official 0.9). Writes benchmarks/results/NAME.{json,md} (default
+pose_answers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import git_commit, machine, md_header, write_results  # noqa: E402
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MATCH_OKS = 0.5
+CHUNK = 8  # images per pipeline call
+
+
+def classify(oks: np.ndarray) -> list[str]:
+    """Each answer (rows of `oks`, answers x labelled persons, answers in score order) as
+    "found", "duplicate" or "none"."""
+    taken = np.zeros(oks.shape[1], dtype=bool)
+    out = []
+    for row in oks:
+        free = np.where(taken, -1.0, row)
+        if free.size and free.max() >= MATCH_OKS:
+            taken[int(np.argmax(free))] = True
+            out.append("found")
+        elif row.size and row.max() >= MATCH_OKS:
+            out.append("duplicate")
+        else:
+            out.append("none")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "demo")
+    ap.add_argument("--ann", type=Path, required=True, help="COCO-format person annotations")
+    ap.add_argument("--images", type=Path, required=True, help="their image folder")
+    ap.add_argument("--name", default="pose_answers")
+    args = ap.parse_args()
+
+    from PIL import Image
+
+    from service.pipeline import PosePipeline
+    from service.results import PoseOptions
+    from training.data.coco import CocoKeypoints
+    from training.evaluate import coco_stats, oks_terms, to_coco_results
+    from training.progress import progress
+
+    pipe = PosePipeline.from_path(args.bundle, device="cpu")
+    if pipe.detector is None:
+        raise SystemExit(f"{args.bundle} has no detector")
+    coco = CocoKeypoints(args.ann, pipe.spec)
+    sigmas = pipe.spec.sigmas_array
+    thresholds = sorted({*THRESHOLDS, pipe.oks_nms})
+    counts = {t: {"found": 0, "duplicate": 0, "none": 0} for t in thresholds}
+    results: dict[float, dict[int, Any]] = {t: {} for t in thresholds}
+    persons = 0
+    ids = coco.image_ids
+    for start in progress(range(0, len(ids), CHUNK), desc="answers"):
+        chunk = ids[start : start + CHUNK]
+        items = [
+            (
+                np.asarray(Image.open(args.images / coco.images[i].file_name).convert("RGB")),
+                PoseOptions(),
+            )
+            for i in chunk
+        ]
+        bp = pipe.backbone_pass(items)
+        gts = [
+            [p for p in coco.persons(i) if not p.iscrowd and p.keypoints[:, 2].max() > 0]
+            for i in chunk
+        ]
+        persons += sum(len(g) for g in gts)
+        for t in thresholds:
+            answers = pipe.finish([(im, replace(o, oks_nms_threshold=t)) for im, o in items], bp)
+            for image_id, res, gt in zip(chunk, answers, gts, strict=True):
+                results[t][image_id] = res.persons
+                oks = np.zeros((len(res.persons), len(gt)))
+                for a, p in enumerate(res.persons):  # already in score order
+                    for g, person in enumerate(gt):
+                        vis = person.keypoints[:, 2] > 0
+                        terms = oks_terms(
+                            p.keypoints[:, :2], person.keypoints[:, :2], max(person.area, 1.0),
+                            sigmas,
+                        )  # fmt: skip
+                        oks[a, g] = terms[vis].mean()
+                for kind in classify(oks):
+                    counts[t][kind] += 1
+    rows: list[dict[str, Any]] = []
+    for t in thresholds:
+        c = counts[t]
+        n_answers = sum(c.values())
+        recall = c["found"] / max(persons, 1)
+        precision = c["found"] / max(n_answers, 1)
+        ap_stats = coco_stats(args.ann, to_coco_results(results[t]), pipe.spec, ids)
+        rows.append(
+            {
+                "oks_nms": t,
+                "answers": n_answers,
+                "found": c["found"],
+                "found_share": recall,
+                "duplicates": c["duplicate"],
+                "unmatched": c["none"],
+                "precision": precision,
+                "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+                "ap": ap_stats["AP"],
+            }
+        )
+    bundle = args.bundle.relative_to(ROOT) if args.bundle.is_relative_to(ROOT) else args.bundle
+    report: dict[str, Any] = {
+        "command": "python benchmarks/pose_answers.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "code": git_commit(),
+        "bundle": str(bundle),
+        "bundle_oks_nms": pipe.oks_nms,
+        "annotations": str(args.ann),
+        "images": len(ids),
+        "persons": persons,
+        "rows": rows,
+    }
+    lines = md_header(f"What /pose answers, by OKS-NMS threshold ({bundle})", report)
+    lines += [
+        "",
+        f"{persons} labelled persons in {len(ids)} images of `{args.ann}`; the bundle's detector "
+        f"and defaults; the bundle's OKS-NMS threshold: {pipe.oks_nms}. Found: an answer with "
+        f"OKS >= {MATCH_OKS} to a person not yet found; duplicate: one to a person already found.",
+        "",
+        "| OKS-NMS | answers | found | share of persons | duplicates | match nobody | F1 | AP |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {r['oks_nms']:g}{' (bundle)' if r['oks_nms'] == pipe.oks_nms else ''} | "
+            f"{r['answers']} | {r['found']} | {r['found_share']:.3f} | {r['duplicates']} | "
+            f"{r['unmatched']} | {r['f1']:.3f} | {100 * r['ap']:.1f} |"
+            for r in rows
+        ],
+        "",
+    ]
+    write_results(args.name, report, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
