@@ -15,11 +15,16 @@ if it overlaps an already matched person that much, it is a duplicate; else it m
 pycocotools' on the same answers (AP ranks answers by score, so it gains from keeping more;
 `scio-pose evaluate` uses the official 0.9). Writes benchmarks/results/NAME.{json,md} (default
 pose_answers).
+
+`--choose FILE` (the build, on its tuning split) writes the threshold a bundle should ship to
+FILE: each person answered once, as many persons as possible, i.e. the highest threshold among
+those with the fewest duplicates (none, where one has none).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +40,7 @@ from benchmarks._common import git_commit, machine, md_header, write_results  # 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MATCH_OKS = 0.5
 CHUNK = 8  # images per pipeline call
+CHOICE_RULE = "the highest threshold among those with the fewest duplicates"
 
 
 def classify(oks: np.ndarray) -> list[str]:
@@ -60,6 +66,7 @@ def main() -> int:
     ap.add_argument("--ann", type=Path, required=True, help="COCO-format person annotations")
     ap.add_argument("--images", type=Path, required=True, help="their image folder")
     ap.add_argument("--name", default="pose_answers")
+    ap.add_argument("--choose", type=Path, help="write the threshold to ship to this JSON file")
     args = ap.parse_args()
 
     from PIL import Image
@@ -130,6 +137,8 @@ def main() -> int:
                 "ap": ap_stats["AP"],
             }
         )
+    fewest = min(r["duplicates"] for r in rows)
+    chosen = max(r["oks_nms"] for r in rows if r["duplicates"] == fewest)
     bundle = args.bundle.relative_to(ROOT) if args.bundle.is_relative_to(ROOT) else args.bundle
     report: dict[str, Any] = {
         "command": "python benchmarks/pose_answers.py " + " ".join(sys.argv[1:]),
@@ -141,6 +150,7 @@ def main() -> int:
         "images": len(ids),
         "persons": persons,
         "rows": rows,
+        "chosen": {"oks_nms": chosen, "rule": CHOICE_RULE},
     }
     lines = md_header(f"What /pose answers, by OKS-NMS threshold ({bundle})", report)
     lines += [
@@ -158,8 +168,12 @@ def main() -> int:
             for r in rows
         ],
         "",
+        f"Chosen by the rule a build applies to its tuning split ({CHOICE_RULE}): {chosen:g}.",
+        "",
     ]
     write_results(args.name, report, "\n".join(lines))
+    if args.choose is not None:
+        args.choose.write_text(json.dumps({**report["chosen"], "split": str(args.ann)}) + "\n")
     return 0
 
 

@@ -76,6 +76,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--min-score", type=float, default=0.0, help="drop persons scoring below")
     p.add_argument("--max-persons", type=int, default=None, help="keep the best N persons")
+    p.add_argument(
+        "--oks-nms",
+        type=float,
+        default=None,
+        help="of two persons whose poses overlap with OKS above this, keep the better-scored "
+        "(default: the bundle's)",
+    )
     p.add_argument("--batch", type=int, default=4, help="images or frames per pipeline call")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "tensorrt"], default="auto")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: its default)")
@@ -180,6 +187,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--max-persons must be at least 1"
     if not 0.0 <= args.min_score <= 1.0:
         return "--min-score must lie in [0, 1]"
+    if args.oks_nms is not None and not 0.0 < args.oks_nms <= 1.0:
+        return "--oks-nms must lie in (0, 1]"
     if args.track_memory < 0 or not 0.0 < args.track_iou <= 1.0:
         return "--track-memory must be >= 0 and --track-iou in (0, 1]"
     if args.smooth_min_cutoff <= 0 or args.smooth_beta < 0:
@@ -229,6 +238,7 @@ class Predictor:
             flip=args.flip,
             min_score=args.min_score,
             max_persons=args.max_persons,
+            oks_nms_threshold=args.oks_nms,
         )
         self._videos: dict[Path, _VideoState] = {}
         self._coco: list[dict[str, Any]] = []

@@ -50,6 +50,13 @@ class _CommonParams(BaseModel):
     )
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="drop persons scoring below this")
     max_persons: int | None = Field(None, ge=1, le=1000, description="keep the best N persons")
+    oks_nms: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="of two detected persons whose poses overlap with OKS above this, answer the "
+        "better-scored only; omitted: the bundle's (GET /info: bundle.oks_nms)",
+    )
     format: Literal["json", "coco"] = Field("json", description="json, or the COCO results list")
     image_id: int = Field(
         0,

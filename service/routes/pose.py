@@ -276,6 +276,7 @@ def _options(
         boxes=boxes,
         min_score=params.min_score,
         max_persons=params.max_persons,
+        oks_nms_threshold=params.oks_nms,
     )
 
 

@@ -91,15 +91,22 @@ def test_multipart_upload_gives_the_same_answer_as_raw_body() -> None:
 def test_options_reach_the_estimator() -> None:
     fake = FakeEstimator(persons=3)
     with serve(fake) as client:
-        r = post_image(client, PNG, refine="false", flip="true", min_score=0.75, max_persons=1)
+        r = post_image(
+            client, PNG, refine="false", flip="true", min_score=0.75, max_persons=1, oks_nms=0.5
+        )
+        assert post_image(client, PNG).status_code == 200
+        assert post_image(client, PNG, oks_nms=0).status_code == 422
+        assert post_image(client, PNG, oks_nms=1.5).status_code == 422
     assert r.status_code == 200
     options = fake.seen[0][1]
-    assert (options.refine, options.flip, options.min_score, options.max_persons) == (
-        False,
-        True,
-        0.75,
-        1,
-    )
+    assert (
+        options.refine,
+        options.flip,
+        options.min_score,
+        options.max_persons,
+        options.oks_nms_threshold,
+    ) == (False, True, 0.75, 1, 0.5)
+    assert fake.seen[1][1].oks_nms_threshold is None  # the bundle's
     body = r.json()
     assert body["refined"] is False
     assert len(body["persons"]) == 1

@@ -137,6 +137,8 @@ def test_usage_errors_exit_2_and_write_nothing(
     (tmp_path / "a.png").write_bytes(b"")
     assert _predict(tmp_path / "a.png", "--boxes-from", bad, "--out", out) == 2
     assert "not JSON" in capsys.readouterr().err
+    assert _predict(tmp_path / "a.png", "--oks-nms", "0", "--out", out) == 2
+    assert "--oks-nms must lie in (0, 1]" in capsys.readouterr().err
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

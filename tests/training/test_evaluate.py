@@ -298,3 +298,19 @@ def test_evaluate_uses_the_official_oks_nms_whatever_the_bundle_sets(
         )
     assert len(seen) >= 4
     assert set(seen) == {0.9}
+
+
+def test_pose_answers_classifies_found_duplicate_and_unmatched_in_score_order() -> None:
+    from benchmarks.pose_answers import classify
+
+    # answers (score order) x labelled persons: OKS
+    oks = np.array(
+        [
+            [0.9, 0.6],  # takes person 0
+            [0.8, 0.55],  # person 0 is taken, person 1 is free and >= 0.5: found
+            [0.7, 0.7],  # both taken: a duplicate
+            [0.4, 0.3],  # nobody
+        ]
+    )
+    assert classify(oks) == ["found", "found", "duplicate", "none"]
+    assert classify(np.zeros((2, 0))) == ["none", "none"]  # an image without labelled persons
