@@ -74,7 +74,7 @@ def main() -> int:
     from service.pipeline import PosePipeline
     from service.results import PoseOptions
     from training.data.coco import CocoKeypoints
-    from training.evaluate import coco_stats, oks_terms, to_coco_results
+    from training.evaluate import coco_stats, person_oks, to_coco_results
     from training.progress import progress
 
     pipe = PosePipeline.from_path(args.bundle, device="cpu")
@@ -106,15 +106,12 @@ def main() -> int:
             answers = pipe.finish([(im, replace(o, oks_nms_threshold=t)) for im, o in items], bp)
             for image_id, res, gt in zip(chunk, answers, gts, strict=True):
                 results[t][image_id] = res.persons
-                oks = np.zeros((len(res.persons), len(gt)))
-                for a, p in enumerate(res.persons):  # already in score order
-                    for g, person in enumerate(gt):
-                        vis = person.keypoints[:, 2] > 0
-                        terms = oks_terms(
-                            p.keypoints[:, :2], person.keypoints[:, :2], max(person.area, 1.0),
-                            sigmas,
-                        )  # fmt: skip
-                        oks[a, g] = terms[vis].mean()
+                oks = np.array(
+                    [
+                        [person_oks(p.keypoints, person, sigmas) for person in gt]
+                        for p in res.persons
+                    ]
+                ).reshape(len(res.persons), len(gt))  # answers already in score order
                 for kind in classify(oks):
                     counts[t][kind] += 1
     rows: list[dict[str, Any]] = []

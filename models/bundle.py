@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from models.keypoints import KeypointSpec
+from models.postprocess import OKS_THRE
 
 BUNDLE_FORMAT = "scio-pose-bundle"
 FORMAT_VERSION = 1
@@ -60,7 +61,7 @@ class DetectorInfo:
     # OKS above which the pipeline keeps only the better-scored of two persons' poses (OKS-NMS):
     # the official code's 0.9 unless the bundle's build chose another for its detector, whose
     # duplicate boxes on one person it removes. `scio-pose evaluate` uses 0.9 (AP's protocol).
-    oks_nms: float = 0.9
+    oks_nms: float = OKS_THRE
 
     def __post_init__(self) -> None:
         if not 0.0 < self.oks_nms <= 1.0:
@@ -73,7 +74,7 @@ class DetectorInfo:
             input_hw=_pair(d["input_hw"]),
             person_class=int(d.get("person_class", 0)),
             score_threshold=float(d.get("score_threshold", 0.25)),
-            oks_nms=float(d.get("oks_nms", 0.9)),
+            oks_nms=float(d.get("oks_nms", OKS_THRE)),
         )
 
 

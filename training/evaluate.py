@@ -360,7 +360,7 @@ def match_predictions(
             free = [i for i in range(len(gts)) if i not in taken]
             if not free:
                 break
-            sims = [_oks(pred.keypoints, gts[i], spec.sigmas_array) for i in free]
+            sims = [person_oks(pred.keypoints, gts[i], spec.sigmas_array) for i in free]
             best = int(np.argmax(sims))
             if sims[best] > 0:
                 taken[free[best]] = pred
@@ -368,7 +368,7 @@ def match_predictions(
     return matches
 
 
-def _oks(kp: F64, gt: PersonAnn, sigmas: F64) -> float:
+def person_oks(kp: F64, gt: PersonAnn, sigmas: F64) -> float:
     """OKS of a prediction against one ground-truth person, over its labelled keypoints."""
     vis = gt.keypoints[:, 2] > 0
     sim = oks_terms(kp[:, :2], gt.keypoints[:, :2], max(gt.area, 1.0), sigmas)
