@@ -154,6 +154,15 @@ def _add_detector(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=float,
         help="initial learning rate, with --optimizer (continuing a trained detector: smaller)",
     )
+    d.add_argument(
+        "--close-mosaic",
+        type=_non_negative_int,
+        default=10,
+        help=(
+            "train the last N epochs without mosaic augmentation (default %(default)s, "
+            "ultralytics': a run of up to N epochs never sees a mosaic; 0: mosaic to the end)"
+        ),
+    )
     d.add_argument("--imgsz", type=int, default=256, help="square input size, multiple of 32")
     d.add_argument("--batch", type=int, default=16)
     d.add_argument("--workers", type=int, default=2, help="data-loader workers (GPU only)")
@@ -268,6 +277,7 @@ def _detector(args: argparse.Namespace) -> int:
         warmup_epochs=args.warmup_epochs,
         optimizer=args.optimizer,
         lr0=args.lr0,
+        close_mosaic=args.close_mosaic,
         batch=args.batch,
         workers=args.workers,
         device=args.device,
@@ -308,3 +318,13 @@ def _detector(args: argparse.Namespace) -> int:
         f"val mAP50 {m['map50']:.3f}, mAP50-95 {m['map50_95']:.3f})"
     )
     return 0
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value

@@ -104,6 +104,10 @@ class DetectorTrainConfig:
     # continuation names an optimizer and a smaller lr0.
     optimizer: str = "auto"
     lr0: float | None = None
+    # ultralytics trains its last `close_mosaic` epochs without mosaic (and from the first epoch
+    # on when the run has no more epochs than that): its default 10 means that a run of up to 10
+    # epochs never sees a mosaic. 0 keeps mosaic to the end.
+    close_mosaic: int = 10
     workers: int = 2  # data-loader processes (ultralytics uses none on the CPU)
     device: str = "auto"  # "auto" (CUDA if there is one), "cpu", "0", "0,1", ...
     seed: int = 0
@@ -450,6 +454,7 @@ def _train(
         "warmup_epochs": cfg.warmup_epochs,
         "optimizer": cfg.optimizer,
         **({"lr0": cfg.lr0} if cfg.lr0 is not None else {}),
+        "close_mosaic": cfg.close_mosaic,
         "imgsz": cfg.imgsz,
         "batch": cfg.batch,
         "workers": cfg.workers,

@@ -143,6 +143,16 @@ def test_cli_exits_non_zero_on_bad_input(tmp_path: Path, caplog: pytest.LogCaptu
     assert "an --optimizer other than auto" in caplog.text
 
 
+def test_close_mosaic_must_be_a_count(capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    for bad in ("-1", "two"):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", "detector", "--out", "x", "--synthetic", "--close-mosaic", bad])
+        assert exc.value.code == 2
+        assert "--close-mosaic" in capsys.readouterr().err
+
+
 _NETWORK: list[str] = []
 _WATCHING = False
 _HOOKED = False
@@ -217,6 +227,9 @@ def test_train_export_and_serve_offline(tmp_path: Path, monkeypatch: pytest.Monk
         "AdamW",
         "--lr0",
         "0.001",
+        # mosaic from the first epoch (ultralytics' default 10 would close it for a 1-epoch run)
+        "--close-mosaic",
+        "0",
     ]
     _run_offline(args)
 
@@ -238,6 +251,9 @@ def test_train_export_and_serve_offline(tmp_path: Path, monkeypatch: pytest.Monk
     assert meta["train"]["time"] == pytest.approx(1 / 3600)  # hours, as ultralytics takes it
     assert meta["train"]["warmup_epochs"] == 0.5
     assert (meta["train"]["optimizer"], meta["train"]["lr0"]) == ("AdamW", 0.001)
+    assert meta["train"]["close_mosaic"] == 0
+    # what ultralytics itself trained with
+    assert "close_mosaic: 0\n" in (out / "train" / "args.yaml").read_text()
     import ultralytics.utils
 
     if ultralytics.utils.USER_CONFIG_DIR.parent == out / ".ultralytics":
