@@ -57,7 +57,10 @@ class PoseModelInfo:
 class DetectorInfo:
     input_hw: tuple[int, int]  # letterboxed square input of the ONNX model
     person_class: int = 0
-    score_threshold: float = 0.25
+    score_threshold: float = 0.25  # the service's default: boxes scoring below it are dropped
+    # the lowest score the exported model returns at all (the confidence its built-in NMS keeps;
+    # `train detector --export-conf`): a request may lower the threshold down to it. 0: unknown
+    score_floor: float = 0.0
     # OKS above which the pipeline keeps only the better-scored of two persons' poses (OKS-NMS):
     # the official code's 0.9 unless the bundle's build chose another for its detector, whose
     # duplicate boxes on one person it removes. `scio-pose evaluate` uses 0.9 (AP's protocol).
@@ -66,6 +69,11 @@ class DetectorInfo:
     def __post_init__(self) -> None:
         if not 0.0 < self.oks_nms <= 1.0:
             raise ValueError(f"the OKS-NMS threshold must be in (0, 1], not {self.oks_nms}")
+        if not 0.0 <= self.score_floor <= self.score_threshold <= 1.0:
+            raise ValueError(
+                "need 0 <= score_floor <= score_threshold <= 1, not "
+                f"{self.score_floor} and {self.score_threshold}"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DetectorInfo:
@@ -74,6 +82,8 @@ class DetectorInfo:
             input_hw=_pair(d["input_hw"]),
             person_class=int(d.get("person_class", 0)),
             score_threshold=float(d.get("score_threshold", 0.25)),
+            # bundle.json's, else the confidence a training run's detector.json exported with
+            score_floor=float(d.get("score_floor", (d.get("export") or {}).get("conf", 0.0))),
             oks_nms=float(d.get("oks_nms", OKS_THRE)),
         )
 

@@ -158,6 +158,8 @@ class PosePipeline:
             "input_hw": list(m.pose.input_hw),
             "heatmap_hw": list(m.pose.heatmap_hw),
             "detector": self.detector is not None,
+            "detector_threshold": self.detector.info.score_threshold if self.detector else None,
+            "detector_score_floor": self.detector.info.score_floor if self.detector else None,
             "oks_nms": self.oks_nms,
             "flip_test": m.pose.flip_test,
             "refine_available": self.refine_available,
@@ -254,9 +256,13 @@ class PosePipeline:
         if need:
             if self.detector is None:
                 raise RuntimeError("this bundle has no detector: pass person boxes")
-            found = self.detector([items[i][0] for i in need])
-            for i, res in zip(need, found, strict=True):
-                per_item[i] = res
+            default = self.detector.info.score_threshold
+            wanted = [default if (t := items[i][1].detector_threshold) is None else t for i in need]
+            # one call at the lowest threshold asked for, then each image's own
+            found = self.detector([items[i][0] for i in need], min_score=min(wanted))
+            for i, (b, s), t in zip(need, found, wanted, strict=True):
+                keep = s >= t
+                per_item[i] = (b[keep], s[keep])
         for i, (_, o) in enumerate(items):
             if o.boxes is not None:
                 b = np.asarray(o.boxes, dtype=np.float64).reshape(-1, 4)

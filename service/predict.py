@@ -77,6 +77,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-score", type=float, default=0.0, help="drop persons scoring below")
     p.add_argument("--max-persons", type=int, default=None, help="keep the best N persons")
     p.add_argument(
+        "--detector-threshold",
+        type=float,
+        default=None,
+        help="the detector's box score threshold, lower finds more people and more false ones "
+        "(default: the bundle's; the model returns nothing below its own floor)",
+    )
+    p.add_argument(
         "--oks-nms",
         type=float,
         default=None,
@@ -189,6 +196,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--min-score must lie in [0, 1]"
     if args.oks_nms is not None and not 0.0 < args.oks_nms <= 1.0:
         return "--oks-nms must lie in (0, 1]"
+    if args.detector_threshold is not None and not 0.0 <= args.detector_threshold <= 1.0:
+        return "--detector-threshold must lie in [0, 1]"
     if args.track_memory < 0 or not 0.0 < args.track_iou <= 1.0:
         return "--track-memory must be >= 0 and --track-iou in (0, 1]"
     if args.smooth_min_cutoff <= 0 or args.smooth_beta < 0:
@@ -237,6 +246,7 @@ class Predictor:
             refine=args.refine,
             flip=args.flip,
             min_score=args.min_score,
+            detector_threshold=args.detector_threshold,
             max_persons=args.max_persons,
             oks_nms_threshold=args.oks_nms,
         )

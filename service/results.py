@@ -27,6 +27,9 @@ class PoseOptions:
     boxes: npt.NDArray[np.float64] | None = None  # (N, 4) person boxes; skips the detector
     box_scores: npt.NDArray[np.float64] | None = None  # (N,) scores of `boxes`; default 1.0
     min_score: float = 0.0  # drop persons whose score is below this
+    # the detector's box score threshold; None: the bundle's (DetectorInfo.score_threshold).
+    # The exported model returns no box below its own floor (DetectorInfo.score_floor).
+    detector_threshold: float | None = None
     max_persons: int | None = None  # keep at most this many, best first
     # OKS-NMS threshold; None: the bundle's (its detector's `oks_nms`, else the official 0.9)
     oks_nms_threshold: float | None = None

@@ -49,6 +49,14 @@ class _CommonParams(BaseModel):
         "(GET /info: bundle.flip_test)",
     )
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="drop persons scoring below this")
+    detector_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="the person detector's box score threshold: lower finds more people and more "
+        "false ones; omitted: the bundle's (GET /info: bundle.detector_threshold). The model "
+        "returns no box below its floor (bundle.detector_score_floor); ignored with boxes",
+    )
     max_persons: int | None = Field(None, ge=1, le=1000, description="keep the best N persons")
     oks_nms: float | None = Field(
         None,

@@ -113,7 +113,8 @@ class DetectorTrainConfig:
     seed: int = 0
     threads: int | None = None  # torch CPU threads for training; None: ultralytics' cores - 1
     score_threshold: float = 0.25  # DetectorInfo.score_threshold, the service's default
-    export_conf: float = 0.05  # the floor baked into the exported NMS; requests can go down to it
+    # the floor baked into the exported NMS (DetectorInfo.score_floor); requests can go down to it
+    export_conf: float = 0.05
     # NMS IoU, at export and in the parity check (ultralytics' default 0.7). Higher keeps people
     # whose boxes overlap more (one behind another); the duplicates it also keeps are removed by
     # the pipeline's OKS-NMS on the keypoints.
@@ -414,7 +415,7 @@ def train_detector(
         torch.set_num_threads(threads_before)
     final = out / "detector.onnx"
     shutil.copyfile(onnx_path, final)
-    info = DetectorInfo((cfg.imgsz, cfg.imgsz), 0, cfg.score_threshold)
+    info = DetectorInfo((cfg.imgsz, cfg.imgsz), 0, cfg.score_threshold, score_floor=cfg.export_conf)
     meta = {
         **asdict(info),
         "metrics": metrics,

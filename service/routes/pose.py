@@ -275,6 +275,7 @@ def _options(
         flip=params.flip,
         boxes=boxes,
         min_score=params.min_score,
+        detector_threshold=params.detector_threshold,
         max_persons=params.max_persons,
         oks_nms_threshold=params.oks_nms,
     )

@@ -123,3 +123,13 @@ def test_the_detector_oks_nms_threshold_defaults_to_the_official_one_and_is_chec
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="OKS-NMS"):
             DetectorInfo(input_hw=(256, 256), oks_nms=bad)
+
+
+def test_the_detector_score_floor_comes_from_the_export_and_is_checked() -> None:
+    assert DetectorInfo.from_dict({"input_hw": [256, 256]}).score_floor == 0.0  # older bundles
+    run = {"input_hw": [256, 256], "export": {"conf": 0.05, "iou": 0.8}}  # detector.json
+    assert DetectorInfo.from_dict(run).score_floor == 0.05
+    saved = {"input_hw": [256, 256], "score_floor": 0.01, "export": {"conf": 0.05}}
+    assert DetectorInfo.from_dict(saved).score_floor == 0.01  # bundle.json's own wins
+    with pytest.raises(ValueError, match="score_floor"):
+        DetectorInfo(input_hw=(256, 256), score_threshold=0.25, score_floor=0.3)

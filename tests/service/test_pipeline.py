@@ -84,6 +84,24 @@ def test_detector_boxes_are_mapped_back_from_the_letterbox(pipe: PosePipeline) -
     assert res.persons[0].bbox_score == pytest.approx(0.9)
 
 
+def test_a_request_can_lower_or_raise_the_detectors_threshold(pipe: PosePipeline) -> None:
+    """The fixed detector's two person boxes score 0.9 and 0.1 (the bundle's threshold: 0.3).
+    Images of one call keep their own thresholds although the detector runs once for all."""
+    img = np.zeros((480, 640, 3), np.uint8)
+    assert (pipe.info["detector_threshold"], pipe.info["detector_score_floor"]) == (0.3, 0.0)
+    items = [
+        (img, PoseOptions()),
+        (img, PoseOptions(detector_threshold=0.05)),
+        (img, PoseOptions(detector_threshold=0.95)),
+        (img, PoseOptions(detector_threshold=0.05, boxes=np.array([[10.0, 10, 90, 90]]))),
+    ]
+    found = [sorted(p.bbox_score for p in r.persons) for r in pipe.estimate_many(items)]
+    assert found[0] == pytest.approx([0.9])
+    assert found[1] == pytest.approx([0.1, 0.9])
+    assert found[2] == []
+    assert found[3] == [1.0]  # the caller's box; no detector
+
+
 def test_filters_and_empty_inputs(pipe: PosePipeline) -> None:
     img = _dots((200, 200), [(50, 50), (150, 150)])
     boxes = np.array([[10.0, 10, 90, 90], [110, 110, 190, 190], [5, 5, 5, 40]])  # last degenerate

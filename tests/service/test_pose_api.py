@@ -97,6 +97,9 @@ def test_options_reach_the_estimator() -> None:
         assert post_image(client, PNG).status_code == 200
         assert post_image(client, PNG, oks_nms=0).status_code == 422
         assert post_image(client, PNG, oks_nms=1.5).status_code == 422
+        low = post_image(client, PNG, detector_threshold=0.05)
+        for bad in (-0.1, 1.5):
+            assert post_image(client, PNG, detector_threshold=bad).status_code == 422
     assert r.status_code == 200
     options = fake.seen[0][1]
     assert (
@@ -107,6 +110,8 @@ def test_options_reach_the_estimator() -> None:
         options.oks_nms_threshold,
     ) == (False, True, 0.75, 1, 0.5)
     assert fake.seen[1][1].oks_nms_threshold is None  # the bundle's
+    assert low.status_code == 200
+    assert (fake.seen[1][1].detector_threshold, fake.seen[2][1].detector_threshold) == (None, 0.05)
     body = r.json()
     assert body["refined"] is False
     assert len(body["persons"]) == 1

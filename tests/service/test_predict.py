@@ -91,6 +91,10 @@ def test_options_reach_the_pipeline(images: Path, tmp_path: Path) -> None:
     assert any(r["refined"] for r in _records(plain))
     assert not any(r["refined"] for r in _records(off))
     assert all(len(r["persons"]) <= 1 for r in _records(few))
+    nobody = tmp_path / "d.jsonl"
+    assert _predict(images, "--out", nobody, "--detector-threshold", "1") == 0
+    assert any(r["persons"] for r in _records(plain))
+    assert not any(r["persons"] for r in _records(nobody))  # no box scores 1 or more
 
 
 def test_boxes_from_replace_the_detector(images: Path, tmp_path: Path) -> None:
@@ -139,6 +143,8 @@ def test_usage_errors_exit_2_and_write_nothing(
     assert "not JSON" in capsys.readouterr().err
     assert _predict(tmp_path / "a.png", "--oks-nms", "0", "--out", out) == 2
     assert "--oks-nms must lie in (0, 1]" in capsys.readouterr().err
+    assert _predict(tmp_path / "a.png", "--detector-threshold", "2", "--out", out) == 2
+    assert "--detector-threshold must lie in [0, 1]" in capsys.readouterr().err
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
