@@ -16,6 +16,10 @@ pycocotools' on the same answers (AP ranks answers by score, so it gains from ke
 `scio-pose evaluate` uses the official 0.9). Writes benchmarks/results/NAME.{json,md} (default
 pose_answers).
 
+A second table varies the detector's box score threshold instead (the request's
+`detector_threshold`), at the bundle's OKS-NMS threshold: what lowering it below the bundle's
+default buys and costs in answers.
+
 `--choose FILE` (the build, on its tuning split) writes the threshold a bundle should ship to
 FILE: each person answered once, as many persons as possible, i.e. the highest threshold among
 those with the fewest duplicates (none, where one has none).
@@ -38,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import git_commit, machine, md_header, write_results  # noqa: E402
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DETECTOR_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
 MATCH_OKS = 0.5
 CHUNK = 8  # images per pipeline call
 CHOICE_RULE = "the highest threshold among those with the fewest duplicates"
@@ -85,55 +90,66 @@ def main() -> int:
     thresholds = sorted({*THRESHOLDS, pipe.oks_nms})
     counts = {t: {"found": 0, "duplicate": 0, "none": 0} for t in thresholds}
     results: dict[float, dict[int, Any]] = {t: {} for t in thresholds}
-    persons = 0
     ids = coco.image_ids
+    images = {
+        i: np.asarray(Image.open(args.images / coco.images[i].file_name).convert("RGB"))
+        for i in ids
+    }
+    gts = {
+        i: [p for p in coco.persons(i) if not p.iscrowd and p.keypoints[:, 2].max() > 0]
+        for i in ids
+    }
+    persons = sum(len(g) for g in gts.values())
+
+    def oks_matrix(answers: list[Any], gt: list[Any]) -> np.ndarray:
+        """OKS of each answer (in score order) to each labelled person."""
+        return np.array(
+            [[person_oks(p.keypoints, person, sigmas) for person in gt] for p in answers]
+        ).reshape(len(answers), len(gt))
+
     for start in progress(range(0, len(ids), CHUNK), desc="answers"):
         chunk = ids[start : start + CHUNK]
-        items = [
-            (
-                np.asarray(Image.open(args.images / coco.images[i].file_name).convert("RGB")),
-                PoseOptions(),
-            )
-            for i in chunk
-        ]
+        items = [(images[i], PoseOptions()) for i in chunk]
         bp = pipe.backbone_pass(items)
-        gts = [
-            [p for p in coco.persons(i) if not p.iscrowd and p.keypoints[:, 2].max() > 0]
-            for i in chunk
-        ]
-        persons += sum(len(g) for g in gts)
         for t in thresholds:
             answers = pipe.finish([(im, replace(o, oks_nms_threshold=t)) for im, o in items], bp)
-            for image_id, res, gt in zip(chunk, answers, gts, strict=True):
-                results[t][image_id] = res.persons
-                oks = np.array(
-                    [
-                        [person_oks(p.keypoints, person, sigmas) for person in gt]
-                        for p in res.persons
-                    ]
-                ).reshape(len(res.persons), len(gt))  # answers already in score order
-                for kind in classify(oks):
+            for image_id, answer in zip(chunk, answers, strict=True):
+                results[t][image_id] = answer.persons
+                for kind in classify(oks_matrix(answer.persons, gts[image_id])):
                     counts[t][kind] += 1
-    rows: list[dict[str, Any]] = []
-    for t in thresholds:
-        c = counts[t]
+
+    def row(key: str, value: float, c: dict[str, int], res: dict[int, Any]) -> dict[str, Any]:
         n_answers = sum(c.values())
         recall = c["found"] / max(persons, 1)
         precision = c["found"] / max(n_answers, 1)
-        ap_stats = coco_stats(args.ann, to_coco_results(results[t]), pipe.spec, ids)
-        rows.append(
-            {
-                "oks_nms": t,
-                "answers": n_answers,
-                "found": c["found"],
-                "found_share": recall,
-                "duplicates": c["duplicate"],
-                "unmatched": c["none"],
-                "precision": precision,
-                "f1": 2 * precision * recall / max(precision + recall, 1e-12),
-                "ap": ap_stats["AP"],
-            }
-        )
+        return {
+            key: value,
+            "answers": n_answers,
+            "found": c["found"],
+            "found_share": recall,
+            "duplicates": c["duplicate"],
+            "unmatched": c["none"],
+            "precision": precision,
+            "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+            "ap": coco_stats(args.ann, to_coco_results(res), pipe.spec, ids)["AP"],
+        }
+
+    rows = [row("oks_nms", t, counts[t], results[t]) for t in thresholds]
+    default_thr = pipe.detector.info.score_threshold
+    det_thresholds = sorted({*DETECTOR_THRESHOLDS, default_thr})
+    det_rows = []
+    for d in progress(det_thresholds, desc="detector thresholds"):
+        c = {"found": 0, "duplicate": 0, "none": 0}
+        by_image: dict[int, Any] = {}
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            opts = PoseOptions(detector_threshold=d)
+            answers = pipe.estimate_many([(images[i], opts) for i in chunk])
+            for image_id, r in zip(chunk, answers, strict=True):
+                by_image[image_id] = r.persons
+                for kind in classify(oks_matrix(r.persons, gts[image_id])):
+                    c[kind] += 1
+        det_rows.append(row("detector_threshold", d, c, by_image))
     fewest = min(r["duplicates"] for r in rows)
     chosen = max(r["oks_nms"] for r in rows if r["duplicates"] == fewest)
     bundle = args.bundle.relative_to(ROOT) if args.bundle.is_relative_to(ROOT) else args.bundle
@@ -148,8 +164,10 @@ def main() -> int:
         "persons": persons,
         "rows": rows,
         "chosen": {"oks_nms": chosen, "rule": CHOICE_RULE},
+        "bundle_detector_threshold": default_thr,
+        "detector_rows": det_rows,
     }
-    lines = md_header(f"What /pose answers, by OKS-NMS threshold ({bundle})", report)
+    lines = md_header(f"What /pose answers, by OKS-NMS and detector threshold ({bundle})", report)
     lines += [
         "",
         f"{persons} labelled persons in {len(ids)} images of `{args.ann}`; the bundle's detector "
@@ -166,6 +184,20 @@ def main() -> int:
         ],
         "",
         f"Chosen by the rule a build applies to its tuning split ({CHOICE_RULE}): {chosen:g}.",
+        "",
+        f"By the detector's box score threshold (a request's `detector_threshold`), OKS-NMS at "
+        f"the bundle's {pipe.oks_nms}:",
+        "",
+        "| detector threshold | answers | found | share of persons | duplicates | match nobody "
+        "| F1 | AP |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {r['detector_threshold']:g}"
+            f"{' (bundle)' if r['detector_threshold'] == default_thr else ''} | "
+            f"{r['answers']} | {r['found']} | {r['found_share']:.3f} | {r['duplicates']} | "
+            f"{r['unmatched']} | {r['f1']:.3f} | {100 * r['ap']:.1f} |"
+            for r in det_rows
+        ],
         "",
     ]
     write_results(args.name, report, "\n".join(lines))
