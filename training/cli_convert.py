@@ -121,7 +121,12 @@ def run(args: argparse.Namespace) -> int:
                 flip_test=args.flip_test,
                 detector_onnx=det,
                 detector_info=(
-                    DetectorInfo(input_hw=(args.detector_size, args.detector_size)) if det else None
+                    DetectorInfo(
+                        input_hw=(args.detector_size, args.detector_size),
+                        score_floor=DETECTOR_SCORE_FLOOR,
+                    )
+                    if det
+                    else None
                 ),
                 parity_rtol=args.parity_tolerance or PARITY_RTOL,
                 provenance={
@@ -147,6 +152,11 @@ def _fmt(v: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{x:.4f}" for x in v) + ")"
 
 
+# The confidence the exported model's NMS keeps (ultralytics' own export default is 0.25, the
+# service's default threshold): requests can lower the threshold down to it.
+DETECTOR_SCORE_FLOOR = 0.05
+
+
 def export_detector(pt: Path, size: int, work: Path) -> Path:
     """Export an ultralytics .pt to ONNX with NMS inside, batch 1 (see service/detector.py).
     The export runs on a copy so nothing is written beside the user's file, with ultralytics
@@ -164,5 +174,6 @@ def export_detector(pt: Path, size: int, work: Path) -> Path:
         dynamic=False,
         simplify=True,
         opset=ONNX_OPSET,
+        conf=DETECTOR_SCORE_FLOOR,
     )
     return Path(onnx_path)
