@@ -166,3 +166,35 @@ def test_mmpose_checkpoints_get_mmpose_preprocessing(tmp_path: Path) -> None:
     bgr = rgb[..., ::-1]
     official = (bgr / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
     np.testing.assert_allclose(inputs[False], official.transpose(0, 3, 1, 2), atol=1e-5)
+
+
+def test_a_converted_detector_keeps_boxes_down_to_the_recorded_floor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """convert --detector-pt exports with NMS at the floor bundle.json records, not at
+    ultralytics' export default 0.25 (which would leave a request nothing to lower)."""
+    import types
+
+    import training.detector
+    from training.cli_convert import DETECTOR_SCORE_FLOOR, export_detector
+
+    seen: dict[str, object] = {}
+
+    class FakeYolo:
+        def __init__(self, path: str) -> None:
+            seen["path"] = path
+
+        def export(self, **kw: object) -> str:
+            seen.update(kw)
+            return str(tmp_path / "det.onnx")
+
+    fake = types.SimpleNamespace(YOLO=FakeYolo)
+    monkeypatch.setattr(training.detector, "ultralytics_offline", lambda _: fake)
+    pt = tmp_path / "yolo.pt"
+    pt.write_bytes(b"weights")
+    work = tmp_path / "work"
+    work.mkdir()
+    assert export_detector(pt, 320, work) == tmp_path / "det.onnx"
+    assert seen["conf"] == DETECTOR_SCORE_FLOOR < 0.25
+    assert (seen["nms"], seen["imgsz"], seen["batch"]) == (True, 320, 1)
+    assert seen["path"] == str(work / "yolo.pt")  # a copy: nothing written beside the user's file
