@@ -12,8 +12,8 @@ threshold overlaps its box with IoU >= 0.5, one detection per person, best overl
 without labelled keypoints and crowd regions are not counted (the pose metrics ignore them too),
 and detections that match nobody are not held against the detector where they overlap them.
 Recall is also broken down by box height, by how many keypoints are labelled (v > 0) and how many
-are visible (v = 2), where the misses are, and NAME_misses.png shows the largest people it missed (their box red, the detection that
-overlaps them most at any score yellow, with its score). Writes
+are visible (v = 2), where the misses are, and NAME_misses.png shows the largest people it missed
+(their box red, the detection that overlaps them most at any score yellow, with its score). Writes
 benchmarks/results/NAME.{json,md,_misses.png} (default detector_recall).
 """
 

@@ -101,11 +101,14 @@ def main() -> int:
     }
     persons = sum(len(g) for g in gts.values())
 
-    def oks_matrix(answers: list[Any], gt: list[Any]) -> np.ndarray:
-        """OKS of each answer (in score order) to each labelled person."""
-        return np.array(
+    def tally(counts: dict[str, int], image_id: int, answers: list[Any]) -> None:
+        """Count one image's answers (in score order) as found / duplicate / none."""
+        gt = gts[image_id]
+        oks = np.array(
             [[person_oks(p.keypoints, person, sigmas) for person in gt] for p in answers]
         ).reshape(len(answers), len(gt))
+        for kind in classify(oks):
+            counts[kind] += 1
 
     for start in progress(range(0, len(ids), CHUNK), desc="answers"):
         chunk = ids[start : start + CHUNK]
@@ -115,8 +118,7 @@ def main() -> int:
             answers = pipe.finish([(im, replace(o, oks_nms_threshold=t)) for im, o in items], bp)
             for image_id, answer in zip(chunk, answers, strict=True):
                 results[t][image_id] = answer.persons
-                for kind in classify(oks_matrix(answer.persons, gts[image_id])):
-                    counts[t][kind] += 1
+                tally(counts[t], image_id, answer.persons)
 
     def row(key: str, value: float, c: dict[str, int], res: dict[int, Any]) -> dict[str, Any]:
         n_answers = sum(c.values())
@@ -147,8 +149,7 @@ def main() -> int:
             answers = pipe.estimate_many([(images[i], opts) for i in chunk])
             for image_id, r in zip(chunk, answers, strict=True):
                 by_image[image_id] = r.persons
-                for kind in classify(oks_matrix(r.persons, gts[image_id])):
-                    c[kind] += 1
+                tally(c, image_id, r.persons)
         det_rows.append(row("detector_threshold", d, c, by_image))
     fewest = min(r["duplicates"] for r in rows)
     chosen = max(r["oks_nms"] for r in rows if r["duplicates"] == fewest)
@@ -174,36 +175,34 @@ def main() -> int:
         f"and defaults; the bundle's OKS-NMS threshold: {pipe.oks_nms}. Found: an answer with "
         f"OKS >= {MATCH_OKS} to a person not yet found; duplicate: one to a person already found.",
         "",
-        "| OKS-NMS | answers | found | share of persons | duplicates | match nobody | F1 | AP |",
-        "|---|---|---|---|---|---|---|---|",
-        *[
-            f"| {r['oks_nms']:g}{' (bundle)' if r['oks_nms'] == pipe.oks_nms else ''} | "
-            f"{r['answers']} | {r['found']} | {r['found_share']:.3f} | {r['duplicates']} | "
-            f"{r['unmatched']} | {r['f1']:.3f} | {100 * r['ap']:.1f} |"
-            for r in rows
-        ],
+        *_table("OKS-NMS", "oks_nms", rows, pipe.oks_nms),
         "",
         f"Chosen by the rule a build applies to its tuning split ({CHOICE_RULE}): {chosen:g}.",
         "",
         f"By the detector's box score threshold (a request's `detector_threshold`), OKS-NMS at "
         f"the bundle's {pipe.oks_nms}:",
         "",
-        "| detector threshold | answers | found | share of persons | duplicates | match nobody "
-        "| F1 | AP |",
-        "|---|---|---|---|---|---|---|---|",
-        *[
-            f"| {r['detector_threshold']:g}"
-            f"{' (bundle)' if r['detector_threshold'] == default_thr else ''} | "
-            f"{r['answers']} | {r['found']} | {r['found_share']:.3f} | {r['duplicates']} | "
-            f"{r['unmatched']} | {r['f1']:.3f} | {100 * r['ap']:.1f} |"
-            for r in det_rows
-        ],
+        *_table("detector threshold", "detector_threshold", det_rows, default_thr),
         "",
     ]
     write_results(args.name, report, "\n".join(lines))
     if args.choose is not None:
         args.choose.write_text(json.dumps({**report["chosen"], "split": str(args.ann)}) + "\n")
     return 0
+
+
+def _table(title: str, key: str, rows: list[dict[str, Any]], bundle_value: float) -> list[str]:
+    """Markdown table of `rows` by `key`, the bundle's own value marked."""
+    return [
+        f"| {title} | answers | found | share of persons | duplicates | match nobody | F1 | AP |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {r[key]:g}{' (bundle)' if r[key] == bundle_value else ''} | "
+            f"{r['answers']} | {r['found']} | {r['found_share']:.3f} | {r['duplicates']} | "
+            f"{r['unmatched']} | {r['f1']:.3f} | {100 * r['ap']:.1f} |"
+            for r in rows
+        ],
+    ]
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from training.config import DETECTOR_SCORE_FLOOR
+
 HELP = "turn official HRNet/SimpleBaseline or MMPose weights into a bundle"
 log = logging.getLogger(__name__)
 
@@ -150,11 +152,6 @@ MMPOSE_STD = (58.395 / 255.0, 57.12 / 255.0, 57.375 / 255.0)
 
 def _fmt(v: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{x:.4f}" for x in v) + ")"
-
-
-# The confidence the exported model's NMS keeps (ultralytics' own export default is 0.25, the
-# service's default threshold): requests can lower the threshold down to it.
-DETECTOR_SCORE_FLOOR = 0.05
 
 
 def export_detector(pt: Path, size: int, work: Path) -> Path:

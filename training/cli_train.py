@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from training.config import PRESETS, SCIO_PRESETS
+from training.config import DETECTOR_SCORE_FLOOR, PRESETS, SCIO_PRESETS
 
 HELP = "train the backbone, the SCIO networks or the person detector"
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def _add_detector(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     d.add_argument(
         "--export-conf",
         type=float,
-        default=0.05,
+        default=DETECTOR_SCORE_FLOOR,
         help="score floor baked into the exported NMS (default %(default)s)",
     )
     d.add_argument(

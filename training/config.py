@@ -24,6 +24,11 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# The score the NMS inside an exported person detector keeps boxes down to (`train detector
+# --export-conf`, `convert --detector-pt`): bundle.json's `detector.score_floor`, the lowest
+# `detector_threshold` a request can use. ultralytics' own export default is 0.25.
+DETECTOR_SCORE_FLOOR = 0.05
+
 
 @dataclass(frozen=True)
 class AugmentConfig:

@@ -56,6 +56,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from models.bundle import DetectorInfo
+from training.config import DETECTOR_SCORE_FLOOR
 from training.data.sources import DatasetPaths
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class DetectorTrainConfig:
     threads: int | None = None  # torch CPU threads for training; None: ultralytics' cores - 1
     score_threshold: float = 0.25  # DetectorInfo.score_threshold, the service's default
     # the floor baked into the exported NMS (DetectorInfo.score_floor); requests can go down to it
-    export_conf: float = 0.05
+    export_conf: float = DETECTOR_SCORE_FLOOR
     # NMS IoU, at export and in the parity check (ultralytics' default 0.7). Higher keeps people
     # whose boxes overlap more (one behind another); the duplicates it also keeps are removed by
     # the pipeline's OKS-NMS on the keypoints.
