@@ -1,0 +1,37 @@
+"""scripts/build-demo-bundle: valid bash, and a wrong PROFILE refused before any set-up."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-demo-bundle"
+BASH = shutil.which("bash")
+pytestmark = pytest.mark.skipif(BASH is None, reason="needs bash")
+
+
+def test_parses() -> None:
+    assert BASH is not None
+    done = subprocess.run([BASH, "-n", str(SCRIPT)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_unknown_profile_refused_before_set_up(tmp_path: Path) -> None:
+    """On a copy of the script whose scripts/_env.sh leaves a mark when sourced: a wrong PROFILE
+    exits 2 with a message before the environment (venv install) is touched."""
+    assert BASH is not None
+    (tmp_path / "scripts").mkdir()
+    script = tmp_path / "scripts" / SCRIPT.name
+    shutil.copy(SCRIPT, script)
+    (tmp_path / "scripts" / "_env.sh").write_text("touch sourced\nensure_venv() { :; }\n")
+    run = tmp_path / "run"
+    env = {**os.environ, "PROFILE": "2h", "RUN": str(run), "OUT": str(tmp_path / "out")}
+    done = subprocess.run([BASH, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2
+    assert "PROFILE must be full or 3h, not '2h'" in done.stderr
+    assert not (tmp_path / "sourced").exists()
+    assert not run.exists()
