@@ -10,6 +10,7 @@ flip test on / off for all of them.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -38,19 +39,31 @@ def p50(pipe: PosePipeline, image: np.ndarray, options: PoseOptions) -> tuple[fl
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("bundles", nargs="+", type=Path, help="bundle folders, compared in order")
+    flip_group = ap.add_mutually_exclusive_group()
+    flip_group.add_argument(
+        "--flip", dest="flip", action="store_true", default=None, help="force the flip test on"
+    )
+    flip_group.add_argument(
+        "--no-flip", dest="flip", action="store_false", help="force the flip test off"
+    )
+    args = ap.parse_args()
+    for path in args.bundles:
+        if not (path / "bundle.json").is_file():
+            ap.error(f"{path} is not a bundle (no bundle.json)")
     sample = make_sample(SynthConfig(width=640, height=480, persons=(5, 5), seed=77), 0)
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (lab.bbox for lab in sample.labels)])
     out: dict[str, object] = {"machine": machine(), "command": " ".join(sys.argv)}
-    flags = {"--flip": True, "--no-flip": False}
-    flip = next((flags[a] for a in sys.argv[1:] if a in flags), None)
-    for path in (a for a in sys.argv[1:] if a not in flags):
+    flip: bool | None = args.flip
+    for path in args.bundles:
         pipe = PosePipeline.from_path(path, device="cpu")
         pipe.warmup()
         gt_ms, gt_n = p50(pipe, sample.image, PoseOptions(refine=True, boxes=boxes, flip=flip))
         det_ms, det_n = p50(pipe, sample.image, PoseOptions(refine=True, flip=flip))
-        out[path] = {"flip_test": pipe.flips(flip),
-                     "p50_ms_gt_boxes": gt_ms, "persons_gt": gt_n,
-                     "p50_ms_detector": det_ms, "persons_detector": det_n}  # fmt: skip
+        out[str(path)] = {"flip_test": pipe.flips(flip),
+                          "p50_ms_gt_boxes": gt_ms, "persons_gt": gt_n,
+                          "p50_ms_detector": det_ms, "persons_detector": det_n}  # fmt: skip
     print(json.dumps(out, indent=1))
     return 0
 
