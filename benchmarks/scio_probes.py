@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import machine, md_header, md_targets, write_results  # noqa: E402
 from benchmarks.scio_ablation import SPLITS, make_split, split_arguments  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
-from models.scio_search import CONFIDENCE_FEATURES, ScioSearchConfig  # noqa: E402
+from models.scio_search import CONFIDENCE_FEATURES, HYP_EXTRA_FEATURES, ScioSearchConfig  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
 from training.probes import (  # noqa: E402
     fit_acceptance,
@@ -81,6 +81,11 @@ def main() -> int:
         "or 'all'); with --fit",
     )
     ap.add_argument(
+        "--accept-hyp-features",
+        help="per-hypothesis HYP_EXTRA_FEATURES the acceptance rule also reads (comma-separated, "
+        "or 'all'; the limb's plausibility there); with --fit",
+    )
+    ap.add_argument(
         "--per-group-rules",
         action="store_true",
         help="with --fit: one acceptance rule per group (a group moves only where its rule "
@@ -116,6 +121,15 @@ def main() -> int:
         )
         search = ScioSearchConfig.from_dict(
             {**search.to_dict(), "accept_row_features": names, "accept_weights": ()}
+        )
+    if args.accept_hyp_features:
+        extra = (
+            HYP_EXTRA_FEATURES
+            if args.accept_hyp_features == "all"
+            else tuple(n for n in args.accept_hyp_features.split(",") if n)
+        )
+        search = ScioSearchConfig.from_dict(
+            {**search.to_dict(), "accept_hyp_features": extra, "accept_weights": ()}
         )
     ann, images = split / "person_keypoints.json", split / "images"
     fit = None

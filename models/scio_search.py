@@ -70,6 +70,16 @@ ACCEPT_FEATURES = (
     "is_peak",
     "is_mirror",
 )
+# Optional per-hypothesis inputs of the rule beyond ACCEPT_FEATURES (named in the settings'
+# `accept_hyp_features`, so that bundles fitted without them keep their meaning). How plausible
+# the limb is with D at the hypothesis against at the current D, from the backbone's anchor A and
+# support B: x = log(|D − A| / |A − B|) (the distal segment over the proximal one; forearm over
+# upper arm, shin over thigh, eye–ear over nose–eye);
+# - limb_dlog: x at the hypothesis minus x at the current D;
+# - limb_dlog2: x² at the hypothesis minus x² at the current D. With limb_dlog, a rule (one per
+#   group) can learn where the ratio's log is most plausible: w1·Δx + w2·Δ(x²) favours moves
+#   towards x = −w1 / (2·w2) when w2 < 0.
+HYP_EXTRA_FEATURES = ("limb_dlog", "limb_dlog2")
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,10 @@ class ScioSearchConfig:
     # backbone is, how far Φ's D and the mirrored keypoint lie...), the same for every hypothesis
     # of the row; they follow ACCEPT_FEATURES in `accept_weights`.
     accept_row_features: tuple[str, ...] = ()
-    # one per ACCEPT_FEATURES, then per accept_row_features; empty: no rule, no moves
+    # ... and per hypothesis, HYP_EXTRA_FEATURES (the limb's plausibility there), after the row's
+    accept_hyp_features: tuple[str, ...] = ()
+    # one per ACCEPT_FEATURES, then per accept_row_features, then per accept_hyp_features;
+    # empty: no rule, no moves
     accept_weights: tuple[float, ...] = ()
     accept_bias: float = 0.0
     accept_threshold: float = 0.5
@@ -127,6 +140,7 @@ class ScioSearchConfig:
         for name in (
             "hypotheses",
             "accept_row_features",
+            "accept_hyp_features",
             "accept_weights",
             "accept_group_thresholds",
             "accept_group_bias",
@@ -161,9 +175,14 @@ class ScioSearchConfig:
             raise ValueError(
                 f"unknown accept_row_features {sorted(unknown)}; known: {CONFIDENCE_FEATURES}"
             )
-        n_accept = len(ACCEPT_FEATURES) + len(self.accept_row_features)
+        unknown = set(self.accept_hyp_features) - set(HYP_EXTRA_FEATURES)
+        if unknown:
+            raise ValueError(
+                f"unknown accept_hyp_features {sorted(unknown)}; known: {HYP_EXTRA_FEATURES}"
+            )
+        n_accept = self.n_accept_features
         if self.accept_weights and len(self.accept_weights) != n_accept:
-            names = (*ACCEPT_FEATURES, *self.accept_row_features)
+            names = (*ACCEPT_FEATURES, *self.accept_row_features, *self.accept_hyp_features)
             raise ValueError(f"accept_weights needs {n_accept} values ({', '.join(names)})")
         if any(len(w) != n_accept for w in self.accept_group_weights):
             raise ValueError(f"each accept_group_weights entry needs {n_accept} values")
@@ -179,6 +198,11 @@ class ScioSearchConfig:
             raise ValueError("radius, step, min_step and grid_step must be positive")
         if self.iterations < 0 or not 0 <= self.fusion_weight <= 1:
             raise ValueError("iterations must be >= 0 and fusion_weight in [0, 1]")
+
+    @property
+    def n_accept_features(self) -> int:
+        """How many inputs the acceptance rule reads per hypothesis."""
+        return len(ACCEPT_FEATURES) + len(self.accept_row_features) + len(self.accept_hyp_features)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -451,6 +475,11 @@ def refine(
             cols = [CONFIDENCE_FEATURES.index(n) for n in config.accept_row_features]
             row = np.repeat(here[:, None, cols], cand.shape[1], axis=1)
             feats = np.concatenate([feats, np.where(valid[..., None], row, 0.0)], axis=-1)
+        if config.accept_hyp_features:
+            extra = limb_features(
+                cand, end, coords[person, a], coords[person, b], config.accept_hyp_features
+            )
+            feats = np.concatenate([feats, np.where(valid[..., None], extra, 0.0)], axis=-1)
         end, loss_after, moved = apply_rule(config, cand, feats, valid, end, loss_after, gidx)
         hyp = (cand, feats, valid, moved)
     out[person, d] = end
@@ -532,7 +561,7 @@ def _confidence_result(
     result.confidence_inputs = confidence_inputs(inputs)
     result.confidence = verification_probability(config, result.confidence_inputs, gidx)
     if config.hypotheses:
-        n_feats = len(ACCEPT_FEATURES) + len(config.accept_row_features)
+        n_feats = config.n_accept_features
         result.hyp_positions = np.zeros((p, 0, 2))
         result.hyp_features = np.zeros((p, 0, n_feats))
         result.hyp_valid = np.zeros((p, 0), dtype=bool)
@@ -852,6 +881,26 @@ def hypothesis_features(
         feats[..., 4 + j] = kinds == j
     feats[~valid] = 0.0
     return feats
+
+
+def limb_features(
+    cand: F64, current: F64, anchor: F64, support: F64, names: tuple[str, ...]
+) -> F64:
+    """HYP_EXTRA_FEATURES `names` of every hypothesis (P, H, len(names)): cand (P, H, 2), the
+    current D, the anchor A and the support B (P, 2) each."""
+    proximal = np.linalg.norm(anchor - support, axis=-1) + 0.5  # (P,); half a px: never 0
+
+    def log_ratio(pos: F64) -> F64:
+        out: F64 = np.log(
+            (np.linalg.norm(pos - anchor[:, None], axis=-1) + 0.5) / proximal[:, None]
+        )
+        return out
+
+    x_h, x_c = log_ratio(cand), log_ratio(current[:, None])
+    values = {"limb_dlog": x_h - x_c, "limb_dlog2": x_h**2 - x_c**2}
+    if not names:
+        return np.zeros((*cand.shape[:2], 0))
+    return np.stack([values[n] for n in names], axis=-1)
 
 
 def accept_probability(config: ScioSearchConfig, feats: F64, group: I64 | None = None) -> F64:

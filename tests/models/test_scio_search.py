@@ -462,6 +462,66 @@ def test_the_acceptance_rule_can_read_the_row() -> None:
         ScioSearchConfig(accept_row_features=("luck",))
 
 
+def test_limb_features_compare_the_limb_at_the_hypothesis_with_the_current_d() -> None:
+    """x = log(|D - A| / |A - B|): a hypothesis that makes the forearm as long as the upper arm
+    (x = 0) from a current D that makes it 4 times as long has Δx = -log 4 and Δ(x²) = -log² 4."""
+    from models.scio_search import limb_features
+
+    anchor = np.array([[10.0, 10.0]])
+    support = np.array([[10.0, 2.0]])  # |A - B| = 8
+    current = np.array([[10.0, 42.0]])  # |D - A| = 32
+    cand = np.array([[[10.0, 18.0], [10.0, 42.0]]])  # 8 px from A; the current D itself
+    f = limb_features(cand, current, anchor, support, ("limb_dlog", "limb_dlog2"))
+    x_c = np.log(32.5 / 8.5)
+    x_h = np.log(8.5 / 8.5)
+    assert f.shape == (1, 2, 2)
+    assert np.allclose(f[0, 0], [x_h - x_c, x_h**2 - x_c**2])
+    assert np.allclose(f[0, 1], 0.0)
+    assert np.allclose(limb_features(cand, current, anchor, support, ("limb_dlog2",)), f[..., 1:])
+
+
+def test_the_acceptance_rule_can_read_the_limb_at_each_hypothesis() -> None:
+    """With accept_hyp_features the features end with the limb's plausibility per hypothesis
+    (after the row's), and a rule that rewards a smaller Δ(x²) moves D where the hypothesis
+    makes the limb more plausible and only there; bundles without them are unchanged."""
+    from models.scio_search import ACCEPT_FEATURES
+
+    heat, feats, coords, scores, _, gamma = _problem(2)
+    g = GROUPS[0]
+    # D's second peak lies 6 px right of D; person 0's elbow A lies 9 px right of D with the
+    # shoulder B 3 px beyond (forearm 3x the upper arm; at the peak, as long as it); person 1's
+    # elbow lies 3 px left (as long; at the peak, 3x)
+    coords[:, g.d] = [12.0, 12.0]
+    coords[0, g.a], coords[0, g.b] = [21.0, 12.0], [24.0, 12.0]
+    coords[1, g.a], coords[1, g.b] = [9.0, 12.0], [6.0, 12.0]
+    heat[:, g.d] = render_gaussians(coords[:, g.d], HW, SIGMA)
+    heat[:, g.d] += 0.5 * render_gaussians(coords[:, g.d] + np.array([6.0, 0.0]), HW, SIGMA)
+    n = len(ACCEPT_FEATURES)
+    base = {"hypotheses": ("peaks",), "iterations": 0, "accept_row_features": ("peak",)}
+    plain = refine(
+        heat, feats, coords, scores, GROUPS, gamma,
+        ScioSearchConfig(**base, accept_weights=(0.0,) * (n + 1), accept_bias=-5.0), sigma=SIGMA,
+    )  # fmt: skip
+    cfg = ScioSearchConfig(
+        **base,
+        accept_hyp_features=("limb_dlog", "limb_dlog2"),
+        accept_weights=(0.0,) * (n + 2) + (-50.0,),  # P(closer) = sigmoid(-50 · Δ(x²))
+    )
+    r = refine(heat, feats, coords, scores, GROUPS, gamma, cfg, sigma=SIGMA)
+    assert r.hyp_features.shape[-1] == n + 3
+    assert np.array_equal(r.hyp_features[..., : n + 1], plain.hyp_features)
+    rows = np.flatnonzero(r.group == 0)
+    assert np.array_equal(r.person[rows], [0, 1])
+    assert r.hyp_moved[rows].tolist() == [True, False]
+    assert np.allclose(r.coords[0, g.d], [18.0, 12.0], atol=0.5)
+    assert np.allclose(r.coords[1, g.d], [12.0, 12.0])
+    assert not plain.hyp_moved.any()
+    with pytest.raises(ValueError, match="accept_weights needs"):
+        ScioSearchConfig(accept_hyp_features=("limb_dlog",), accept_weights=(0.0,) * n)
+    with pytest.raises(ValueError, match="unknown accept_hyp_features"):
+        ScioSearchConfig(accept_hyp_features=("elbow_angle",))
+
+
 def test_the_service_skips_what_only_the_probes_read_and_returns_the_same() -> None:
     """`diagnostics=False` runs Φ and scores hypotheses only in the groups whose rule can move D
     (threshold under 1): positions, losses, moves and confidences are those of the full run;
