@@ -40,6 +40,13 @@ from training.probes import (  # noqa: E402
 # When the bundle's own settings do not search (iterations 0, no hypotheses), the moves judged
 # are those of the paper's search from the bundle's prior: descent, step 1.5, radius 4.
 PROBE_SEARCH = {"strategy": "descent", "iterations": 50, "radius": 4.0, "step": 1.5}
+# search settings without an acceptance rule
+NO_RULE: dict[str, Any] = {
+    "accept_weights": (),
+    "accept_group_weights": (),
+    "accept_group_bias": (),
+    "accept_group_thresholds": (),
+}
 
 
 def verification_auroc(o: dict[str, Any]) -> float:
@@ -113,36 +120,19 @@ def main() -> int:
     if args.hypotheses:
         kinds = tuple(k for k in args.hypotheses.split(",") if k)
         search = ScioSearchConfig.from_dict({**search.to_dict(), "hypotheses": kinds})
-    if args.accept_row_features:
-        names = (
-            CONFIDENCE_FEATURES
-            if args.accept_row_features == "all"
-            else tuple(n for n in args.accept_row_features.split(",") if n)
-        )
-        search = ScioSearchConfig.from_dict(
-            {**search.to_dict(), "accept_row_features": names, "accept_weights": ()}
-        )
-    if args.accept_hyp_features:
-        extra = (
-            HYP_EXTRA_FEATURES
-            if args.accept_hyp_features == "all"
-            else tuple(n for n in args.accept_hyp_features.split(",") if n)
-        )
-        search = ScioSearchConfig.from_dict(
-            {**search.to_dict(), "accept_hyp_features": extra, "accept_weights": ()}
-        )
+    # the rule's optional inputs: comma-separated names, or "all" of them; a rule fitted on
+    # other inputs no longer applies
+    for setting, given, known in (
+        ("accept_row_features", args.accept_row_features, CONFIDENCE_FEATURES),
+        ("accept_hyp_features", args.accept_hyp_features, HYP_EXTRA_FEATURES),
+    ):
+        if given:
+            names = known if given == "all" else tuple(n for n in given.split(",") if n)
+            search = ScioSearchConfig.from_dict({**search.to_dict(), setting: names, **NO_RULE})
     ann, images = split / "person_keypoints.json", split / "images"
     fit = None
     if args.fit is not None:
-        unruled = ScioSearchConfig.from_dict(
-            {
-                **search.to_dict(),
-                "accept_weights": (),
-                "accept_group_weights": (),
-                "accept_group_bias": (),
-                "accept_group_thresholds": (),
-            }
-        )
+        unruled = ScioSearchConfig.from_dict({**search.to_dict(), **NO_RULE})
         rows = probe(pipe, ann, images, search=unruled).pop("_rows")
         n_groups = len(pipe.spec.groups)
         fit = (
