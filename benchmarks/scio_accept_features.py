@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import machine, md_header, write_results  # noqa: E402
 from benchmarks.scio_ablation import SPLITS, make_split, split_arguments  # noqa: E402
+from benchmarks.scio_probes import NO_RULE  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
 from models.scio_search import (  # noqa: E402
     ACCEPT_FEATURES,
@@ -66,10 +67,7 @@ def main() -> int:
         hypotheses=("backbone", "phi", "peaks", "mirror"),
         accept_row_features=CONFIDENCE_FEATURES,
         accept_hyp_features=HYP_EXTRA_FEATURES,
-        accept_weights=(),
-        accept_group_weights=(),
-        accept_group_bias=(),
-        accept_group_thresholds=(),
+        **NO_RULE,
     )
     search = ScioSearchConfig.from_dict(settings)
     ann = split / "person_keypoints.json"

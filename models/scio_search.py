@@ -888,6 +888,8 @@ def limb_features(
 ) -> F64:
     """HYP_EXTRA_FEATURES `names` of every hypothesis (P, H, len(names)): cand (P, H, 2), the
     current D, the anchor A and the support B (P, 2) each."""
+    if not names:
+        return np.zeros((*cand.shape[:2], 0))
     proximal = np.linalg.norm(anchor - support, axis=-1) + 0.5  # (P,); half a px: never 0
 
     def log_ratio(pos: F64) -> F64:
@@ -898,8 +900,6 @@ def limb_features(
 
     x_h, x_c = log_ratio(cand), log_ratio(current[:, None])
     values = {"limb_dlog": x_h - x_c, "limb_dlog2": x_h**2 - x_c**2}
-    if not names:
-        return np.zeros((*cand.shape[:2], 0))
     return np.stack([values[n] for n in names], axis=-1)
 
 
