@@ -93,6 +93,9 @@ class BackboneTrainConfig:
     # bfloat16 autocast on the CPU: only where it has native bf16 (avx512_bf16 or AMX) and only
     # when asked; elsewhere it is emulated and slower.
     cpu_bf16: bool = False
+    # The model's weights and the input batches in channels-last (NHWC) memory, the layout
+    # oneDNN's fast convolutions use on CPUs (measured in benchmarks/results/train_throughput_*).
+    channels_last: bool = False
 
 
 _COCO = DataConfig(
@@ -160,6 +163,13 @@ PRESETS: dict[str, BackboneTrainConfig] = {
         # for 1+1, 2+0 and 1+2).
         workers=1,
         torch_threads=2,
+        # Channels-last memory: the same fp32 arithmetic, 1.22x the samples/s with these two
+        # threads on a 2-core Intel Xeon with AVX-512 (80 -> 98; train_throughput_cpu-testbed_amx
+        # .md; with one thread, as beside the 3-hour build's detector, 70 against 72: no gain);
+        # not measured on the AMD EPYC machines of earlier stops (train_throughput.py measures
+        # both layouts on any machine). bf16 autocast, 1.35x faster again on that machine's AMX, ended 0.7 / 1.6 AP
+        # lower at equal samples with two seeds (cpu_bf16_equal_samples.md): off.
+        channels_last=True,
     ),
     "hrnet-w32-coco": BackboneTrainConfig(
         arch="hrnet_w32", input_hw=(256, 192), data=_COCO, augment=_HRNET_AUG, batch_size=32

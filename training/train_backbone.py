@@ -287,6 +287,8 @@ def train_backbone(
         if d.world > 1:
             dist.barrier()  # rank 0 may have generated synthetic data
         model = build_model(cfg).to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         train, val = make_datasets(cfg, paths, model)
         sched = Schedule.of(cfg, len(train), d.world)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -396,6 +398,8 @@ def _run_steps(
         t0 = time.perf_counter()
         batch = next(batches)
         x = batch["image"].to(device, non_blocking=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         target = batch["target"].to(device, non_blocking=True)
         weight = batch["target_weight"].to(device, non_blocking=True)
         with amp:
