@@ -38,6 +38,9 @@ def load_run(run: Path) -> dict[str, Any]:
         "input_hw": cfg["input_hw"],
         "train_samples": cfg.get("train_samples"),
         "train_pool_images": (cfg["data"].get("synthetic") or {}).get("train_images"),
+        "cpu_bf16": bool(cfg.get("cpu_bf16")),
+        "channels_last": bool(cfg.get("channels_last")),
+        "seed": cfg.get("seed", 0),
         "points": [
             {
                 k: r.get(k)
@@ -56,10 +59,21 @@ def load_run(run: Path) -> dict[str, Any]:
 
 
 def label(r: dict[str, Any], runs: list[dict[str, Any]]) -> str:
-    """Architecture and input; the training pool too where the runs differ in it."""
+    """Architecture and input; the training pool, precision, memory layout and seed too where
+    the runs differ in them."""
+
+    def differ(key: str) -> bool:
+        return len({str(x[key]) for x in runs}) > 1
+
     out = f"{r['arch']} {r['input_hw'][0]}x{r['input_hw'][1]}"
-    if len({x["train_pool_images"] for x in runs}) > 1:
+    if differ("train_pool_images"):
         out += f", pool of {r['train_pool_images']} images"
+    if differ("cpu_bf16"):
+        out += ", bf16 autocast" if r["cpu_bf16"] else ", fp32"
+    if differ("channels_last"):
+        out += ", channels-last" if r["channels_last"] else ", contiguous"
+    if differ("seed"):
+        out += f", seed {r['seed']}"
     return out
 
 
