@@ -167,8 +167,9 @@ PRESETS: dict[str, BackboneTrainConfig] = {
         # threads on a 2-core Intel Xeon with AVX-512 (80 -> 98; train_throughput_cpu-testbed_amx
         # .md; with one thread, as beside the 3-hour build's detector, 70 against 72: no gain);
         # not measured on the AMD EPYC machines of earlier stops (train_throughput.py measures
-        # both layouts on any machine). bf16 autocast, 1.35x faster again on that machine's AMX, ended 0.7 / 1.6 AP
-        # lower at equal samples with two seeds (cpu_bf16_equal_samples.md): off.
+        # both layouts on any machine). bf16 autocast, 1.35x faster again on that machine's
+        # AMX, ended 0.7 / 1.6 AP lower at equal samples with two seeds
+        # (cpu_bf16_equal_samples.md): off.
         channels_last=True,
     ),
     "hrnet-w32-coco": BackboneTrainConfig(
