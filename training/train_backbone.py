@@ -234,6 +234,40 @@ def pck_accuracy(pred: Tensor, target: Tensor, weight: Tensor, thr: float = 0.5)
     return float((dist_[ok] < thr).mean()) if ok.any() else 0.0
 
 
+def logged_samples(run: Path) -> int:
+    """Samples a run has seen by its last log row (0 before its first)."""
+    log = run / "log.jsonl"
+    if not log.exists():
+        return 0
+    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    return int(rows[-1]["samples"]) if rows else 0
+
+
+def fitted_samples(
+    samples_before: int,
+    samples_after: int,
+    sitting_seconds: float,
+    seconds_left: float,
+    step_samples: int,
+    at_least: int = 0,
+    margin: float = 0.03,
+) -> int:
+    """A schedule length (samples) that ends when `seconds_left` more wall time has passed, at
+    the rate of a sitting that took the run from `samples_before` to `samples_after` in
+    `sitting_seconds` of wall time (start-up, checkpoints and validation included, as they will
+    be later), less `margin` of the time; whole steps of `step_samples`, at least `at_least`.
+
+    The 3-hour build sizes the backbone's one schedule this way from a first sitting beside the
+    detector: until 75% of its length the learning rate does not depend on the length, so it
+    can be chosen after the run has started."""
+    if sitting_seconds <= 0 or samples_after <= samples_before:
+        raise ValueError("the sitting must have trained (samples and seconds above 0)")
+    rate = (samples_after - samples_before) / sitting_seconds
+    n = samples_after + rate * max(seconds_left, 0.0) * (1.0 - margin)
+    steps = math.floor(n / step_samples)
+    return max(at_least, steps * step_samples)
+
+
 def cpu_bf16_native() -> bool:
     """Whether this CPU computes bfloat16 natively (avx512_bf16 or AMX); else torch emulates it."""
     try:
@@ -594,6 +628,8 @@ __all__ = [
     "StreamSampler",
     "build_model",
     "codec_for",
+    "fitted_samples",
+    "logged_samples",
     "pck_accuracy",
     "train_backbone",
 ]

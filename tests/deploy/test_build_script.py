@@ -1,4 +1,5 @@
-"""scripts/build-demo-bundle: valid bash, and a wrong PROFILE refused before any set-up."""
+"""scripts/build-demo-bundle: valid bash, and a wrong PROFILE or BACKBONE_SAMPLES refused before
+any set-up."""
 
 from __future__ import annotations
 
@@ -20,18 +21,30 @@ def test_parses() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_unknown_profile_refused_before_set_up(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"PROFILE": "2h"}, "PROFILE must be full or 3h, not '2h'"),
+        ({"BACKBONE_SAMPLES": "auto"}, "BACKBONE_SAMPLES=auto needs PROFILE=3h"),
+        ({"PROFILE": "3h", "BACKBONE_SAMPLES": "400k"}, "BACKBONE_SAMPLES must be a number"),
+    ],
+)
+def test_wrong_settings_refused_before_set_up(
+    tmp_path: Path, settings: dict[str, str], message: str
+) -> None:
     """On a copy of the script whose scripts/_env.sh leaves a mark when sourced: a wrong PROFILE
-    exits 2 with a message before the environment (venv install) is touched."""
+    or backbone length exits 2 with a message before the environment (venv install) is
+    touched."""
     assert BASH is not None
     (tmp_path / "scripts").mkdir()
     script = tmp_path / "scripts" / SCRIPT.name
     shutil.copy(SCRIPT, script)
     (tmp_path / "scripts" / "_env.sh").write_text("touch sourced\nensure_venv() { :; }\n")
     run = tmp_path / "run"
-    env = {**os.environ, "PROFILE": "2h", "RUN": str(run), "OUT": str(tmp_path / "out")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PROFILE", "BACKBONE_SAMPLES")}
+    env.update(RUN=str(run), OUT=str(tmp_path / "out"), **settings)
     done = subprocess.run([BASH, str(script)], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2
-    assert "PROFILE must be full or 3h, not '2h'" in done.stderr
+    assert message in done.stderr
     assert not (tmp_path / "sourced").exists()
     assert not run.exists()

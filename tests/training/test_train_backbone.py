@@ -11,7 +11,11 @@ torch = pytest.importorskip("torch")
 from models.checkpoint import load_model, read_checkpoint  # noqa: E402
 from tests.conftest import mini_data_config  # noqa: E402
 from training.config import PRESETS, load_backbone_config, merge  # noqa: E402
-from training.train_backbone import train_backbone  # noqa: E402
+from training.train_backbone import (  # noqa: E402
+    fitted_samples,
+    logged_samples,
+    train_backbone,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MINI = ROOT.parent / "shared" / "data" / "coco-val-mini"
@@ -220,3 +224,20 @@ def test_schedule_in_samples() -> None:
     by_epochs = Schedule.of(merge(PRESETS["cpu-small"], {"batch_size": 10}), 95, 1)
     assert by_epochs.total_steps == 14 * 9
     assert by_epochs.milestones == (90, 117)
+
+
+def test_fitted_samples_end_with_the_time_left(tmp_path: Path) -> None:
+    """The 3-hour build's schedule: the rate of the probe sitting (its samples over its wall
+    time) carried over the time left, less the margin, in whole steps, with a floor."""
+    assert logged_samples(tmp_path) == 0  # no log yet
+    (tmp_path / "log.jsonl").write_text('{"samples": 20000}\n{"samples": 28000}\n')
+    assert logged_samples(tmp_path) == 28000
+    # 28,000 samples in 600 s (46.7/s), 6,900 s left, 3% margin: 28,000 + 312,340 = 340,340,
+    # down to whole steps of 32
+    assert fitted_samples(0, 28000, 600.0, 6900.0, 32) == 340320
+    assert fitted_samples(0, 28000, 600.0, 6900.0, 32, at_least=420000) == 420000
+    # a resumed probe counts only what it trained itself
+    # (8,000 in 600 s: 28,000 + 89,240 = 117,240 -> 117,216)
+    assert fitted_samples(20000, 28000, 600.0, 6900.0, 32) == 117216
+    with pytest.raises(ValueError, match="must have trained"):
+        fitted_samples(28000, 28000, 600.0, 6900.0, 32)
