@@ -55,7 +55,7 @@ if torch.cuda.is_available():
     info["gpu"] = torch.cuda.get_device_name(0)
 print(json.dumps(info))
 PY
-} | tee "$OUT/machine.json"
+} | tee "$OUT/steps.txt"
 t0=$(date +%s)
 # 1. The pool, where the backbone run looks for it (its run folder's data/), on all cores.
 "$PY" -c '
@@ -71,7 +71,7 @@ ln -sfn "$RUN/main/data" "$RUN/probe/data"
 # 2. The rate: a short run (its last report's samples/s, which includes the start-up).
 t1=$(date +%s)
 "$PY" -m service.cli train backbone --config "$CFG" --samples "$PROBE_SAMPLES" \
-    --out "$RUN/probe" 2>&1 | tr '\r' '\n' | grep -v '^ *$' | tail -n 5
+    --out "$RUN/probe" 2>&1 | tr '\r' '\n' | tee "$OUT/train.log" | tail -n 3
 RATE=$("$PY" -c '
 import json, sys
 rows = [json.loads(x) for x in open(sys.argv[1])]
@@ -87,12 +87,15 @@ if [ "${SMOKE:-0}" = 1 ]; then
 fi
 t2=$(date +%s)
 "$PY" -m service.cli train backbone --config "$RUN/main.toml" --out "$RUN/main" \
-    --time-budget $(( SECONDS_TRAIN * 3 / 2 )) 2>&1 | tr '\r' '\n' | grep -v '^ *$' | tail -n 5
+    --time-budget $(( SECONDS_TRAIN * 3 / 2 )) 2>&1 | tr '\r' '\n' | tee -a "$OUT/train.log" \
+    | tail -n 3
 echo "main: $(( $(date +%s) - t2 )) s for $N samples" | tee -a "$OUT/steps.txt"
 cp "$RUN/main/log.jsonl" "$OUT/log.jsonl"
 cp "$RUN/main.toml" "$OUT/config.toml"
 "$PY" benchmarks/learning_curve.py --run "$RUN/main" --name learning_curve_gpu_w32_synthetic
-cp benchmarks/results/learning_curve_gpu_w32_synthetic.* "$OUT/"
+# (at most 8 files come back from a device call: steps.txt, train.log, log.jsonl, config.toml,
+# the curve's .md and .png, cuda_parity.txt)
+cp benchmarks/results/learning_curve_gpu_w32_synthetic.{md,png} "$OUT/"
 # 4. Where ONNX Runtime has CUDA: the shipped bundle on CUDA against the CPU.
 if "$PY" -c 'import onnxruntime as o, sys; sys.exit("CUDAExecutionProvider" not in o.get_available_providers())'; then
     timeout 120 "$PY" benchmarks/gpu_parity.py --bundle bundles/demo | tee "$OUT/cuda_parity.txt" || true
