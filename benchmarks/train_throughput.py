@@ -7,8 +7,8 @@ process for --seconds of wall time on the preset's own data (generated once into
 by every pair), and reads the throughput of its steady part from the run's log: the first
 `--skip` steps (loader start-up, allocator warm-up) are not counted. Then the best pair again
 with the model and batches in channels-last memory (`channels_last`), and, where the CPU has
-native bfloat16 (avx512_bf16 or AMX), with bf16 autocast (`cpu_bf16`) in either layout; with
---matmul-dtypes also the bf16 matmul rate.
+native bfloat16 (avx512_bf16 or AMX), with bf16 autocast (`cpu_bf16`) in either layout (and
+the bf16 matmul rate). Every run names both settings, whatever the preset's own are.
 
     python benchmarks/train_throughput.py --preset cpu-testbed --work runs/throughput
 """
@@ -65,9 +65,9 @@ def run_pair(
     skip: int,
     settings: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
-    """One (threads, workers) pair; `settings` (channels_last, cpu_bf16) go to the run through
-    a config file over the preset."""
-    settings = settings or {}
+    """One (threads, workers) pair; `settings` (channels_last, cpu_bf16; False where not given,
+    not the preset's) go to the run through a config file over the preset."""
+    settings = {"channels_last": False, "cpu_bf16": False, **(settings or {})}
     tag = "".join(f"-{k}" for k, v in sorted(settings.items()) if v)
     out = work / f"t{threads}-w{workers}{tag}"
     shutil.rmtree(out, ignore_errors=True)
@@ -108,8 +108,8 @@ def run_pair(
     return {
         "threads": threads,
         "workers": workers,
-        "channels_last": bool(settings.get("channels_last")),
-        "cpu_bf16": bool(settings.get("cpu_bf16")),
+        "channels_last": settings["channels_last"],
+        "cpu_bf16": settings["cpu_bf16"],
         "steps": rows[-1]["step"],
         "samples_per_s": rate,
         "gflops": rate * gflop_per_sample,
