@@ -11,6 +11,12 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MINI = SHARED / "data" / "coco-val-mini"  # 20 real COCO val2017 images with annotations
+# every state-dict key and shape of the official checkpoints (../shared/reference/checkpoints)
+MANIFESTS = SHARED / "reference" / "checkpoints"
+# for tests that read them: skipped, like the coco-val-mini ones, where ../shared is not beside
+needs_manifests = pytest.mark.skipif(
+    not MANIFESTS.is_dir(), reason="no ../shared/reference/checkpoints"
+)
 
 
 @pytest.fixture(scope="module")

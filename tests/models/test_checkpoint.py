@@ -26,8 +26,8 @@ from models.keypoints import CROWDPOSE14
 from models.pose_resnet import POSE_RESNET_18, POSE_RESNET_50, POSE_RESNET_152, PoseResNet
 from models.scio_nets import ScioNet, ScioNetConfig
 from models.zoo import VARIANTS, Backbone, BackboneConfig, build_backbone
+from tests.conftest import MANIFESTS, needs_manifests
 
-MANIFESTS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "checkpoints"
 # Small enough to build and save in milliseconds; TINY_RESNET keeps the deconv head's naming.
 TINY_RESNET = replace(POSE_RESNET_18, layers=(1, 1, 1, 1), deconv_channels=(32, 32, 32))
 SMALL = {"hrnet_small": HRNET_SMALL, "tiny_pose_resnet": TINY_RESNET}
@@ -158,6 +158,7 @@ class _Pickled:
     """Anything beyond tensors and plain data: weights_only=True must refuse to unpickle it."""
 
 
+@needs_manifests
 @pytest.mark.parametrize(
     ("manifest", "config"),
     [

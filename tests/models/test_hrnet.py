@@ -1,6 +1,5 @@
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,14 +7,14 @@ from torch import nn
 
 from models.hrnet import HRNET_SMALL, HRNET_W32, HRNET_W48, HRNet, HRNetConfig, StageConfig
 from models.zoo import count_conv_macs
-
-MANIFESTS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "checkpoints"
+from tests.conftest import MANIFESTS, needs_manifests
 
 
 def _manifest(name: str) -> dict:
     return json.loads((MANIFESTS / f"{name}.json").read_text())
 
 
+@needs_manifests
 @pytest.mark.parametrize(
     ("manifest", "config"),
     [("pose_hrnet_w32_256x192", HRNET_W32), ("pose_hrnet_w48_384x288", HRNET_W48)],

@@ -1,6 +1,5 @@
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,7 @@ from models.pose_resnet import (
     PoseResNet,
     PoseResNetConfig,
 )
-
-MANIFESTS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "checkpoints"
+from tests.conftest import MANIFESTS, needs_manifests
 
 
 def _manifest(name: str) -> dict:
@@ -29,6 +27,7 @@ def _meta(config: PoseResNetConfig) -> PoseResNet:
         return PoseResNet(config)
 
 
+@needs_manifests
 @pytest.mark.parametrize(
     ("manifest", "config"),
     [("pose_resnet_50_256x192", POSE_RESNET_50), ("pose_resnet_152_384x288", POSE_RESNET_152)],
