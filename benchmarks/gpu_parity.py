@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import machine  # noqa: E402
+from benchmarks.pipeline_latency import p50  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
 from service.results import PoseOptions, PoseResult  # noqa: E402
 from training.synth.generate import SynthConfig, make_sample  # noqa: E402
@@ -35,16 +35,6 @@ def _sample(i: int, persons: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     sample = make_sample(SynthConfig(width=640, height=480, persons=persons, seed=77 + i), 0)
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (lab.bbox for lab in sample.labels)])
     return sample.image, boxes
-
-
-def _p50_ms(pipe: PosePipeline, image: np.ndarray, options: PoseOptions) -> float:
-    times = []
-    for i in range(25):
-        t = time.perf_counter()
-        pipe.estimate(image, options)
-        if i >= 5:
-            times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
 
 
 def _keypoints(r: PoseResult) -> np.ndarray:
@@ -86,8 +76,8 @@ def compare(bundle: Path, device: str, images: int, timing: bool = True) -> dict
     if timing:
         image, boxes = _sample(0, (5, 5))
         for name, pipe in pipes.items():
-            out[f"p50_ms_{name}_gt_boxes"] = _p50_ms(pipe, image, PoseOptions(boxes=boxes))
-            out[f"p50_ms_{name}_detector"] = _p50_ms(pipe, image, PoseOptions())
+            out[f"p50_ms_{name}_gt_boxes"] = p50(pipe, image, PoseOptions(boxes=boxes))[0]
+            out[f"p50_ms_{name}_detector"] = p50(pipe, image, PoseOptions())[0]
     return out
 
 
