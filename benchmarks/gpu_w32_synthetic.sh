@@ -7,8 +7,9 @@
 #   bash benchmarks/gpu_w32_synthetic.sh OUT_DIR [TRAIN_SECONDS]
 #
 # Steps: the pool (all cores), a short probe run for the rate (samples/s), then one complete
-# schedule sized to TRAIN_SECONDS (default 360) at that rate, so that its learning-rate drops
-# happen (a run cut by its time budget would stop before them); then
+# schedule sized to TRAIN_SECONDS (default 300; the whole call then about 8 min of the device's
+# 10-min limit per command) at that rate, so that its learning-rate drops happen (a run cut by
+# its time budget would stop before them); then
 # benchmarks/learning_curve.py. pycocotools (training's validation) comes from wheels in .whl/
 # when the machine lacks it: made here, before the call, with
 #   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: \
@@ -18,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: benchmarks/gpu_w32_synthetic.sh OUT_DIR [TRAIN_SECONDS]}
-SECONDS_TRAIN=${2:-360}
+SECONDS_TRAIN=${2:-300}
 PY=${PYTHON:-python3}
 RUN=${RUN:-/tmp/gpu-w32}
 mkdir -p "$OUT" "$RUN"
