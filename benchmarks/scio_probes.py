@@ -27,9 +27,16 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import machine, md_header, md_targets, write_results  # noqa: E402
 from benchmarks.scio_ablation import SPLITS, make_split, split_arguments  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
-from models.scio_search import CONFIDENCE_FEATURES, HYP_EXTRA_FEATURES, ScioSearchConfig  # noqa: E402
+from models.scio_search import (  # noqa: E402
+    CONFIDENCE_FEATURES,
+    HYP_EXTRA_FEATURES,
+    ScioSearchConfig,
+    confidence_cost,
+)
 from service.pipeline import PosePipeline  # noqa: E402
 from training.probes import (  # noqa: E402
+    COSTLY_MIN_GAIN,
+    MIN_GAIN,
     fit_acceptance,
     fit_confidence,
     markdown_table,
@@ -146,9 +153,12 @@ def main() -> int:
         # the calibration belongs to the positions the final search returns
         rows = probe(pipe, ann, images, search=search).pop("_rows")
         # the features by cross-validation over this split's images, one model per group
-        features, steps = select_confidence_features(rows)
+        # features that would make the service run Φ, Γ or the hypotheses in more rows must
+        # earn more (training.probes.COSTLY_MIN_GAIN)
+        costly = confidence_cost(search, n_groups, has_phi=pipe.predictor is not None)
+        features, steps = select_confidence_features(rows, costly=costly)
         calibration = fit_confidence(rows, features, per_group=True, groups=len(pipe.spec.groups))
-        fit.update(calibration, confidence_selection=steps)
+        fit.update(calibration, confidence_selection=steps, costly_features=sorted(costly))
         search = ScioSearchConfig.from_dict({**search.to_dict(), **calibration})
         args.fit.write_text(json.dumps(search.to_dict(), indent=2) + "\n")
         print(f"acceptance rule: {json.dumps(fit)}\nwrote {args.fit}")
@@ -199,6 +209,13 @@ def main() -> int:
                 + "; ".join(
                     f"{'+'.join(st['features'])} {st['cv_auroc']:.3f}"
                     for st in fit["confidence_selection"]
+                )
+                + (
+                    f" (each must add {MIN_GAIN}; "
+                    f"{', '.join(fit['costly_features'])}, which would make the service run Φ, Γ "
+                    f"or the hypotheses in more rows at these rules: {COSTLY_MIN_GAIN})"
+                    if fit.get("costly_features")
+                    else ""
                 )
             ]
             if fit and "confidence_selection" in fit

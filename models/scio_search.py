@@ -600,6 +600,44 @@ def gamma_rows(config: ScioSearchConfig, group: I64, everywhere: bool) -> I64:
     return _hypothesis_rows(config, group, diagnostics=False)
 
 
+def refine_work(config: ScioSearchConfig, group: I64, has_phi: bool = True) -> dict[str, int]:
+    """How many of the rows `group` the service's `refine` (no diagnostics, `all_losses=False`)
+    runs Φ, Γ and the hypotheses in: the networks' share of SCIO's cost, without running them.
+    `confidence_cost` uses it to tell which calibration features add work."""
+    n = len(group)
+    if n == 0 or _only_confidence(config, group, has_phi, all_losses=False):
+        return {"phi": 0, "gamma": 0, "hypotheses": 0}
+    hyp = len(_hypothesis_rows(config, group, diagnostics=False))
+    wants_phi = has_phi and (config.prior != "backbone" or "phi" in config.hypotheses)
+    phi_read = config.prior != "backbone" or set(config.confidence_features) & {*_PHI_FEATURES}
+    return {
+        "phi": (n if hyp == n or phi_read else hyp) if wants_phi else 0,
+        "gamma": len(gamma_rows(config, group, everywhere=False)),
+        "hypotheses": hyp if config.hypotheses else 0,
+    }
+
+
+def confidence_cost(config: ScioSearchConfig, n_groups: int, has_phi: bool = True) -> set[str]:
+    """The CONFIDENCE_FEATURES whose reading makes the service's refine run Φ, Γ or the
+    hypotheses in more rows than the search itself needs (one row per group), at `config`'s
+    search and acceptance rules."""
+    group = np.arange(n_groups, dtype=np.int64)
+
+    def reading(names: tuple[str, ...]) -> dict[str, int]:
+        uncalibrated = replace(
+            config, confidence_features=names, confidence_weights=(),
+            confidence_group_weights=(), confidence_group_bias=(),
+        )  # fmt: skip
+        return refine_work(uncalibrated, group, has_phi)
+
+    bare = reading(())
+    return {
+        name
+        for name in CONFIDENCE_FEATURES
+        if any(n > bare[k] for k, n in reading((name,)).items())
+    }
+
+
 def _hypothesis_rows(config: ScioSearchConfig, group: I64, diagnostics: bool) -> I64:
     """The rows whose hypotheses are scored: all of them for the diagnostics or where the
     confidence reads them, else those the rule could move."""

@@ -753,3 +753,70 @@ def test_where_only_the_confidence_is_left_the_short_path_returns_what_the_full_
                     np.testing.assert_array_equal(a, b, err_msg=f"{name}: {f.name}")
                 else:
                     assert a == b, (name, f.name)
+
+
+def test_refine_work_counts_the_rows_the_service_runs_each_network_in() -> None:
+    """`refine_work` says, without running them, in how many rows the service's refine runs Φ,
+    Γ's context and the hypotheses; checked against counted calls for settings that move one
+    group (group 0) or none, with confidences that read Φ, Γ's loss or only the heatmaps.
+    `confidence_cost` names the features that add rows: Φ's and Γ's where only group 0 moves."""
+    from models.scio_search import ACCEPT_FEATURES, confidence_cost, refine_work
+
+    heat, feats, coords, scores, truth, gamma = _problem(3, shift=0.0)
+    seen = {"phi": 0, "gamma": 0}
+
+    def phi(ha, hb, hc, f, group):
+        seen["phi"] += len(group)
+        return render_gaussians(truth[:1, 9].repeat(len(group), 0), HW, SIGMA)
+
+    context = gamma.context
+
+    def counted(hb, hc, f, group):
+        seen["gamma"] += len(group)
+        return context(hb, hc, f, group)
+
+    gamma.context = counted
+    n_groups = len(GROUPS)
+    weights = (0.0,) * len(ACCEPT_FEATURES)
+    one = ScioSearchConfig(
+        iterations=0, hypotheses=("backbone", "phi", "peaks", "mirror"),
+        accept_group_weights=(weights,) * n_groups, accept_group_bias=(0.0,) * n_groups,
+        accept_group_thresholds=(0.5,) + (1.0,) * (n_groups - 1),
+        confidence_features=("peak", "mirror_distance"),
+        confidence_group_weights=((1.0, 0.1),) * n_groups, confidence_group_bias=(0.0,) * n_groups,
+    )  # fmt: skip
+    none = replace(one, accept_group_thresholds=(1.0,) * n_groups)
+    every = replace(one, accept_group_thresholds=(0.5,) * n_groups)
+
+    def reads(config, names):
+        k = len(names)
+        return replace(
+            config, confidence_features=names, confidence_group_weights=((0.1,) * k,) * n_groups
+        )
+
+    cases = [
+        (one, {"phi": 3, "gamma": 3, "hypotheses": 3}),
+        (reads(one, ("peak", "phi_peak")), {"phi": 18, "gamma": 3, "hypotheses": 3}),
+        (reads(one, ("peak", "loss_end")), {"phi": 3, "gamma": 18, "hypotheses": 3}),
+        (none, {"phi": 0, "gamma": 0, "hypotheses": 0}),
+        (reads(none, ("phi_distance",)), {"phi": 18, "gamma": 0, "hypotheses": 0}),
+        (replace(one, iterations=2), {"phi": 3, "gamma": 18, "hypotheses": 3}),
+        (every, {"phi": 18, "gamma": 18, "hypotheses": 18}),
+    ]
+    for config, expected in cases:
+        seen.update(phi=0, gamma=0)
+        res = refine(
+            heat, feats, coords, scores, GROUPS, gamma, config, phi=phi, sigma=SIGMA,
+            flip_index=COCO17.flip_index, diagnostics=False, all_losses=False,
+        )  # fmt: skip
+        assert len(res.group) == 3 * n_groups
+        work = refine_work(config, res.group)
+        assert work == expected, (config.confidence_features, work)
+        assert (seen["phi"], seen["gamma"]) == (work["phi"], work["gamma"])
+        assert int(res.hyp_valid.any(axis=1).sum()) == work["hypotheses"]
+    assert confidence_cost(one, n_groups) == {"phi_distance", "phi_peak", "loss_end", "alt_dloss"}
+    assert confidence_cost(every, n_groups) == set()  # Φ and Γ run everywhere already
+    assert confidence_cost(replace(one, iterations=2), n_groups) == {
+        "phi_distance", "phi_peak", "alt_dloss"
+    }  # fmt: skip
+    assert confidence_cost(one, n_groups, has_phi=False) == {"loss_end", "alt_dloss"}

@@ -91,6 +91,13 @@ def test_confidence_selection_finds_the_signal_each_group_needs() -> None:
         r.peak.append(float(x[i, col["peak"]]))
     features, steps = select_confidence_features(r)
     assert features[:2] == ("peak", "mirror_distance")  # Γ's loss only on merit: none here
+    # a feature that costs the service work must clear its own, higher bar
+    gain = steps[2]["cv_auroc"] - steps[1]["cv_auroc"]
+    costly = {"mirror_distance"}
+    kept, _ = select_confidence_features(r, costly=costly, costly_min_gain=gain - 0.01)
+    assert kept[:2] == features[:2]
+    cheap, _ = select_confidence_features(r, costly=costly, costly_min_gain=gain + 0.01)
+    assert "mirror_distance" not in cheap
     assert steps[-1]["cv_auroc"] > steps[0]["cv_auroc"] + 0.1  # the raw peak comes first
     assert cv_auroc(r, features, per_group=True) > cv_auroc(r, features, per_group=False)
     fit = fit_confidence(r, features, per_group=True, groups=2)
