@@ -40,6 +40,7 @@ from training.probes import (  # noqa: E402
     fit_acceptance,
     fit_confidence,
     markdown_table,
+    mirror_groups,
     probe,
     select_confidence_features,
 )
@@ -106,6 +107,12 @@ def main() -> int:
         "gains enough on this split)",
     )
     ap.add_argument(
+        "--mirror-rules",
+        action="store_true",
+        help="with --per-group-rules: a group and its mirror image (left and right arm...) "
+        "share one rule and threshold, fitted on both sides' rows",
+    )
+    ap.add_argument(
         "--fit",
         type=Path,
         metavar="OUT.json",
@@ -143,7 +150,14 @@ def main() -> int:
         rows = probe(pipe, ann, images, search=unruled).pop("_rows")
         n_groups = len(pipe.spec.groups)
         fit = (
-            fit_acceptance(rows, n_groups=n_groups, per_group_rules=args.per_group_rules)
+            fit_acceptance(
+                rows,
+                n_groups=n_groups,
+                per_group_rules=args.per_group_rules,
+                mirror=mirror_groups(pipe.spec.groups, pipe.spec.flip_index.tolist())
+                if args.mirror_rules
+                else None,
+            )
             if search.hypotheses
             else {}
         )

@@ -26,6 +26,7 @@ Everything is per group and overall. Heatmap pixels throughout, except where sai
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from PIL import Image
 
 from models.codec import decode_dark, render_gaussians
 from models.geometry import affine_matrices, heatmap_to_image, transform_points
+from models.keypoints import ScioGroup
 from models.scio_search import (
     COMPASS,
     CONFIDENCE_FEATURES,
@@ -429,6 +431,16 @@ def select_confidence_features(
     return chosen, steps
 
 
+def mirror_groups(groups: Sequence[ScioGroup], flip_index: Sequence[int]) -> list[int]:
+    """Each SCIO group's mirror image: the group whose A, B, C, D are its own flipped (left arm
+    -> right arm); a group without one is its own."""
+    own = {(g.a, g.b, g.c, g.d): i for i, g in enumerate(groups)}
+    return [
+        own.get((flip_index[g.a], flip_index[g.b], flip_index[g.c], flip_index[g.d]), i)
+        for i, g in enumerate(groups)
+    ]
+
+
 MIN_GAIN_PER_ROW = 0.01  # a group's rule moves only if it gains this much OKS per row
 RULE_FOLDS = 4  # the thresholds are chosen on out-of-fold probabilities (folds by image)
 RULE_MIN_Z = 2.0  # ... and the moves' out-of-fold gain must be this many standard errors above 0
@@ -439,6 +451,7 @@ def fit_acceptance(
     l2: float = 1e-2,
     n_groups: int = 0,
     per_group_rules: bool = False,
+    mirror: Sequence[int] | None = None,
     min_gain_per_row: float = MIN_GAIN_PER_ROW,
     folds: int = RULE_FOLDS,
     min_z: float = RULE_MIN_Z,
@@ -463,7 +476,11 @@ def fit_acceptance(
 
     `per_group_rules`: one regression per group as well. A group whose best out-of-fold
     threshold gains less than `min_gain_per_row` OKS per row of the group gets threshold 1.0
-    (never moves); without per-group rules any positive gain is enough."""
+    (never moves); without per-group rules any positive gain is enough.
+
+    `mirror` (with per-group rules): each group's mirror-image group (`mirror_groups`); a group
+    and its mirror share one rule and one threshold, fitted and tested on the rows of both
+    sides (twice the rows for the regression and the tests)."""
     if not rows.hyp_features:
         raise ValueError("no hypothesis rows: probe with a search that has hypotheses")
     x = np.stack(rows.hyp_features)  # (n, H, F)
@@ -544,18 +561,27 @@ def fit_acceptance(
         "accept_bias": float(w[-1]),
         "accept_threshold": threshold,
     }
-    per_group: list[tuple[float, float]] = []
-    group_rules: list[F64] = []
-    for g in range(n_groups):
-        sel = groups == g
-        if not sel.any():
-            per_group.append((1.0, 0.0))
-            group_rules.append(w)
+    # the rows each group's rule is fitted on: its own, or (`mirror`) its and its mirror's
+    if per_group_rules and mirror is not None:
+        members = [tuple(sorted({g, int(mirror[g])})) for g in range(n_groups)]
+    else:
+        members = [(g,) for g in range(n_groups)]
+    fitted: dict[tuple[int, ...], tuple[F64, tuple[float, float]]] = {}
+    for key in members:
+        if key in fitted:
             continue
-        group_rules.append(fit(sel) if per_group_rules else w)
+        sel = np.isin(groups, key)
+        if not sel.any():
+            fitted[key] = (w, (1.0, 0.0))
+            continue
         held = out_of_fold(sel, sel if per_group_rules else everyone)
         min_total = min_gain_per_row * int(sel.sum()) if per_group_rules else 0.0
-        per_group.append(best_threshold(*held, fold[sel], min_total))
+        fitted[key] = (
+            fit(sel) if per_group_rules else w,
+            best_threshold(*held, fold[sel], min_total),
+        )
+    group_rules = [fitted[key][0] for key in members]
+    per_group = [fitted[key][1] for key in members]
     out["accept_group_thresholds"] = [t for t, _ in per_group]
     if per_group_rules:
         out["accept_group_weights"] = [[float(v) for v in wg[:-1]] for wg in group_rules]
@@ -567,7 +593,7 @@ def fit_acceptance(
         "moves_at_threshold": int((top > threshold).sum()),
         "oks_gain_at_threshold_in_sample": float(gain[top > threshold].sum()),
         "oks_gain_at_threshold": total,  # out of fold, as the threshold was chosen
-        "oks_gain_at_group_thresholds": float(sum(gg for _, gg in per_group)),
+        "oks_gain_at_group_thresholds": float(sum(rule[1][1] for rule in fitted.values())),
         "rows": len(x),
     }
     return out

@@ -141,6 +141,45 @@ def test_acceptance_thresholds_per_group_stop_a_group_that_loses() -> None:
     assert fit["fit"]["oks_gain_at_group_thresholds"] > fit["fit"]["oks_gain_at_threshold"]
 
 
+def test_mirror_rules_pool_both_sides_rows() -> None:
+    """Two mirror-image groups with the same modest gain (+0.15 OKS ± 0.5 for a closer move):
+    on its own rows neither group's rule passes the significance tests, on both sides' rows
+    together the shared rule does; both groups then carry the rule and threshold that one group
+    made of all the rows gets."""
+    from dataclasses import replace
+
+    from models.keypoints import COCO17
+    from models.scio_search import ACCEPT_FEATURES
+    from training.probes import fit_acceptance, mirror_groups
+
+    assert mirror_groups(COCO17.groups, COCO17.flip_index.tolist()) == [1, 0, 3, 2, 5, 4]
+    rng = np.random.default_rng(4)
+    r = Rows()
+    for i in range(160):
+        f = np.zeros((2, len(ACCEPT_FEATURES)))
+        f[:, 0] = rng.normal(size=2)
+        closer = f[:, 0] < 0
+        r.group.append(i % 2)
+        r.image.append(i // 2)
+        r.hyp_features.append(f)
+        r.hyp_valid.append(np.ones(2, bool))
+        r.hyp_far.append(np.array([True, False]))
+        r.hyp_closer.append(closer)
+        r.hyp_oks.append(0.5 + np.where(closer, 0.15 + 0.5 * rng.normal(size=2), -0.2))
+        r.current_oks.append(0.5)
+    alone = fit_acceptance(r, n_groups=2, per_group_rules=True)
+    assert alone["accept_group_thresholds"] == [1.0, 1.0]
+    pooled = fit_acceptance(r, n_groups=2, per_group_rules=True, mirror=[1, 0])
+    t = pooled["accept_group_thresholds"]
+    assert t[0] == t[1] < 1.0
+    w = pooled["accept_group_weights"]
+    assert w[0] == w[1]
+    assert pooled["accept_group_bias"][0] == pooled["accept_group_bias"][1]
+    one = fit_acceptance(replace(r, group=[0] * len(r.group)), n_groups=1, per_group_rules=True)
+    assert one["accept_group_thresholds"] == [t[0]]
+    np.testing.assert_allclose(one["accept_group_weights"][0], w[0])
+
+
 def test_per_group_rules_learn_their_own_signal_and_need_a_real_gain() -> None:
     """Group 0's hypotheses are closer when feature 0 is low, group 1's when feature 1 is low:
     per-group rules learn each; a group whose best gain is below the minimum per row never
