@@ -1,0 +1,90 @@
+"""SCIO's cost per person against the backbone's, for several bundles side by side, each at its
+own settings (`scio_ablation.cost`'s measure: warm sessions, ground-truth boxes, the first
+`--images` images of the tuning split, the best of three timings, SCIO's time being `finish`
+with refinement on minus off). Rounds alternate the bundles, so a busy spell of a shared machine
+falls on all of them.
+
+    python benchmarks/scio_cost.py BUNDLE [BUNDLE ...] --name NAME [--rounds 2] [--images 40]
+
+Writes benchmarks/results/NAME.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import machine, md_header, write_results  # noqa: E402
+from benchmarks.scio_ablation import cost, make_split  # noqa: E402
+from models.bundle import load_bundle  # noqa: E402
+from models.scio_search import refine_work  # noqa: E402
+from service.pipeline import PosePipeline  # noqa: E402
+
+TARGET = 0.25  # issue 13: SCIO <= 25% of the backbone's time per person
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("bundles", nargs="+", type=Path)
+    ap.add_argument("--name", required=True, help="result file name")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--images", type=int, default=40, help="images of the tuning split timed")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ablation")
+    args = ap.parse_args()
+    split = make_split(args.work, "tune", 400)
+    runs: dict[str, list[dict[str, Any]]] = {str(b): [] for b in args.bundles}
+    work: dict[str, dict[str, int]] = {}
+    for _ in range(args.rounds):
+        for b in args.bundles:
+            pipe = PosePipeline(load_bundle(b), device="cpu")
+            cfg = pipe.scio_config
+            groups = np.arange(len(pipe.spec.groups))
+            work[str(b)] = refine_work(cfg, groups, has_phi=pipe.predictor is not None)
+            r = cost(b, split, cfg, cfg, args.images)
+            runs[str(b)].append(
+                {k: r[k] for k in ("backbone_ms_per_person", "sco_default_ms_per_person")}
+            )
+            print(b, runs[str(b)][-1], flush=True)
+    report: dict[str, Any] = {
+        "command": "python benchmarks/scio_cost.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "images": args.images,
+        "runs": runs,
+        "networks_per_group": work,
+    }
+    lines = md_header("SCIO cost per person, bundles side by side", report)
+    lines += [
+        f"The tuning split's first {args.images} images, ground-truth boxes, each bundle at its "
+        f"own settings; {args.rounds} rounds, the bundles alternating. Networks: in how many "
+        "of the six groups (one row each) the service's refine runs Φ, Γ and the hypotheses "
+        "(`models.scio_search.refine_work`).",
+        "",
+        "| bundle | networks (Φ / Γ / hypotheses of 6) | backbone ms/person | SCIO ms/person | "
+        f"ratio (target {TARGET}) |",
+        "|---|---|---|---|---|",
+    ]
+    for b, rs in runs.items():
+        w = work[b]
+        ratios = [r["sco_default_ms_per_person"] / r["backbone_ms_per_person"] for r in rs]
+        lines.append(
+            f"| `{b}` | {w['phi']} / {w['gamma']} / {w['hypotheses']} | "
+            + ", ".join(f"{r['backbone_ms_per_person']:.2f}" for r in rs)
+            + " | "
+            + ", ".join(f"{r['sco_default_ms_per_person']:.2f}" for r in rs)
+            + " | "
+            + ", ".join(f"{x:.2f}" for x in ratios)
+            + " |"
+        )
+    write_results(args.name, report, "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
