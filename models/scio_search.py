@@ -601,9 +601,10 @@ def gamma_rows(config: ScioSearchConfig, group: I64, everywhere: bool) -> I64:
 
 
 def refine_work(config: ScioSearchConfig, group: I64, has_phi: bool = True) -> dict[str, int]:
-    """How many of the rows `group` the service's `refine` (no diagnostics, `all_losses=False`)
-    runs Φ, Γ and the hypotheses in: the networks' share of SCIO's cost, without running them.
-    `confidence_cost` uses it to tell which calibration features add work."""
+    """Of the examined rows whose groups are `group`, in how many the service's `refine` (no
+    diagnostics, `all_losses=False`) runs Φ, Γ and the hypotheses: the networks' share of
+    SCIO's cost, told without running them. `confidence_cost` uses it to tell which calibration
+    features add work."""
     n = len(group)
     if n == 0 or _only_confidence(config, group, has_phi, all_losses=False):
         return {"phi": 0, "gamma": 0, "hypotheses": 0}
