@@ -40,14 +40,15 @@ def main() -> int:
     args = ap.parse_args()
     split = make_split(args.work, "tune", 400)
     runs: dict[str, list[dict[str, Any]]] = {str(b): [] for b in args.bundles}
-    work: dict[str, dict[str, int]] = {}
+    configs, work = {}, {}
+    for b in args.bundles:
+        pipe = PosePipeline(load_bundle(b), device="cpu")
+        configs[b] = pipe.scio_config
+        groups = np.arange(len(pipe.spec.groups))
+        work[str(b)] = refine_work(configs[b], groups, has_phi=pipe.predictor is not None)
     for _ in range(args.rounds):
         for b in args.bundles:
-            pipe = PosePipeline(load_bundle(b), device="cpu")
-            cfg = pipe.scio_config
-            groups = np.arange(len(pipe.spec.groups))
-            work[str(b)] = refine_work(cfg, groups, has_phi=pipe.predictor is not None)
-            r = cost(b, split, cfg, cfg, args.images)
+            r = cost(b, split, configs[b], configs[b], args.images)
             runs[str(b)].append(
                 {k: r[k] for k in ("backbone_ms_per_person", "sco_default_ms_per_person")}
             )

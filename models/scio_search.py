@@ -376,11 +376,8 @@ def refine(
     hyp_rows = _hypothesis_rows(config, gidx, diagnostics)
     every_row = len(hyp_rows) == n_rows
     # Φ runs once, and its decoded D serves the prior, the "phi" hypothesis and the confidence
-    wants_phi = phi is not None and (config.prior != "backbone" or "phi" in config.hypotheses)
-    phi_read = config.prior != "backbone" or set(config.confidence_features) & {*_PHI_FEATURES}
-    phi_rows = np.zeros(0, np.int64)
-    if wants_phi:
-        phi_rows = np.arange(n_rows) if every_row or phi_read else hyp_rows
+    wants_phi = _wants_phi(config, phi is not None)
+    phi_rows = _phi_rows(config, hyp_rows, n_rows, phi is not None)
     # the rows Γ scores (all, or see above); the feature maps are gathered for those and Φ's only
     scored = gamma_rows(config, gidx, diagnostics or all_losses)
     f_rows = np.union1d(scored, phi_rows)
@@ -608,14 +605,26 @@ def refine_work(config: ScioSearchConfig, group: I64, has_phi: bool = True) -> d
     n = len(group)
     if n == 0 or _only_confidence(config, group, has_phi, all_losses=False):
         return {"phi": 0, "gamma": 0, "hypotheses": 0}
-    hyp = len(_hypothesis_rows(config, group, diagnostics=False))
-    wants_phi = has_phi and (config.prior != "backbone" or "phi" in config.hypotheses)
-    phi_read = config.prior != "backbone" or set(config.confidence_features) & {*_PHI_FEATURES}
+    hyp = _hypothesis_rows(config, group, diagnostics=False)
     return {
-        "phi": (n if hyp == n or phi_read else hyp) if wants_phi else 0,
+        "phi": len(_phi_rows(config, hyp, n, has_phi)),
         "gamma": len(gamma_rows(config, group, everywhere=False)),
-        "hypotheses": hyp if config.hypotheses else 0,
+        "hypotheses": len(hyp) if config.hypotheses else 0,
     }
+
+
+def _wants_phi(config: ScioSearchConfig, has_phi: bool) -> bool:
+    """Whether Φ runs at all: for the prior or the "phi" hypothesis."""
+    return has_phi and (config.prior != "backbone" or "phi" in config.hypotheses)
+
+
+def _phi_rows(config: ScioSearchConfig, hyp_rows: I64, n_rows: int, has_phi: bool) -> I64:
+    """The rows Φ runs in: none unless wanted; every row where the hypotheses are scored
+    everywhere, or the prior or the confidence reads Φ; else the hypotheses' rows."""
+    if not _wants_phi(config, has_phi):
+        return np.zeros(0, np.int64)
+    read = config.prior != "backbone" or set(config.confidence_features) & {*_PHI_FEATURES}
+    return np.arange(n_rows) if len(hyp_rows) == n_rows or read else hyp_rows
 
 
 def confidence_cost(config: ScioSearchConfig, n_groups: int, has_phi: bool = True) -> set[str]:
