@@ -83,6 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["design", "proximal"],
         help="group assignment: DESIGN.md's (A next to D) or proximal (A = the torso joint)",
     )
+    s.add_argument(
+        "--seed",
+        type=int,
+        help="override the seed (Φ/Γ initialisation, sample order, augmentation; preset: 0)",
+    )
     s.add_argument("--resume", action="store_true", help="continue from OUT if a run is there")
     s.set_defaults(handler=_scio)
     _add_detector(sub)
@@ -214,6 +219,8 @@ def _scio(args: argparse.Namespace) -> int:
         cfg = replace(cfg, max_train_persons=args.persons)
     if args.groups is not None:
         cfg = replace(cfg, groups=args.groups)
+    if args.seed is not None:
+        cfg = replace(cfg, seed=args.seed)
     train_scio(args.backbone, args.out, cfg, resume=args.resume)
     return 0
 
