@@ -12,6 +12,7 @@ the bundle's sigma) rendered at a sub-pixel position: what Γ saw for D in train
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
@@ -331,6 +332,7 @@ def refine(
     flip_index: npt.NDArray[np.intp] | None = None,
     diagnostics: bool = True,
     all_losses: bool = True,
+    parallel: Executor | None = None,
 ) -> SearchResult:
     """Refine the distal keypoints of N persons.
 
@@ -349,6 +351,9 @@ def refine(
     (`gamma_rows`): a search that moves D, hypotheses the rule may accept, or a calibrated
     confidence that reads the loss. Elsewhere the returned D is the start and its losses are NaN;
     positions, moves and confidences are the same.
+
+    `parallel`: an executor on which Φ runs while Γ's context runs in the calling thread (the
+    service, whose network calls release the GIL); the result is the same.
     """
     h, w = heatmaps.shape[-2:]
     config = config.in_pixels(sigma)
@@ -384,20 +389,28 @@ def refine(
     f = gather_rows(features, person[f_rows])
     f_at = np.full(n_rows, -1, dtype=np.int64)  # row -> its row of f
     f_at[f_rows] = np.arange(len(f_rows))
-    phi_heat = phi_d = None
-    if phi is not None and wants_phi:
+
+    def run_phi() -> tuple[F32 | None, F64 | None]:
+        if phi is None or not wants_phi:
+            return None, None
         if len(phi_rows) == n_rows:
-            phi_heat = phi(ha, hb, hc, f, gidx)
-            phi_d = _decoded(phi_heat, backbone_d, decode)
-        else:
-            phi_heat = np.zeros_like(ha)
-            phi_d = np.full_like(backbone_d, np.nan)
-            if len(phi_rows):
-                r = phi_rows
-                phi_heat[r] = phi(ha[r], hb[r], hc[r], _take(f, f_at[r]), gidx[r])
-                phi_d[r] = _decoded(phi_heat[r], backbone_d[r], decode)
-    hd = heatmaps[person, d]
-    start = _prior_positions(hd, phi_heat, phi_d, backbone_d, config, decode)
+            heat = phi(ha, hb, hc, f, gidx)
+            return heat, _decoded(heat, backbone_d, decode)
+        heat = np.zeros_like(ha)
+        at = np.full_like(backbone_d, np.nan)
+        if len(phi_rows):
+            r = phi_rows
+            heat[r] = phi(ha[r], hb[r], hc[r], _take(f, f_at[r]), gidx[r])
+            at[r] = _decoded(heat[r], backbone_d[r], decode)
+        return heat, at
+
+    # Φ and Γ's context read the same inputs and not each other: with `parallel`, Φ runs there
+    # while the context runs here
+    phi_job = (
+        parallel.submit(run_phi)
+        if parallel is not None and phi is not None and wants_phi and len(phi_rows) and len(scored)
+        else None
+    )
     # Γ's context for the rows it scores; the evaluator takes row indices into that subset
     local = np.full(n_rows, -1, dtype=np.int64)
     local[scored] = np.arange(len(scored))
@@ -408,6 +421,9 @@ def refine(
         if len(scored)
         else None
     )
+    phi_heat, phi_d = run_phi() if phi_job is None else phi_job.result()
+    hd = heatmaps[person, d]
+    start = _prior_positions(hd, phi_heat, phi_d, backbone_d, config, decode)
     evaluate = _Evaluator(gamma, ctx, _take(ha, scored), (h, w), sigma, batched, config.score)
     # The hypotheses do not depend on the search; H_D's local maxima serve them and the confidence
     # (in the rows that have hypotheses, unless the confidence reads them: NaN elsewhere)

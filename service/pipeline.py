@@ -9,8 +9,10 @@ and OKS-NMS. Never imports torch.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -78,9 +80,12 @@ class PosePipeline:
         max_batch: int = 64,
         scio_config: ScioSearchConfig | None = None,
         io_binding: bool | None = None,
+        scio_parallel: bool | None = None,
     ) -> None:
         """`scio_config` overrides the bundle's SCIO search settings (evaluation ablations).
-        `io_binding`: None = on where the models run on CUDA/TensorRT (`service.runtime`)."""
+        `io_binding`: None = on where the models run on CUDA/TensorRT (`service.runtime`).
+        `scio_parallel`: Φ and Γ's context side by side, each on half the threads (they read
+        the same inputs and not each other); None = where there are at least two threads."""
         m = bundle.manifest
         self.bundle = bundle
         self.spec = m.spec
@@ -104,8 +109,20 @@ class PosePipeline:
         self.scio_config = scio_config or ScioSearchConfig()
         self._info: tuple[ScioSearchConfig, dict[str, Any]] | None = None
         self._in_pixels: tuple[ScioSearchConfig, ScioSearchConfig] | None = None
+        self._parallel: ThreadPoolExecutor | None = None
         if bundle.has_scio:
-            self._load_scio(bundle, load, scio_config)
+            threads = intra_op_threads or len(os.sched_getaffinity(0))
+            if scio_parallel is None:
+                scio_parallel = threads >= 2
+            if scio_parallel:
+                half = partial(
+                    OnnxModel.load,
+                    device=device,
+                    intra_op_threads=max(1, threads // 2),
+                    io_binding=io_binding,
+                )
+                self._parallel = ThreadPoolExecutor(1, thread_name_prefix="scio-phi")
+            self._load_scio(bundle, load, half if scio_parallel else load, scio_config)
         self.refine_available = self.verifier is not None
         log.info(
             "loaded bundle %s %s from %s on %s", m.name, m.version, bundle.root, self.pose.providers
@@ -115,8 +132,11 @@ class PosePipeline:
         self,
         bundle: Bundle,
         load: Callable[[Path], OnnxModel],
+        load_side_by_side: Callable[[Path], OnnxModel],
         override: ScioSearchConfig | None,
     ) -> None:
+        """`load_side_by_side` loads the two networks that may run at the same time (Φ and Γ's
+        context); `load` the others."""
         settings = bundle.manifest.scio or {}
         names = tuple(settings.get("groups", ()))
         expected = tuple(g.name for g in self.spec.groups)
@@ -129,11 +149,11 @@ class PosePipeline:
             )
         self.scio_config = override or ScioSearchConfig.from_dict(settings.get("search", {}))
         self.verifier = OnnxVerifier(
-            load(_req(bundle.path(GAMMA_CONTEXT))), load(_req(bundle.path(GAMMA_HEAD)))
+            load_side_by_side(_req(bundle.path(GAMMA_CONTEXT))), load(_req(bundle.path(GAMMA_HEAD)))
         )
         phi = bundle.path(PHI)
         if phi is not None:
-            self.predictor = OnnxPredictor(load(phi))
+            self.predictor = OnnxPredictor(load_side_by_side(phi))
 
     @classmethod
     def from_path(cls, path: str | Path, **kw: Any) -> PosePipeline:
@@ -367,6 +387,7 @@ class PosePipeline:
             flip_index=self.spec.flip_index,
             diagnostics=False,
             all_losses=all_losses,
+            parallel=self._parallel,
         )
         # Back onto all persons: row person indices refer to `sel`.
         if len(sel) < len(want):

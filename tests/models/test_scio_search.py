@@ -820,3 +820,40 @@ def test_refine_work_counts_the_rows_the_service_runs_each_network_in() -> None:
         "phi_distance", "phi_peak", "alt_dloss"
     }  # fmt: skip
     assert confidence_cost(one, n_groups, has_phi=False) == {"loss_end", "alt_dloss"}
+
+
+def test_phi_can_run_beside_gammas_context_and_the_result_is_the_same() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    heat, feats, coords, scores, truth, gamma = _problem(3)
+    threads: dict[str, int] = {}
+
+    def phi(ha, hb, hc, f, group):
+        threads["phi"] = threading.get_ident()
+        d = np.array([GROUPS[g].d for g in group])
+        return render_gaussians(truth[np.arange(len(group)) // len(GROUPS), d], HW, SIGMA)
+
+    context = gamma.context
+
+    def recorded_context(*args):
+        threads["context"] = threading.get_ident()
+        return context(*args)
+
+    gamma.context = recorded_context
+    config = ScioSearchConfig(iterations=2, prior="phi", hypotheses=("phi", "peaks"))
+    kw = dict(phi=phi, sigma=SIGMA, flip_index=COCO17.flip_index)
+    serial = refine(heat, feats, coords, scores, GROUPS, gamma, config, **kw)
+    assert threads["phi"] == threads["context"] == threading.get_ident()
+    with ThreadPoolExecutor(1) as pool:
+        side = refine(heat, feats, coords, scores, GROUPS, gamma, config, parallel=pool, **kw)
+        assert threads["context"] == threading.get_ident()
+        assert threads["phi"] != threading.get_ident()  # Φ ran on the pool
+
+        def broken(*args):
+            raise RuntimeError("Φ failed")
+
+        with pytest.raises(RuntimeError, match="Φ failed"):  # not lost on the other thread
+            refine(heat, feats, coords, scores, GROUPS, gamma, config, parallel=pool, phi=broken)
+    for name in ("coords", "start", "end", "loss_before", "loss_after", "accepted", "confidence"):
+        np.testing.assert_array_equal(getattr(side, name), getattr(serial, name), err_msg=name)

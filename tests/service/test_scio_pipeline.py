@@ -156,3 +156,29 @@ def test_a_bundle_whose_groups_do_not_match_its_spec_is_refused(
     with pytest.raises(ValueError, match="groups"):
         PosePipeline.from_path(bad, device="cpu")
     assert replace(SEARCH, iterations=1).iterations == 1
+
+
+def test_phi_and_gammas_context_run_side_by_side_on_half_the_threads(nets_and_bundle) -> None:
+    _, _, root = nets_and_bundle
+    side = PosePipeline.from_path(root, device="cpu", intra_op_threads=4)
+    alone = PosePipeline.from_path(root, device="cpu", intra_op_threads=4, scio_parallel=False)
+    assert side._parallel is not None
+    assert alone._parallel is None
+
+    def threads(model) -> int:
+        return model.session.get_session_options().intra_op_num_threads
+
+    assert side.predictor is not None
+    assert side.verifier is not None
+    assert threads(side.predictor.model) == threads(side.verifier.context_model) == 2
+    assert threads(side.verifier.head_model) == threads(side.pose) == 4
+    assert alone.predictor is not None
+    assert threads(alone.predictor.model) == 4
+    # one thread: nothing to run side by side
+    assert PosePipeline.from_path(root, device="cpu", intra_op_threads=1)._parallel is None
+    img, boxes = _image_and_boxes()
+    a = side.estimate(img, PoseOptions(boxes=boxes))
+    b = alone.estimate(img, PoseOptions(boxes=boxes))
+    for pa, pb in zip(a.persons, b.persons, strict=True):
+        np.testing.assert_array_equal(pa.keypoints, pb.keypoints)
+        assert pa.refinements == pb.refinements
