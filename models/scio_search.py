@@ -381,7 +381,7 @@ def refine(
     hyp_rows = _hypothesis_rows(config, gidx, diagnostics)
     every_row = len(hyp_rows) == n_rows
     # Φ runs once, and its decoded D serves the prior, the "phi" hypothesis and the confidence
-    wants_phi = _wants_phi(config, phi is not None)
+    phi_runs = wants_phi(config, phi is not None)
     phi_rows = _phi_rows(config, hyp_rows, n_rows, phi is not None)
     # the rows Γ scores (all, or see above); the feature maps are gathered for those and Φ's only
     scored = gamma_rows(config, gidx, diagnostics or all_losses)
@@ -391,7 +391,7 @@ def refine(
     f_at[f_rows] = np.arange(len(f_rows))
 
     def run_phi() -> tuple[F32 | None, F64 | None]:
-        if phi is None or not wants_phi:
+        if phi is None or not phi_runs:
             return None, None
         if len(phi_rows) == n_rows:
             heat = phi(ha, hb, hc, f, gidx)
@@ -408,7 +408,7 @@ def refine(
     # while the context runs here
     phi_job = (
         parallel.submit(run_phi)
-        if parallel is not None and phi is not None and wants_phi and len(phi_rows) and len(scored)
+        if parallel is not None and phi is not None and phi_runs and len(phi_rows) and len(scored)
         else None
     )
     # Γ's context for the rows it scores; the evaluator takes row indices into that subset
@@ -629,7 +629,7 @@ def refine_work(config: ScioSearchConfig, group: I64, has_phi: bool = True) -> d
     }
 
 
-def _wants_phi(config: ScioSearchConfig, has_phi: bool) -> bool:
+def wants_phi(config: ScioSearchConfig, has_phi: bool) -> bool:
     """Whether Φ runs at all: for the prior or the "phi" hypothesis."""
     return has_phi and (config.prior != "backbone" or "phi" in config.hypotheses)
 
@@ -637,7 +637,7 @@ def _wants_phi(config: ScioSearchConfig, has_phi: bool) -> bool:
 def _phi_rows(config: ScioSearchConfig, hyp_rows: I64, n_rows: int, has_phi: bool) -> I64:
     """The rows Φ runs in: none unless wanted; every row where the hypotheses are scored
     everywhere, or the prior or the confidence reads Φ; else the hypotheses' rows."""
-    if not _wants_phi(config, has_phi):
+    if not wants_phi(config, has_phi):
         return np.zeros(0, np.int64)
     read = config.prior != "backbone" or set(config.confidence_features) & {*_PHI_FEATURES}
     return np.arange(n_rows) if len(hyp_rows) == n_rows or read else hyp_rows

@@ -26,7 +26,7 @@ from models.codec import HeatmapCodec, fuse_flip
 from models.geometry import affine_matrices, box_to_center_scale, heatmap_to_image, warp_affine
 from models.postprocess import OKS_THRE, oks_nms, rescore
 from models.preprocess import Normalization, to_network_input
-from models.scio_search import ScioSearchConfig, SearchResult, refine
+from models.scio_search import ScioSearchConfig, SearchResult, refine, wants_phi
 from service.detector import PersonDetector
 from service.results import PersonPose, PoseOptions, PoseResult, RefinedKeypoint
 from service.runtime import OnnxModel
@@ -85,7 +85,8 @@ class PosePipeline:
         """`scio_config` overrides the bundle's SCIO search settings (evaluation ablations).
         `io_binding`: None = on where the models run on CUDA/TensorRT (`service.runtime`).
         `scio_parallel`: Φ and Γ's context side by side, each on half the threads (they read
-        the same inputs and not each other); None = where there are at least two threads."""
+        the same inputs and not each other); None = where there are at least two threads and
+        the SCIO settings run Φ."""
         m = bundle.manifest
         self.bundle = bundle
         self.spec = m.spec
@@ -112,8 +113,12 @@ class PosePipeline:
         self._parallel: ThreadPoolExecutor | None = None
         if bundle.has_scio:
             threads = intra_op_threads or len(os.sched_getaffinity(0))
-            if scio_parallel is None:
-                scio_parallel = threads >= 2
+            if scio_parallel is None:  # where Φ runs at the bundle's settings (else Γ's context
+                # runs alone, on all the threads)
+                search = (bundle.manifest.scio or {}).get("search", {})
+                config = scio_config or ScioSearchConfig.from_dict(search)
+                has_phi = bundle.path(PHI) is not None
+                scio_parallel = threads >= 2 and wants_phi(config, has_phi)
             if scio_parallel:
                 half = partial(
                     OnnxModel.load,

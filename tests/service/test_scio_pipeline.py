@@ -182,3 +182,12 @@ def test_phi_and_gammas_context_run_side_by_side_on_half_the_threads(nets_and_bu
     for pa, pb in zip(a.persons, b.persons, strict=True):
         np.testing.assert_array_equal(pa.keypoints, pb.keypoints)
         assert pa.refinements == pb.refinements
+
+
+def test_gammas_context_keeps_every_thread_where_phi_does_not_run(nets_and_bundle) -> None:
+    _, _, root = nets_and_bundle
+    no_phi = replace(SEARCH, prior="backbone", hypotheses=("backbone", "peaks"))
+    pipe = PosePipeline.from_path(root, device="cpu", intra_op_threads=4, scio_config=no_phi)
+    assert pipe._parallel is None
+    assert pipe.verifier is not None
+    assert pipe.verifier.context_model.session.get_session_options().intra_op_num_threads == 4
