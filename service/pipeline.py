@@ -9,7 +9,6 @@ and OKS-NMS. Never imports torch.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ from models.preprocess import Normalization, to_network_input
 from models.scio_search import ScioSearchConfig, SearchResult, refine, wants_phi
 from service.detector import PersonDetector
 from service.results import PersonPose, PoseOptions, PoseResult, RefinedKeypoint
-from service.runtime import OnnxModel
+from service.runtime import OnnxModel, usable_cores
 from service.scio_onnx import OnnxPredictor, OnnxVerifier
 
 log = logging.getLogger(__name__)
@@ -112,7 +111,7 @@ class PosePipeline:
         self._in_pixels: tuple[ScioSearchConfig, ScioSearchConfig] | None = None
         self._parallel: ThreadPoolExecutor | None = None
         if bundle.has_scio:
-            threads = intra_op_threads or len(os.sched_getaffinity(0))
+            threads = intra_op_threads or usable_cores()
             if scio_parallel is None:  # where Φ runs at the bundle's settings (else Γ's context
                 # runs alone, on all the threads)
                 search = (bundle.manifest.scio or {}).get("search", {})

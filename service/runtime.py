@@ -8,6 +8,7 @@ misconfigured node still serves (slowly) and says why.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,12 @@ def choose_providers(device: str) -> list[str | tuple[str, dict[str, Any]]]:
     if device == "cuda":
         log.warning("device=cuda but this onnxruntime has no CUDA provider; using the CPU")
     return ["CPUExecutionProvider"]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it, else all)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def create_session(

@@ -128,3 +128,16 @@ def test_the_pipeline_under_io_binding_gives_the_same_poses(tmp_path: Path) -> N
         assert [r.accepted for r in p.refinements] == [r.accepted for r in b.refinements]
         moved += sum(r.displacement_px > 0 for r in b.refinements)
     assert moved > 0, "the search moved nothing: Γ's head was not exercised"
+
+
+def test_usable_cores_without_an_affinity_call(monkeypatch) -> None:
+    import os
+
+    from service.runtime import usable_cores
+
+    assert usable_cores() >= 1
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert usable_cores() == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert usable_cores() == 1
