@@ -3,11 +3,12 @@ frame of every result file (header with command and machine, targets, JSON + Mar
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,13 @@ def md_header(title: str, report: dict[str, Any]) -> list[str]:
 
 def md_targets(targets: dict[str, bool]) -> list[str]:
     return ["## Targets", ""] + [f"- {'met' if ok else 'MISSED'}: {k}" for k, ok in targets.items()]
+
+
+def require_bundles(ap: argparse.ArgumentParser, paths: Sequence[Path]) -> None:
+    """Stop with a usage error naming the first path that is not a bundle folder."""
+    for path in paths:
+        if not (path / "bundle.json").is_file():
+            ap.error(f"{path} is not a bundle (no bundle.json)")
 
 
 def write_results(name: str, report: dict[str, Any], markdown: str) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import machine  # noqa: E402
+from benchmarks._common import machine, require_bundles  # noqa: E402
 from benchmarks.pipeline_latency import p50  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
 from service.results import PoseOptions, PoseResult  # noqa: E402
@@ -87,8 +87,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda", choices=("cuda", "tensorrt", "cpu"))
     ap.add_argument("--images", type=int, default=8, help="synthetic images compared")
     args = ap.parse_args()
-    if not (args.bundle / "bundle.json").is_file():
-        ap.error(f"{args.bundle} is not a bundle (no bundle.json)")
+    require_bundles(ap, [args.bundle])
     result = compare(args.bundle, args.device, args.images)
     print(json.dumps({"machine": machine(), "command": " ".join(sys.argv), **result}, indent=1))
     return 0 if result["within_0.05px"] >= 0.99 else 1

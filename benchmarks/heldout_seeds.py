@@ -20,7 +20,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import git_commit, machine, md_header, write_results  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    git_commit,
+    machine,
+    md_header,
+    require_bundles,
+    write_results,
+)
 from models.bundle import load_bundle  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
 from training.evaluate import EvalOptions, bootstrap_ap, evaluate_variants  # noqa: E402
@@ -112,9 +118,7 @@ def main() -> int:
     for seed in args.seeds:
         if seed in USED:
             ap.error(f"seed {seed} is the {USED[seed]} seed: choose a fresh one")
-    for b in args.bundles:
-        if not (b / "bundle.json").is_file():
-            ap.error(f"{b} is not a bundle (no bundle.json)")
+    require_bundles(ap, args.bundles)
     report: dict[str, Any] = {
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),

@@ -25,7 +25,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import git_commit, machine, md_header, write_results  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    git_commit,
+    machine,
+    md_header,
+    require_bundles,
+    write_results,
+)
 from service.pipeline import PosePipeline  # noqa: E402
 from service.results import PoseOptions  # noqa: E402
 from training.synth.generate import SynthConfig, make_sample  # noqa: E402
@@ -91,9 +97,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
-    for path in args.bundles:
-        if not (path / "bundle.json").is_file():
-            ap.error(f"{path} is not a bundle (no bundle.json)")
+    require_bundles(ap, args.bundles)
     flip: bool | None = args.flip
     name = args.name or {None: "pipeline_latency", False: "pipeline_latency_noflip",
                          True: "pipeline_latency_flip"}[flip]  # fmt: skip

@@ -408,7 +408,7 @@ def refine(
     # while the context runs here
     phi_job = (
         parallel.submit(run_phi)
-        if parallel is not None and phi is not None and phi_runs and len(phi_rows) and len(scored)
+        if parallel is not None and phi_runs and len(phi_rows) and len(scored)
         else None
     )
     # Γ's context for the rows it scores; the evaluator takes row indices into that subset

@@ -111,22 +111,7 @@ class PosePipeline:
         self._in_pixels: tuple[ScioSearchConfig, ScioSearchConfig] | None = None
         self._parallel: ThreadPoolExecutor | None = None
         if bundle.has_scio:
-            threads = intra_op_threads or usable_cores()
-            if scio_parallel is None:  # where Φ runs at the bundle's settings (else Γ's context
-                # runs alone, on all the threads)
-                search = (bundle.manifest.scio or {}).get("search", {})
-                config = scio_config or ScioSearchConfig.from_dict(search)
-                has_phi = bundle.path(PHI) is not None
-                scio_parallel = threads >= 2 and wants_phi(config, has_phi)
-            if scio_parallel:
-                half = partial(
-                    OnnxModel.load,
-                    device=device,
-                    intra_op_threads=max(1, threads // 2),
-                    io_binding=io_binding,
-                )
-                self._parallel = ThreadPoolExecutor(1, thread_name_prefix="scio-phi")
-            self._load_scio(bundle, load, half if scio_parallel else load, scio_config)
+            self._load_scio(bundle, load, scio_config, scio_parallel, intra_op_threads)
         self.refine_available = self.verifier is not None
         log.info(
             "loaded bundle %s %s from %s on %s", m.name, m.version, bundle.root, self.pose.providers
@@ -135,12 +120,13 @@ class PosePipeline:
     def _load_scio(
         self,
         bundle: Bundle,
-        load: Callable[[Path], OnnxModel],
-        load_side_by_side: Callable[[Path], OnnxModel],
+        load: Callable[..., OnnxModel],
         override: ScioSearchConfig | None,
+        parallel: bool | None,
+        intra_op_threads: int | None,
     ) -> None:
-        """`load_side_by_side` loads the two networks that may run at the same time (Φ and Γ's
-        context); `load` the others."""
+        """Γ and Φ, and the settings they run with. Φ and Γ's context, which may run at the same
+        time (`parallel`, see `__init__`), get half the threads each; Γ's head all of them."""
         settings = bundle.manifest.scio or {}
         names = tuple(settings.get("groups", ()))
         expected = tuple(g.name for g in self.spec.groups)
@@ -152,12 +138,19 @@ class PosePipeline:
                 f"({members}), its keypoint spec has {spec_members}"
             )
         self.scio_config = override or ScioSearchConfig.from_dict(settings.get("search", {}))
-        self.verifier = OnnxVerifier(
-            load_side_by_side(_req(bundle.path(GAMMA_CONTEXT))), load(_req(bundle.path(GAMMA_HEAD)))
-        )
         phi = bundle.path(PHI)
+        threads = intra_op_threads or usable_cores()
+        if parallel is None:  # where Φ runs at these settings (else Γ's context runs alone)
+            parallel = threads >= 2 and wants_phi(self.scio_config, phi is not None)
+        side_by_side = load
+        if parallel:
+            side_by_side = partial(load, intra_op_threads=max(1, threads // 2))
+            self._parallel = ThreadPoolExecutor(1, thread_name_prefix="scio-phi")
+        self.verifier = OnnxVerifier(
+            side_by_side(_req(bundle.path(GAMMA_CONTEXT))), load(_req(bundle.path(GAMMA_HEAD)))
+        )
         if phi is not None:
-            self.predictor = OnnxPredictor(load_side_by_side(phi))
+            self.predictor = OnnxPredictor(side_by_side(phi))
 
     @classmethod
     def from_path(cls, path: str | Path, **kw: Any) -> PosePipeline:
