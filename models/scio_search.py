@@ -421,9 +421,8 @@ def refine(
         if len(scored)
         else None
     )
-    phi_heat, phi_d = run_phi() if phi_job is None else phi_job.result()
+    # What does not read Φ is prepared before waiting for it (with `parallel`, while it runs)
     hd = heatmaps[person, d]
-    start = _prior_positions(hd, phi_heat, phi_d, backbone_d, config, decode)
     evaluate = _Evaluator(gamma, ctx, _take(ha, scored), (h, w), sigma, batched, config.score)
     # The hypotheses do not depend on the search; H_D's local maxima serve them and the confidence
     # (in the rows that have hypotheses, unless the confidence reads them: NaN elsewhere)
@@ -432,6 +431,8 @@ def refine(
     else:
         peaks = (np.zeros((len(hd), HYP_PEAKS, 2)), np.full((len(hd), HYP_PEAKS), np.nan))
         peaks[0][hyp_rows], peaks[1][hyp_rows] = local_maxima(hd[hyp_rows], HYP_PEAKS)
+    phi_heat, phi_d = run_phi() if phi_job is None else phi_job.result()
+    start = _prior_positions(hd, phi_heat, phi_d, backbone_d, config, decode)
     if config.hypotheses:
         r = hyp_rows
         sub = None if phi_d is None else phi_d[r]
@@ -456,12 +457,21 @@ def refine(
     hr = hyp_rows if config.hypotheses else np.zeros(0, np.int64)
     loss_all = np.full((n_rows, n_first + n_hyp), np.inf)
     loss_all[np.setdiff1d(np.arange(n_rows), scored), :n_first] = np.nan  # Γ not run there
-    rows_in = np.concatenate([np.repeat(local[scored], n_first), np.repeat(local[hr], n_hyp)])
-    pos_in = np.concatenate([first[scored].reshape(-1, 2), cand[hr].reshape(-1, 2)])
+    # Γ scores each hypothesis that exists and is not the start itself: one at the start's own
+    # position (the "backbone" one, where the search starts from the backbone's D) takes the
+    # start's loss, and one that does not exist (a local maximum H_D lacks) keeps an infinite
+    # loss, which nothing reads (features, rule and confidence mask it as invalid)
+    at_start = np.all(cand[hr] == first[hr, :1], axis=-1).reshape(-1)  # (len(hr) * n_hyp,)
+    exists = valid[hr].reshape(-1) if valid is not None else np.ones(len(at_start), bool)
+    run = exists & ~at_start
+    rows_in = np.concatenate([np.repeat(local[scored], n_first), np.repeat(local[hr], n_hyp)[run]])
+    pos_in = np.concatenate([first[scored].reshape(-1, 2), cand[hr].reshape(-1, 2)[run]])
     losses = evaluate(rows_in, pos_in)
     n_scored = len(scored) * n_first
     loss_all[scored, :n_first] = losses[:n_scored].reshape(len(scored), n_first)
-    loss_all[hr, n_first:] = losses[n_scored:].reshape(len(hr), n_hyp)
+    hyp_loss_in = np.where(at_start, np.repeat(loss_all[hr, 0], n_hyp), np.inf)
+    hyp_loss_in[run] = losses[n_scored:]
+    loss_all[hr, n_first:] = hyp_loss_in.reshape(len(hr), n_hyp)
     if config.strategy == "grid":
         end, loss_before, loss_after = _grid_pick(first, loss_all[:, :n_first])
     else:

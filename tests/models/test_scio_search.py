@@ -857,3 +857,31 @@ def test_phi_can_run_beside_gammas_context_and_the_result_is_the_same() -> None:
             refine(heat, feats, coords, scores, GROUPS, gamma, config, parallel=pool, phi=broken)
     for name in ("coords", "start", "end", "loss_before", "loss_after", "accepted", "confidence"):
         np.testing.assert_array_equal(getattr(side, name), getattr(serial, name), err_msg=name)
+
+
+def test_gamma_scores_only_hypotheses_that_exist_and_are_not_the_start() -> None:
+    """Starting from the backbone's D, the "backbone" hypothesis is the start itself, and H_D
+    here has no local maxima besides its peak, so the "peaks" hypotheses do not exist: Γ's head
+    sees the start and the mirror once per row, the backbone's column gets the start's loss, and
+    the missing peaks stay invalid."""
+    from models.scio_search import ACCEPT_FEATURES
+
+    heat, feats, coords, scores, _, gamma = _problem(3, shift=2.0)
+    cfg = ScioSearchConfig(strategy="descent", iterations=0, prior="backbone",
+                           hypotheses=("backbone", "peaks", "mirror"))  # fmt: skip
+    head = gamma.head
+    seen: list[np.ndarray] = []
+
+    def counted(context, index, hd):
+        seen.append(np.asarray(index))
+        return head(context, index, hd)
+
+    gamma.head = counted
+    res = refine(heat, feats, coords, scores, GROUPS, gamma, cfg, sigma=SIGMA,
+                 flip_index=COCO17.flip_index)  # fmt: skip
+    rows = len(res.group)
+    assert sum(len(i) for i in seen) == rows * 2  # not 5 per row
+    np.testing.assert_array_equal(res.hyp_valid, [[True, False, False, True]] * rows)
+    dloss = res.hyp_features[..., ACCEPT_FEATURES.index("dloss")]
+    np.testing.assert_array_equal(dloss[:, 0], 0.0)  # the backbone's column: the start's loss
+    assert np.all(dloss[:, 3] != 0.0)
