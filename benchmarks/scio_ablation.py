@@ -349,6 +349,7 @@ def paper_scale_cost(
                 head_widths=p.head_widths,
                 context_blocks=p.context_blocks,
                 head_start_level=p.head_start_level,
+                context_start_level=p.context_start_level,
             )
             phi_path = export_phi(ScioNet(net_cfg).eval(), t / f"{preset}-phi.onnx", hw)
             ctx, head = t / f"{preset}-ctx.onnx", t / f"{preset}-head.onnx"

@@ -53,12 +53,18 @@ class ScioNetConfig:
     # map is average-pooled, the 1-channel output upsampled): measured 2.2x faster per candidate
     # on a CPU at widths (4, 8, 8, 12), where narrow full-resolution convs use the CPU poorly.
     head_start_level: int = 0
+    # The context U-Net starts at this level: 0 = heatmap resolution; 1 = its inputs (H_B, H_C,
+    # f) are average-pooled to half resolution first and its finest level is skipped. At most
+    # head_start_level (the head reads ctx from there on).
+    context_start_level: int = 0
 
     def __post_init__(self) -> None:
         if len(self.context_widths) != len(self.head_widths) or len(self.head_widths) < 2:
             raise ValueError("context_widths and head_widths need the same length, at least 2")
         if not 0 <= self.head_start_level <= len(self.head_widths) - 2:
             raise ValueError("head_start_level must leave the head at least two levels")
+        if not 0 <= self.context_start_level <= self.head_start_level:
+            raise ValueError("context_start_level must be in [0, head_start_level]")
         if not 0.0 <= self.feature_dropout <= 1.0:
             raise ValueError(f"feature_dropout must be in [0, 1], got {self.feature_dropout}")
         if not self.groups or self.context_blocks < 1:
@@ -104,7 +110,9 @@ class ContextNet(nn.Module):
     def __init__(self, config: ScioNetConfig) -> None:
         super().__init__()
         self.feature_dropout = config.feature_dropout
-        cw, hw = config.context_widths, config.head_widths
+        # levels below `first` are not built: the inputs are pooled to level `first` instead
+        self.first = config.context_start_level
+        cw, hw = config.context_widths[self.first :], config.head_widths
         self.stem_heatmaps = nn.Conv2d(2, cw[0], 3, 1, 1, bias=False)
         self.stem_features = nn.Conv2d(config.feature_channels, cw[0], 1, bias=False)
         self.stem_bn = nn.BatchNorm2d(cw[0])
@@ -120,8 +128,8 @@ class ContextNet(nn.Module):
             nn.Conv2d(cw[lv + 1], cw[lv], 1, bias=False) for lv in range(len(cw) - 1)
         )
         self.decoder = nn.ModuleList(_conv_bn_relu(c, c) for c in cw[:-1])
-        self.start = config.head_start_level
-        used = zip(cw[self.start :], hw[self.start :], strict=True)
+        self.start = config.head_start_level - self.first  # index of ctx[0] among our levels
+        used = zip(cw[self.start :], hw[config.head_start_level :], strict=True)
         self.out_proj = nn.ModuleList(nn.Conv2d(c, h, 1) for c, h in used)
 
     def forward(self, h1: Tensor, h2: Tensor, f: Tensor, group: Tensor) -> Context:
@@ -132,7 +140,12 @@ class ContextNet(nn.Module):
             # handle, so Γ cannot read A off f alone and has to use D.
             keep = torch.rand(f.shape[0], 1, 1, 1, device=f.device) >= self.feature_dropout
             f = f * keep.to(f.dtype)
-        x = self.stem_bn(self.stem_heatmaps(torch.cat([h1, h2], dim=1)) + self.stem_features(f))
+        hh = torch.cat([h1, h2], dim=1)
+        if self.first:
+            k = 2**self.first  # the head's avg_pool of its candidate, so the sizes agree
+            hh = functional.avg_pool2d(hh, k, k, ceil_mode=True)
+            f = functional.avg_pool2d(f, k, k, ceil_mode=True)
+        x = self.stem_bn(self.stem_heatmaps(hh) + self.stem_features(f))
         skips: list[Tensor] = []
         for lv, (embed, blocks) in enumerate(zip(self.group_embed, self.blocks, strict=True)):
             if lv > 0:
@@ -142,11 +155,12 @@ class ContextNet(nn.Module):
             skips.append(x)
         y = self.bottom(skips[-1])
         outs = [y]
-        for lv in reversed(range(len(self.decoder))):
+        # the finest levels below the head's are not decoded (nothing reads them)
+        for lv in reversed(range(self.start, len(self.decoder))):
             y = self.decoder[lv](skips[lv] + _up(self.lateral[lv](y), skips[lv]))
             outs.append(y)
         outs.reverse()  # finest first
-        return tuple(proj(o) for proj, o in zip(self.out_proj, outs[self.start :], strict=True))
+        return tuple(proj(o) for proj, o in zip(self.out_proj, outs, strict=True))
 
 
 class HeadNet(nn.Module):

@@ -6,11 +6,13 @@ Importing this module is cheap (no torch); each subcommand imports its trainer w
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from training.config import DETECTOR_SCORE_FLOOR, PRESETS, SCIO_PRESETS
+from training.config import DETECTOR_SCORE_FLOOR, PRESETS, SCIO_PRESETS, merge
 
 HELP = "train the backbone, the SCIO networks or the person detector"
 log = logging.getLogger(__name__)
@@ -87,6 +89,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed",
         type=int,
         help="override the seed (Φ/Γ initialisation, sample order, augmentation; preset: 0)",
+    )
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any field of the preset (training.config.ScioTrainConfig), the value as "
+        "JSON (e.g. --set candidates_weight=4 --set context_widths=[8,12,16,24]); repeatable",
     )
     s.add_argument("--resume", action="store_true", help="continue from OUT if a run is there")
     s.set_defaults(handler=_scio)
@@ -205,6 +215,20 @@ def run(args: argparse.Namespace) -> int:
     return handler(args)
 
 
+def _overrides(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs; each VALUE parsed as JSON, else taken as a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def _scio(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -221,6 +245,8 @@ def _scio(args: argparse.Namespace) -> int:
         cfg = replace(cfg, groups=args.groups)
     if args.seed is not None:
         cfg = replace(cfg, seed=args.seed)
+    if args.set:
+        cfg = merge(cfg, _overrides(args.set))
     train_scio(args.backbone, args.out, cfg, resume=args.resume)
     return 0
 

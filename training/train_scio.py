@@ -438,6 +438,7 @@ def train_scio(
         head_widths=cfg.head_widths,
         context_blocks=cfg.context_blocks,
         head_start_level=cfg.head_start_level,
+        context_start_level=cfg.context_start_level,
     )
     phi = ScioNet(replace(net_cfg, feature_dropout=cfg.phi_feature_dropout))
     gamma = ScioNet(replace(net_cfg, feature_dropout=cfg.gamma_feature_dropout))

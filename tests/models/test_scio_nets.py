@@ -143,8 +143,12 @@ def test_full_feature_dropout_makes_the_net_blind_to_f_in_training_and_inference
             assert torch.equal(a, b) is blind, (p, mode)
 
 
-def test_onnx_context_and_head_match_torch(tmp_path: Path) -> None:
-    net = _net()
+HALF = replace(CONFIG, head_start_level=1, context_start_level=1)
+
+
+@pytest.mark.parametrize("config", [CONFIG, HALF], ids=["full", "context-at-half"])
+def test_onnx_context_and_head_match_torch(tmp_path: Path, config: ScioNetConfig) -> None:
+    net = _net(config)
     export_onnx(net, tmp_path / "ctx.onnx", tmp_path / "head.onnx", (64, 48))
     # Other batch sizes than the export example (G=2, M=3): the axes must be dynamic.
     h1, h2, f, group = _inputs(4, seed=1)
@@ -208,3 +212,37 @@ def test_a_head_that_starts_at_half_resolution() -> None:
     assert context_names(half) == ["ctx1", "ctx2", "ctx3"]
     with pytest.raises(ValueError, match="head_start_level"):
         ScioNetConfig(head_widths=(4, 8), context_widths=(8, 8), head_start_level=1)
+
+
+def test_a_context_that_starts_at_half_resolution() -> None:
+    """context_start_level=1: the context pools its inputs and skips its finest level; the head
+    reads the same ctx shapes as with a full-resolution context, for a fraction of the MACs, and
+    the context still sees detail within a pooling cell only as its average."""
+    base = ScioNetConfig(
+        feature_channels=8, context_widths=(8, 12, 16, 24), head_widths=(4, 8, 8, 12),
+        head_start_level=1,
+    )  # fmt: skip
+    half = replace(base, context_start_level=1)
+    torch.manual_seed(0)
+    full_net, half_net = ScioNet(base).eval(), ScioNet(half).eval()
+    h1, h2 = torch.rand(2, 1, 32, 24), torch.rand(2, 1, 32, 24)
+    f = torch.randn(2, 8, 32, 24)
+    g = torch.tensor([0, 3])
+    with torch.no_grad():
+        ctx = half_net.context(h1, h2, f, g)
+        assert [c.shape for c in ctx] == [c.shape for c in full_net.context(h1, h2, f, g)]
+        assert [tuple(c.shape[-2:]) for c in ctx] == [(16, 12), (8, 6), (4, 3)]
+        # swapping two pixels of one pooling cell changes nothing; moving mass across cells does
+        swapped = h1.clone()
+        swapped[:, :, 0, 0], swapped[:, :, 0, 1] = h1[:, :, 0, 1], h1[:, :, 0, 0]
+        same = half_net.context(swapped, h2, f, g)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ctx, same, strict=True))
+        moved = h1.clone()
+        moved[:, :, 0, 0] += 1.0
+        assert not torch.allclose(half_net.context(moved, h2, f, g)[0], ctx[0])
+    macs_full = count_conv_macs(full_net, lambda: full_net.context(h1, h2, f, g))
+    macs_half = count_conv_macs(half_net, lambda: half_net.context(h1, h2, f, g))
+    assert macs_half < 0.6 * macs_full
+    assert context_names(half) == context_names(base) == ["ctx1", "ctx2", "ctx3"]
+    with pytest.raises(ValueError, match="context_start_level"):
+        replace(base, context_start_level=2)  # beyond the head's first level

@@ -35,3 +35,28 @@ def test_scio_seed_override(monkeypatch: pytest.MonkeyPatch, seed: int | None) -
     assert seen["cfg"].seed == (preset.seed if seed is None else seed)
     assert seen["cfg"].epochs == 3
     assert seen["cfg"].lr == preset.lr  # the rest is the preset's
+
+
+def test_scio_set_overrides_any_field_of_the_preset(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_train(backbone: Path, out: Path, cfg: Any, resume: bool = False) -> None:
+        seen.update(cfg=cfg)
+
+    monkeypatch.setattr(training.train_scio, "train_scio", fake_train)
+    argv = ["scio", "--backbone", "b.pt", "--out", "o", "--preset", "cpu-testbed"]
+    sets = ["--set", "candidates_weight=4", "--set", "context_widths=[8, 8, 16, 16]"]
+    sets += ["--set", "score=l2", "--set", 'augment={"flip_prob": 0.25}']
+    assert cli_train.run(_parse(argv + sets)) == 0
+    preset, cfg = SCIO_PRESETS["cpu-testbed"], seen["cfg"]
+    assert cfg.candidates_weight == 4.0
+    assert isinstance(cfg.candidates_weight, float)
+    assert cfg.context_widths == (8, 8, 16, 16)
+    assert cfg.score == "l2"
+    assert cfg.augment.flip_prob == 0.25
+    assert cfg.augment.rotation_factor == preset.augment.rotation_factor  # the rest kept
+    assert cfg.epochs == preset.epochs
+    with pytest.raises(ValueError, match="unknown setting"):
+        cli_train.run(_parse([*argv, "--set", "no_such_field=1"]))
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        cli_train.run(_parse([*argv, "--set", "candidates_weight"]))
