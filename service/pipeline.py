@@ -9,6 +9,7 @@ and OKS-NMS. Never imports torch.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -411,6 +412,7 @@ class PosePipeline:
     ) -> list[PoseResult]:
         scores = rescore(p.box_scores, kp_scores)
         areas = np.prod(p.scales * 200.0, axis=1)
+        refinements = self._refinements(search, p)
         results = []
         for i, (image, o) in enumerate(items):
             h, w = image.shape[:2]
@@ -444,7 +446,7 @@ class PosePipeline:
                         bbox_score=float(p.box_scores[j]),
                         score=float(scores[j]),
                         keypoints=kp,
-                        refinements=self._refinements(search, int(j), p),
+                        refinements=refinements.get(int(j), []),
                     )
                 )
             # true only where SCIO examined a keypoint of a returned person
@@ -453,32 +455,47 @@ class PosePipeline:
         return results
 
     def _refinements(
-        self, search: SearchResult | None, j: int, p: _Persons
-    ) -> list[RefinedKeypoint]:
-        if search is None:
-            return []
-        px_per_hm = p.scales[j, 0] * 200.0 / self.codec.heatmap_hw[1]  # image px per heatmap px
-        out = []
-        for r in np.flatnonzero(search.person == j):
-            moved = float(np.linalg.norm(search.end[r] - search.backbone[r])) * px_per_hm
-            out.append(
+        self, search: SearchResult | None, p: _Persons
+    ) -> dict[int, list[RefinedKeypoint]]:
+        """Each person's examined keypoints (person index -> list), built in one pass."""
+        if search is None or not len(search.person):
+            return {}
+        rows = len(search.person)
+        px_per_hm = p.scales[search.person, 0] * 200.0 / self.codec.heatmap_hw[1]
+        moved = (np.linalg.norm(search.end - search.backbone, axis=1) * px_per_hm).tolist()
+        before, after, confidence = (
+            _finite_or_none(v, rows)
+            for v in (search.loss_before, search.loss_after, search.confidence)
+        )
+        names = [g.name for g in self.spec.groups]
+        out: dict[int, list[RefinedKeypoint]] = {}
+        for r, (j, k, g, ok) in enumerate(
+            zip(
+                search.person.tolist(),
+                search.keypoint.tolist(),
+                search.group.tolist(),
+                search.accepted.tolist(),
+                strict=True,
+            )
+        ):
+            out.setdefault(j, []).append(
                 RefinedKeypoint(
-                    keypoint=int(search.keypoint[r]),
-                    group=self.spec.groups[int(search.group[r])].name,
-                    displacement_px=moved,
-                    loss_before=_finite_or_none(search.loss_before, int(r)),
-                    loss_after=_finite_or_none(search.loss_after, int(r)),
-                    accepted=bool(search.accepted[r]),
-                    confidence=_finite_or_none(search.confidence, int(r)),
+                    keypoint=k,
+                    group=names[g],
+                    displacement_px=moved[r],
+                    loss_before=before[r],
+                    loss_after=after[r],
+                    accepted=bool(ok),
+                    confidence=confidence[r],
                 )
             )
         return out
 
 
-def _finite_or_none(values: F64, i: int) -> float | None:
-    if len(values) <= i or not np.isfinite(values[i]):
-        return None
-    return float(values[i])
+def _finite_or_none(values: F64, rows: int) -> list[float | None]:
+    """values[:rows] as floats, None where not finite or missing (an array shorter than rows)."""
+    v = np.asarray(values, dtype=np.float64)[:rows].tolist()
+    return [x if math.isfinite(x) else None for x in v] + [None] * (rows - len(v))
 
 
 def _req(path: Path | None) -> Path:

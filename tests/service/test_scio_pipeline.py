@@ -191,3 +191,50 @@ def test_gammas_context_keeps_every_thread_where_phi_does_not_run(nets_and_bundl
     assert pipe._parallel is None
     assert pipe.verifier is not None
     assert pipe.verifier.context_model.session.get_session_options().intra_op_num_threads == 4
+
+
+def test_refinements_go_to_their_own_person_in_row_order() -> None:
+    """`_refinements` builds every person's list in one pass: rows interleaved across persons
+    land with their person in row order, displacements in image pixels of that person's box,
+    losses and confidences None where not finite or missing (a confidence array shorter than the
+    rows, as without calibration)."""
+    from types import SimpleNamespace
+
+    from models.keypoints import COCO17
+    from models.scio_search import SearchResult
+    from service.pipeline import PosePipeline, _Persons
+
+    rows = np.array([2, 0, 2, 1])  # persons of the rows, interleaved
+    search = SearchResult(
+        coords=np.zeros((3, 17, 2)),
+        person=rows,
+        group=np.array([0, 2, 3, 4]),
+        keypoint=np.array([9, 15, 16, 3]),
+        start=np.zeros((4, 2)),
+        backbone=np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]),
+        end=np.array([[3.0, 4.0], [1.0, 1.0], [2.0, 2.0], [3.0, 5.0]]),
+        loss_before=np.array([0.5, np.nan, 0.25, np.inf]),
+        loss_after=np.array([0.25, np.nan, 0.25, 1.0]),
+        accepted=np.array([True, False, False, True]),
+        calls=1,
+    )
+    search.confidence = np.array([0.9, 0.1])  # shorter than the rows
+    persons = _Persons(
+        item=np.zeros(3, np.intp), boxes=np.zeros((3, 4)), box_scores=np.ones(3),
+        centers=np.zeros((3, 2)), scales=np.array([[0.48, 0.64], [0.96, 1.28], [0.24, 0.32]]),
+    )  # fmt: skip
+    fake = SimpleNamespace(codec=SimpleNamespace(heatmap_hw=(64, 48)), spec=COCO17)
+    out = PosePipeline._refinements(fake, search, persons)  # type: ignore[arg-type]
+    assert sorted(out) == [0, 1, 2]
+    assert [r.keypoint for r in out[2]] == [9, 16]
+    assert [r.group for r in out[2]] == ["left_arm", "right_leg"]
+    assert out[2][0].displacement_px == 5.0 * 0.24 * 200.0 / 48  # 5 heatmap px
+    assert out[2][0].loss_before == 0.5
+    assert out[2][0].confidence == 0.9
+    assert out[2][1].confidence is None  # row 2: beyond the confidence array
+    assert out[0][0].loss_before is None  # NaN
+    assert out[0][0].accepted is False
+    assert out[1][0].loss_before is None  # inf
+    assert out[1][0].loss_after == 1.0
+    assert out[1][0].displacement_px == 2.0 * 0.96 * 200.0 / 48
+    assert PosePipeline._refinements(fake, None, persons) == {}  # type: ignore[arg-type]
