@@ -91,6 +91,12 @@ def main() -> int:
         help="comma-separated hypothesis kinds for the judged search (backbone,phi,peaks,mirror)",
     )
     ap.add_argument(
+        "--peaks",
+        type=int,
+        help="how many local maxima of H_D besides its peak the 'peaks' hypotheses take "
+        "(hypothesis_peaks; default: the settings')",
+    )
+    ap.add_argument(
         "--accept-row-features",
         help="CONFIDENCE_FEATURES the acceptance rule also reads for the row (comma-separated, "
         "or 'all'); with --fit",
@@ -134,6 +140,8 @@ def main() -> int:
     if args.hypotheses:
         kinds = tuple(k for k in args.hypotheses.split(",") if k)
         search = ScioSearchConfig.from_dict({**search.to_dict(), "hypotheses": kinds})
+    if args.peaks is not None:
+        search = ScioSearchConfig.from_dict({**search.to_dict(), "hypothesis_peaks": args.peaks})
     # the rule's optional inputs: comma-separated names, or "all" of them; a rule fitted on
     # other inputs no longer applies
     for setting, given, known in (

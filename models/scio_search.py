@@ -35,6 +35,7 @@ SCORES = ("l2", "normalized")
 # resolutions.
 UNITS = ("px", "sigma")
 HYPOTHESES = ("backbone", "phi", "peaks", "mirror")
+HYP_PEAKS = 2  # local maxima of H_D the "peaks" hypotheses take besides the global one (default)
 # Features of a hypothesis h against the current position c of D (after the local search), in
 # the acceptance rule's order: the loss difference (Γ at h minus Γ at c), the backbone's H_D at
 # h and at c, their distance in heatmap widths, and which kind of hypothesis h is.
@@ -105,6 +106,8 @@ class ScioSearchConfig:
     # `ACCEPT_FEATURES` fitted on a tuning split, moves D to the likeliest one only where it
     # predicts "closer to the truth" with probability above `accept_threshold`.
     hypotheses: tuple[str, ...] = ()
+    # how many local maxima of H_D besides its global one the "peaks" hypotheses take
+    hypothesis_peaks: int = HYP_PEAKS
     # The rule may also read the row itself (CONFIDENCE_FEATURES at the current D: how sure the
     # backbone is, how far Φ's D and the mirrored keypoint lie...), the same for every hypothesis
     # of the row; they follow ACCEPT_FEATURES in `accept_weights`.
@@ -199,6 +202,8 @@ class ScioSearchConfig:
             raise ValueError("radius, step, min_step and grid_step must be positive")
         if self.iterations < 0 or not 0 <= self.fusion_weight <= 1:
             raise ValueError("iterations must be >= 0 and fusion_weight in [0, 1]")
+        if self.hypothesis_peaks < 1:
+            raise ValueError("hypothesis_peaks must be >= 1")
 
     @property
     def n_accept_features(self) -> int:
@@ -426,11 +431,12 @@ def refine(
     evaluate = _Evaluator(gamma, ctx, _take(ha, scored), (h, w), sigma, batched, config.score)
     # The hypotheses do not depend on the search; H_D's local maxima serve them and the confidence
     # (in the rows that have hypotheses, unless the confidence reads them: NaN elsewhere)
+    n_peaks = config.hypothesis_peaks
     if every_row or "second_peak" in config.confidence_features:
-        peaks = local_maxima(hd, HYP_PEAKS)
+        peaks = local_maxima(hd, n_peaks)
     else:
-        peaks = (np.zeros((len(hd), HYP_PEAKS, 2)), np.full((len(hd), HYP_PEAKS), np.nan))
-        peaks[0][hyp_rows], peaks[1][hyp_rows] = local_maxima(hd[hyp_rows], HYP_PEAKS)
+        peaks = (np.zeros((len(hd), n_peaks, 2)), np.full((len(hd), n_peaks), np.nan))
+        peaks[0][hyp_rows], peaks[1][hyp_rows] = local_maxima(hd[hyp_rows], n_peaks)
     phi_heat, phi_d = run_phi() if phi_job is None else phi_job.result()
     start = _prior_positions(hd, phi_heat, phi_d, backbone_d, config, decode)
     if config.hypotheses:
@@ -567,7 +573,7 @@ def _confidence_result(
         phi_d = np.full((p, 2), np.nan)
         phi_heat = np.zeros((p, *heatmaps.shape[-2:]), heatmaps.dtype)
     if "second_peak" in config.confidence_features:
-        second = local_maxima(heatmaps[person, d], HYP_PEAKS)[1][:, 0]
+        second = local_maxima(heatmaps[person, d], 1)[1][:, 0]  # the first after the global one
     else:
         second = nan
     inputs = ConfidenceInputs(
@@ -885,9 +891,6 @@ def _max3x3(heat: F32) -> F32:
     return out
 
 
-HYP_PEAKS = 2  # local maxima of H_D considered besides the global one
-
-
 def hypotheses(
     heatmaps: F32,
     coords: F64,
@@ -910,7 +913,9 @@ def hypotheses(
         cols.append((phi_d, HYPOTHESES.index("phi"), yes))
     if "peaks" in kinds:
         pos, val = peaks if peaks is not None else local_maxima(heatmaps[person, d], HYP_PEAKS)
-        cols.extend((pos[:, k], HYPOTHESES.index("peaks"), val[:, k] > 0) for k in range(HYP_PEAKS))
+        cols.extend(
+            (pos[:, k], HYPOTHESES.index("peaks"), val[:, k] > 0) for k in range(pos.shape[1])
+        )
     if "mirror" in kinds and flip_index is not None:
         cols.append((coords[person, flip_index[d]], HYPOTHESES.index("mirror"), yes))
     if not cols:

@@ -885,3 +885,35 @@ def test_gamma_scores_only_hypotheses_that_exist_and_are_not_the_start() -> None
     dloss = res.hyp_features[..., ACCEPT_FEATURES.index("dloss")]
     np.testing.assert_array_equal(dloss[:, 0], 0.0)  # the backbone's column: the start's loss
     assert np.all(dloss[:, 3] != 0.0)
+
+
+def test_the_number_of_peak_hypotheses_is_a_setting() -> None:
+    """`hypothesis_peaks`: how many local maxima of H_D (after its global one) become "peaks"
+    hypotheses, the highest first; settings without it keep the two of earlier bundles."""
+    heat, feats, coords, scores, _, gamma = _problem(2, shift=0.0)
+    d = GROUPS[0].d
+    heat[:, d] = render_gaussians(coords[:, d], HW, SIGMA)  # the global peak at the backbone's D
+    bumps = np.array([[3.0, 3.0], [20.0, 28.0], [3.0, 28.0]])  # lower, lower still, lowest
+    for height, xy in zip((0.6, 0.4, 0.2), bumps, strict=True):
+        heat[:, d] = np.maximum(heat[:, d], height * render_gaussians(np.tile(xy, (2, 1)), HW, 1.0))
+    base = ScioSearchConfig(strategy="descent", iterations=0, hypotheses=("peaks",))
+    assert base.hypothesis_peaks == 2
+    found = {}
+    for n in (1, 2, 3):
+        cfg = replace(base, hypothesis_peaks=n)
+        res = refine(heat, feats, coords, scores, GROUPS, gamma, cfg, sigma=SIGMA)
+        rows = np.flatnonzero(res.group == 0)
+        assert res.hyp_positions.shape[1] == n
+        assert res.hyp_valid[rows].all()
+        found[n] = res.hyp_positions[rows]
+    np.testing.assert_allclose(found[3][0], bumps)  # highest first
+    np.testing.assert_array_equal(found[1], found[3][:, :1])
+    np.testing.assert_array_equal(found[2], found[3][:, :2])
+    old = {k: v for k, v in base.to_dict().items() if k != "hypothesis_peaks"}
+    assert ScioSearchConfig.from_dict(old).hypothesis_peaks == 2
+    assert (
+        ScioSearchConfig.from_dict(replace(base, hypothesis_peaks=1).to_dict()).hypothesis_peaks
+        == 1
+    )
+    with pytest.raises(ValueError, match="hypothesis_peaks"):
+        replace(base, hypothesis_peaks=0)
