@@ -317,13 +317,14 @@ def paper_scale_cost(
     import torch
 
     from models.keypoints import COCO17
-    from models.scio_nets import ScioNet, ScioNetConfig, export_onnx
+    from models.scio_nets import ScioNet, export_onnx
     from models.zoo import build_backbone, get_config
     from service.runtime import OnnxModel
     from service.scio_onnx import OnnxPredictor, OnnxVerifier
     from training.config import SCIO_PRESETS
     from training.onnx_export import export_backbone
     from training.scio_export import export_phi
+    from training.train_scio import net_config
 
     hw, persons, sigma = (64, 48), 8, 2.0
     rng = np.random.default_rng(0)
@@ -342,15 +343,7 @@ def paper_scale_cost(
         coords = np.tile(np.array([hw[1] / 2, hw[0] / 2]), (persons, 17, 1))
         scores = np.ones((persons, 17))
         for preset in ("cpu-small", "paper"):
-            p = SCIO_PRESETS[preset]
-            net_cfg = ScioNetConfig(
-                feature_channels=32,
-                context_widths=p.context_widths,
-                head_widths=p.head_widths,
-                context_blocks=p.context_blocks,
-                head_start_level=p.head_start_level,
-                context_start_level=p.context_start_level,
-            )
+            net_cfg = net_config(SCIO_PRESETS[preset], feature_channels=32)
             phi_path = export_phi(ScioNet(net_cfg).eval(), t / f"{preset}-phi.onnx", hw)
             ctx, head = t / f"{preset}-ctx.onnx", t / f"{preset}-head.onnx"
             export_onnx(ScioNet(net_cfg).eval(), ctx, head, hw)

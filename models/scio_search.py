@@ -900,10 +900,11 @@ def hypotheses(
     kinds: tuple[str, ...],
     flip_index: npt.NDArray[np.intp] | None,
     phi_d: F64 | None,
-    peaks: tuple[F64, F64] | None = None,
+    peaks: tuple[F64, F64],
 ) -> tuple[F64, I64, npt.NDArray[np.bool_]]:
     """Distinct positions for each row's D: (P, H, 2), their kind index into HYPOTHESES
-    (P, H), and which exist (P, H)."""
+    (P, H), and which exist (P, H). `peaks`: the rows' local maxima of H_D as `local_maxima`
+    returns them, one "peaks" hypothesis per column."""
     p = len(person)
     cols: list[tuple[F64, int, npt.NDArray[np.bool_]]] = []
     yes = np.ones(p, dtype=bool)
@@ -912,7 +913,7 @@ def hypotheses(
     if "phi" in kinds and phi_d is not None:
         cols.append((phi_d, HYPOTHESES.index("phi"), yes))
     if "peaks" in kinds:
-        pos, val = peaks if peaks is not None else local_maxima(heatmaps[person, d], HYP_PEAKS)
+        pos, val = peaks
         cols.extend(
             (pos[:, k], HYPOTHESES.index("peaks"), val[:, k] > 0) for k in range(pos.shape[1])
         )

@@ -402,6 +402,22 @@ def load_backbone(path: str | Path) -> tuple[Backbone, BackboneTrainConfig]:
     return model.eval(), cfg
 
 
+def net_config(
+    cfg: ScioTrainConfig, feature_channels: int, groups: tuple[str, ...] | None = None
+) -> ScioNetConfig:
+    """The architecture of Φ and Γ that a training configuration describes (feature dropout
+    aside, which differs between the two); `groups` None: ScioNetConfig's default (COCO)."""
+    net = ScioNetConfig(
+        feature_channels=feature_channels,
+        context_widths=cfg.context_widths,
+        head_widths=cfg.head_widths,
+        context_blocks=cfg.context_blocks,
+        head_start_level=cfg.head_start_level,
+        context_start_level=cfg.context_start_level,
+    )
+    return net if groups is None else replace(net, groups=groups)
+
+
 def train_scio(
     backbone_ckpt: str | Path, out_dir: str | Path, cfg: ScioTrainConfig, resume: bool = False
 ) -> dict[str, Any]:
@@ -431,15 +447,7 @@ def train_scio(
         val = collect_outputs(
             backbone, val_ds, 1, 64, limit=cfg.val_persons, desc="val backbone outputs"
         )
-    net_cfg = ScioNetConfig(
-        feature_channels=backbone.feature_channels,
-        groups=tuple(g.name for g in spec.groups),
-        context_widths=cfg.context_widths,
-        head_widths=cfg.head_widths,
-        context_blocks=cfg.context_blocks,
-        head_start_level=cfg.head_start_level,
-        context_start_level=cfg.context_start_level,
-    )
+    net_cfg = net_config(cfg, backbone.feature_channels, tuple(g.name for g in spec.groups))
     phi = ScioNet(replace(net_cfg, feature_dropout=cfg.phi_feature_dropout))
     gamma = ScioNet(replace(net_cfg, feature_dropout=cfg.gamma_feature_dropout))
     opt_phi = torch.optim.Adam(phi.parameters(), lr=cfg.lr)
