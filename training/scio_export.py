@@ -1,4 +1,7 @@
 """ONNX export of the SCIO networks, each checked against torch (max abs diff <= 1e-4).
+The context stem's BatchNorm, which follows a sum of two convolutions, is folded into them in the
+written graph (`training.onnx_export.fold_sum_batchnorm`; ONNX Runtime does not fold through the
+sum); the parity check runs on the folded graph.
 
 Γ: two graphs (context once per person and group; head once per candidate), written by
 `models.scio_nets.export_onnx`. Φ: one graph, h1, h2, h3, features, group -> heatmap.
@@ -15,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from models.scio_nets import ScioNet, context_names, export_onnx
-from training.onnx_export import OPSET, check_parity, worst_abs
+from training.onnx_export import OPSET, check_parity, fold_sum_batchnorm_file, worst_abs
 
 
 class PhiGraph(nn.Module):
@@ -78,6 +81,7 @@ def export_gamma_checked(
     gamma = gamma.eval()
     ctx_path, head_path = out_dir / "scio_gamma_context.onnx", out_dir / "scio_gamma_head.onnx"
     export_onnx(gamma, ctx_path, head_path, heatmap_hw)
+    fold_sum_batchnorm_file(ctx_path)  # the context stem's BatchNorm; checked against torch below
     x = _random_inputs(gamma, 4, heatmap_hw, seed)
     ctx_in = {k: x[k] for k in ("h1", "h2", "features", "group")}
 
@@ -109,6 +113,7 @@ def export_phi_checked(
     phi: ScioNet, out_dir: Path, heatmap_hw: tuple[int, int], seed: int = 0
 ) -> tuple[Path, float]:
     path = export_phi(phi, out_dir / "scio_phi.onnx", heatmap_hw)
+    fold_sum_batchnorm_file(path)  # as Γ's context (checked against torch below)
     x = _random_inputs(phi, 4, heatmap_hw, seed)
 
     def fn(h1: Tensor, h2: Tensor, h3: Tensor, f: Tensor, group: Tensor) -> Sequence[Tensor]:
