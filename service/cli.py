@@ -28,6 +28,7 @@ VERBS: dict[str, str] = {
     "convert": "training.cli_convert",
     "evaluate": "training.cli_evaluate",
     "export": "training.cli_export",
+    "rebundle": "training.cli_rebundle",
     "predict": "service.predict",
 }
 

@@ -1,0 +1,127 @@
+"""`scio-pose rebundle`: parts of a bundle replaced, the rest copied as they are, the step
+recorded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+
+from models.bundle import DETECTOR, GAMMA_CONTEXT, GAMMA_HEAD, PHI, POSE, load_bundle
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "bundles" / "demo"
+pytestmark = pytest.mark.skipif(not (DEMO / "bundle.json").exists(), reason="no bundles/demo")
+
+
+def _cli(args: list[str]) -> int:
+    from service.cli import main
+
+    return main(["rebundle", *args])
+
+
+def _detector_run(tmp_path: Path) -> Path:
+    """A `train detector` output folder: the demo's detector.onnx and a detector.json."""
+    run = tmp_path / "det"
+    run.mkdir()
+    shutil.copyfile(DEMO / "detector.onnx", run / "detector.onnx")
+    meta = {
+        "input_hw": [256, 256],
+        "person_class": 0,
+        "score_threshold": 0.3,
+        "score_floor": 0.05,
+        "oks_nms": 0.5,
+        "metrics": {"map50": 0.9},
+        "command": "scio-pose train detector ...",
+    }
+    (run / "detector.json").write_text(json.dumps(meta))
+    return run
+
+
+def test_rebundle_replaces_what_it_is_given_and_copies_the_rest(tmp_path: Path) -> None:
+    src = load_bundle(DEMO).manifest
+    search = {**src.scio["search"], "radius": 3.0}  # type: ignore[index]
+    (tmp_path / "search.json").write_text(json.dumps(search))
+    out = tmp_path / "new"
+    args = ["--bundle", str(DEMO), "--out", str(out), "--detector", str(_detector_run(tmp_path))]
+    args += ["--search", str(tmp_path / "search.json"), "--fold-batchnorm", "--note", "a test"]
+    assert _cli(args) == 0
+
+    new = load_bundle(out).manifest  # every sha256 checked
+    assert new.files[POSE] == src.files[POSE]
+    assert new.files[GAMMA_HEAD] == src.files[GAMMA_HEAD]
+    assert new.files[DETECTOR] == src.files[DETECTOR]  # the same bytes in this test
+    for role in (GAMMA_CONTEXT, PHI):  # folded: other bytes, no stem BatchNorm left
+        assert new.files[role].sha256 != src.files[role].sha256
+        import onnx
+
+        ops = [n.op_type for n in onnx.load(str(out / new.files[role].path)).graph.node]
+        assert "BatchNormalization" not in ops
+    assert new.scio["search"]["radius"] == 3.0  # type: ignore[index]
+    assert new.scio["net"] == src.scio["net"]  # type: ignore[index]
+    assert new.detector is not None
+    assert src.detector is not None
+    assert new.detector.score_threshold == 0.3  # the new detector's own
+    assert new.detector.oks_nms == src.detector.oks_nms  # the bundle's, not detector.json's
+    assert new.provenance["detector"]["metrics"] == {"map50": 0.9}
+    assert new.provenance["backbone"] == src.provenance["backbone"]
+    last = new.provenance["commands"][-1]
+    assert last["note"] == "a test"
+    assert "rebundle" in last["command"]
+    assert len(last["rebundled"]) == 4  # detector, search, two graphs
+    assert len(new.provenance["commands"]) == len(src.provenance["commands"]) + 1
+
+
+def test_folded_graphs_answer_as_before(tmp_path: Path) -> None:
+    """The whole SCIO refinement on the folded graphs equals the source bundle's."""
+    from tests.service.support import bundle_client
+
+    out = tmp_path / "folded"
+    assert _cli(["--bundle", str(DEMO), "--out", str(out), "--fold-batchnorm"]) == 0
+    from training.synth.generate import generate_dataset
+
+    generate_dataset(tmp_path / "s", images=4, seed=77, size=(256, 256), persons=(2, 4))
+    images = sorted((tmp_path / "s" / "images").glob("*"))
+    answers = []
+    for bundle in (DEMO, out):
+        with bundle_client(bundle) as c:
+            got = []
+            for p in images:
+                r = c.post("/pose?refine=true", files={"image": (p.name, p.read_bytes())})
+                assert r.status_code == 200
+                got.append(r.json()["persons"])
+            answers.append(got)
+    refinements = 0
+    for a, b in zip(*answers, strict=True):
+        assert len(a) == len(b)
+        assert len(a) > 0
+        for pa, pb in zip(a, b, strict=True):
+            np.testing.assert_allclose(pb["keypoints"], pa["keypoints"], atol=1e-3)
+            assert len(pa["refinements"]) == len(pb["refinements"])
+            for ra, rb in zip(pa["refinements"], pb["refinements"], strict=True):
+                assert ra.keys() == rb.keys()
+                for k, v in ra.items():  # Γ's losses included
+                    if isinstance(v, float):
+                        assert rb[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
+                    else:
+                        assert rb[k] == v, k
+                refinements += 1
+    assert refinements > 0
+
+
+def test_bad_requests_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x"
+    assert _cli(["--bundle", str(DEMO), "--out", str(out)]) == 2
+    assert "nothing to replace" in capsys.readouterr().err
+    assert _cli(["--bundle", str(DEMO), "--out", str(out), "--oks-nms", "0.5"]) == 2
+    assert "--oks-nms needs --detector" in capsys.readouterr().err
+    assert _cli(["--bundle", str(tmp_path), "--out", str(out), "--fold-batchnorm"]) == 2
+    assert "not a bundle" in capsys.readouterr().err
+    assert _cli(["--bundle", str(DEMO), "--out", str(out), "--detector", str(tmp_path)]) == 2
+    assert "detector.json is missing" in capsys.readouterr().err
+    assert not out.exists()  # nothing half-written

@@ -1,0 +1,203 @@
+"""`scio-pose rebundle`: a bundle from another one with some of its parts replaced, for when the
+training runs behind a bundle are gone (or need not run again) and one part changes: another
+detector, refitted SCIO search settings, or the SCIO graphs' context-stem BatchNorm folded.
+
+Every file not replaced is copied byte for byte (its sha256 re-checked on the way in). The
+provenance keeps the source bundle's record and gains one `commands` entry for this step (the
+command line, the commit, what changed, and any note); a replaced detector's own record
+(`detector.json`) replaces the old one under `provenance.detector`. The output is written
+atomically and may be the source bundle itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HELP = "a bundle from another with its detector, SCIO search settings or graphs replaced"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = HELP + (
+        ". Files not replaced are copied unchanged; bundle.json's provenance gains a record of "
+        "this step. The output may be the source bundle (written atomically)."
+    )
+    parser.add_argument("--bundle", type=Path, required=True, help="the source bundle folder")
+    parser.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    parser.add_argument(
+        "--detector",
+        type=Path,
+        help="a `train detector` output folder (detector.onnx, detector.json) to use instead",
+    )
+    parser.add_argument(
+        "--oks-nms",
+        type=float,
+        help="with --detector: the OKS-NMS threshold (default: the source bundle's)",
+    )
+    parser.add_argument(
+        "--search",
+        type=Path,
+        help="JSON of SCIO search settings to use instead (e.g. scio_probes --fit's)",
+    )
+    parser.add_argument(
+        "--fold-batchnorm",
+        action="store_true",
+        help="fold the SCIO context stem's BatchNorm into its convolutions (what `export` "
+        "does since stop 34), each graph checked against the source's on random inputs",
+    )
+    parser.add_argument("--note", default="", help="why, for the provenance record")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.oks_nms is not None and (args.detector is None or not 0 < args.oks_nms <= 1):
+        print(
+            "scio-pose rebundle: --oks-nms needs --detector and a value in (0, 1]",
+            file=sys.stderr,
+        )
+        return 2
+    if args.detector is None and args.search is None and not args.fold_batchnorm:
+        print(
+            "scio-pose rebundle: nothing to replace (--detector, --search or --fold-batchnorm)",
+            file=sys.stderr,
+        )
+        return 2
+    from models.bundle import BundleError
+
+    try:
+        changes = rebundle(
+            args.bundle,
+            args.out,
+            detector_dir=args.detector,
+            oks_nms=args.oks_nms,
+            search_file=args.search,
+            fold_batchnorm=args.fold_batchnorm,
+            note=args.note,
+            command=getattr(args, "command_line", ""),
+        )
+    except (BundleError, FileNotFoundError, ValueError) as e:
+        print(f"scio-pose rebundle: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote bundle {args.out}: {'; '.join(changes)}")
+    return 0
+
+
+def rebundle(
+    bundle_dir: Path,
+    out: Path,
+    detector_dir: Path | None = None,
+    oks_nms: float | None = None,
+    search_file: Path | None = None,
+    fold_batchnorm: bool = False,
+    note: str = "",
+    command: str = "",
+) -> list[str]:
+    """Write the new bundle (module doc); returns what changed, one line each."""
+    import tempfile
+    from dataclasses import replace
+
+    from models.bundle import DETECTOR, GAMMA_CONTEXT, PHI, DetectorInfo, load_bundle, write_bundle
+    from models.scio_search import ScioSearchConfig
+    from training.bundle_export import git_commit
+
+    source = load_bundle(bundle_dir)  # checks every file's sha256
+    manifest = source.manifest
+    sources = {role: source.root / e.path for role, e in manifest.files.items()}
+    provenance = json.loads(json.dumps(manifest.provenance))  # a deep copy
+    changes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="scio-rebundle-") as tmp:
+        if detector_dir is not None:
+            meta = _read_json(detector_dir / "detector.json")
+            onnx_path = detector_dir / "detector.onnx"
+            if not onnx_path.is_file():
+                raise FileNotFoundError(f"{onnx_path} is missing")
+            info = DetectorInfo.from_dict(meta)
+            keep = (
+                oks_nms
+                if oks_nms is not None
+                else (manifest.detector.oks_nms if manifest.detector is not None else None)
+            )
+            if keep is not None:
+                info = replace(info, oks_nms=keep)
+            manifest = replace(manifest, detector=info)
+            sources[DETECTOR] = onnx_path
+            provenance["detector"] = {k: v for k, v in meta.items() if k != "input_hw"}
+            changes.append(f"detector from {detector_dir} (OKS-NMS {info.oks_nms})")
+        no_scio = manifest.scio is None or GAMMA_CONTEXT not in manifest.files
+        if (search_file is not None or fold_batchnorm) and no_scio:
+            raise ValueError(f"{bundle_dir} has no SCIO networks")
+        if search_file is not None:
+            wanted = json.loads(search_file.read_text())
+            trained = manifest.scio["search"].get("score", "l2")  # type: ignore[index]
+            if wanted.get("score", trained) != trained:
+                raise ValueError(
+                    f"{search_file}: score {wanted['score']!r}, but Γ was trained for {trained!r}"
+                )
+            search = ScioSearchConfig.from_dict({**wanted, "score": trained}).to_dict()
+            manifest = replace(manifest, scio={**manifest.scio, "search": search})  # type: ignore[dict-item]
+            changes.append(f"SCIO search settings from {search_file}")
+        if fold_batchnorm:
+            for role in (GAMMA_CONTEXT, PHI):
+                if role not in sources:
+                    continue
+                folded = Path(tmp) / f"{role}.onnx"
+                n, diff = fold_checked(sources[role], folded)
+                if n:
+                    sources[role] = folded
+                changes.append(f"{role}: {n} BatchNorm folded (relative difference {diff:.1e})")
+        provenance.setdefault("commands", []).append(
+            {
+                "command": command,
+                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                "commit": git_commit(),
+                "rebundled": changes,
+                **({"note": note} if note else {}),
+            }
+        )
+        manifest = replace(manifest, provenance=provenance)
+        write_bundle(out, manifest, sources)
+    return changes
+
+
+def fold_checked(src: Path, dst: Path, rows: int = 4, seed: int = 0) -> tuple[int, float]:
+    """`fold_sum_batchnorm` of `src` into `dst`; both run on the same random inputs (dynamic
+    axes `rows` long, integer inputs small non-negative), and the largest difference relative to
+    each output's scale must stay within the export's parity tolerance. Returns (folded,
+    relative difference)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from training.onnx_export import PARITY_RTOL, ParityError, fold_sum_batchnorm
+
+    model = onnx.load(str(src))
+    n = fold_sum_batchnorm(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    before = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    after = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    feed: dict[str, Any] = {}
+    for i in before.get_inputs():
+        shape = [d if isinstance(d, int) else rows for d in i.shape]
+        if "int" in i.type:
+            feed[i.name] = rng.integers(0, 2, shape).astype(np.int64)
+        else:
+            feed[i.name] = rng.standard_normal(shape).astype(np.float32)
+    worst = 0.0
+    for a, b in zip(before.run(None, feed), after.run(None, feed), strict=True):
+        scale = float(np.abs(a).max()) or 1.0
+        worst = max(worst, float(np.abs(a - b).max()) / scale)
+    if worst > PARITY_RTOL:
+        raise ParityError(f"{src.name}: folding changed its outputs by {worst:.2e} of their scale")
+    return n, worst
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
