@@ -50,6 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "does since stop 34), each graph checked against the source's on random inputs",
     )
     parser.add_argument("--note", default="", help="why, for the provenance record")
+    parser.add_argument(
+        "--provenance",
+        type=Path,
+        action="append",
+        default=[],
+        help="JSON file whose keys replace the provenance's (repeatable), e.g. a new "
+        "`evaluation` of the bundle with its new detector",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.detector is None and args.search is None and not args.fold_batchnorm:
+    if not (args.detector or args.search or args.fold_batchnorm or args.provenance):
         print(
-            "scio-pose rebundle: nothing to replace (--detector, --search or --fold-batchnorm)",
+            "scio-pose rebundle: nothing to replace (--detector, --search, --fold-batchnorm or "
+            "--provenance)",
             file=sys.stderr,
         )
         return 2
@@ -77,8 +86,9 @@ def run(args: argparse.Namespace) -> int:
             fold_batchnorm=args.fold_batchnorm,
             note=args.note,
             command=getattr(args, "command_line", ""),
+            extra=[json.loads(p.read_text()) for p in args.provenance],
         )
-    except (BundleError, FileNotFoundError, ValueError) as e:
+    except (BundleError, OSError, ValueError) as e:  # JSONDecodeError is a ValueError
         print(f"scio-pose rebundle: {e}", file=sys.stderr)
         return 2
     print(f"wrote bundle {args.out}: {'; '.join(changes)}")
@@ -94,6 +104,7 @@ def rebundle(
     fold_batchnorm: bool = False,
     note: str = "",
     command: str = "",
+    extra: list[dict[str, Any]] | None = None,
 ) -> list[str]:
     """Write the new bundle (module doc); returns what changed, one line each."""
     import tempfile
@@ -148,6 +159,9 @@ def rebundle(
                 if n:
                     sources[role] = folded
                 changes.append(f"{role}: {n} BatchNorm folded (relative difference {diff:.1e})")
+        for e in extra or []:
+            provenance.update(e)
+            changes.append(f"provenance: {', '.join(sorted(e))} replaced")
         provenance.setdefault("commands", []).append(
             {
                 "command": command,

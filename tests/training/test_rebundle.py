@@ -19,6 +19,45 @@ DEMO = ROOT / "bundles" / "demo"
 pytestmark = pytest.mark.skipif(not (DEMO / "bundle.json").exists(), reason="no bundles/demo")
 
 
+@pytest.fixture(scope="module")
+def unfolded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo bundle with SCIO graphs as `export` wrote them before stop 34 (the context
+    stem's BatchNorm not folded): a network of the demo's architecture, BatchNorm statistics
+    far from the identity, exported without the fold."""
+    torch = pytest.importorskip("torch")
+    from dataclasses import replace
+
+    from models.bundle import write_bundle
+    from models.scio_nets import ScioNet, ScioNetConfig, export_onnx
+    from training.scio_export import export_phi
+
+    src = load_bundle(DEMO)
+    net_cfg = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in src.manifest.scio["net"].items()
+    }  # type: ignore[index]
+    torch.manual_seed(0)
+    net = ScioNet(ScioNetConfig(**net_cfg)).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    work = tmp_path_factory.mktemp("unfolded")
+    hw = src.manifest.pose.heatmap_hw
+    export_onnx(net, work / "ctx.onnx", work / "head.onnx", hw)
+    export_phi(net, work / "phi.onnx", hw)
+    sources = {role: DEMO / e.path for role, e in src.manifest.files.items()}
+    sources |= {GAMMA_CONTEXT: work / "ctx.onnx", GAMMA_HEAD: work / "head.onnx"}
+    sources[PHI] = work / "phi.onnx"
+    out = work / "bundle"
+    write_bundle(out, replace(src.manifest), sources)
+    return out
+
+
 def _cli(args: list[str]) -> int:
     from service.cli import main
 
@@ -43,13 +82,18 @@ def _detector_run(tmp_path: Path) -> Path:
     return run
 
 
-def test_rebundle_replaces_what_it_is_given_and_copies_the_rest(tmp_path: Path) -> None:
-    src = load_bundle(DEMO).manifest
+def test_rebundle_replaces_what_it_is_given_and_copies_the_rest(
+    unfolded: Path, tmp_path: Path
+) -> None:
+    src = load_bundle(unfolded).manifest
     search = {**src.scio["search"], "radius": 3.0}  # type: ignore[index]
     (tmp_path / "search.json").write_text(json.dumps(search))
     out = tmp_path / "new"
-    args = ["--bundle", str(DEMO), "--out", str(out), "--detector", str(_detector_run(tmp_path))]
+    args = ["--bundle", str(unfolded), "--out", str(out)]
+    args += ["--detector", str(_detector_run(tmp_path))]
     args += ["--search", str(tmp_path / "search.json"), "--fold-batchnorm", "--note", "a test"]
+    (tmp_path / "ev.json").write_text(json.dumps({"evaluation": {"data": "new"}}))
+    args += ["--provenance", str(tmp_path / "ev.json")]
     assert _cli(args) == 0
 
     new = load_bundle(out).manifest  # every sha256 checked
@@ -73,22 +117,23 @@ def test_rebundle_replaces_what_it_is_given_and_copies_the_rest(tmp_path: Path) 
     last = new.provenance["commands"][-1]
     assert last["note"] == "a test"
     assert "rebundle" in last["command"]
-    assert len(last["rebundled"]) == 4  # detector, search, two graphs
+    assert len(last["rebundled"]) == 5  # detector, search, two graphs, provenance
+    assert new.provenance["evaluation"] == {"data": "new"}
     assert len(new.provenance["commands"]) == len(src.provenance["commands"]) + 1
 
 
-def test_folded_graphs_answer_as_before(tmp_path: Path) -> None:
+def test_folded_graphs_answer_as_before(unfolded: Path, tmp_path: Path) -> None:
     """The whole SCIO refinement on the folded graphs equals the source bundle's."""
     from tests.service.support import bundle_client
 
     out = tmp_path / "folded"
-    assert _cli(["--bundle", str(DEMO), "--out", str(out), "--fold-batchnorm"]) == 0
+    assert _cli(["--bundle", str(unfolded), "--out", str(out), "--fold-batchnorm"]) == 0
     from training.synth.generate import generate_dataset
 
     generate_dataset(tmp_path / "s", images=4, seed=77, size=(256, 256), persons=(2, 4))
     images = sorted((tmp_path / "s" / "images").glob("*"))
     answers = []
-    for bundle in (DEMO, out):
+    for bundle in (unfolded, out):
         with bundle_client(bundle) as c:
             got = []
             for p in images:
@@ -118,6 +163,12 @@ def test_bad_requests_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = tmp_path / "x"
     assert _cli(["--bundle", str(DEMO), "--out", str(out)]) == 2
     assert "nothing to replace" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{")
+    assert (
+        _cli(["--bundle", str(DEMO), "--out", str(out), "--provenance", str(tmp_path / "bad.json")])
+        == 2
+    )
+    assert "rebundle:" in capsys.readouterr().err
     assert _cli(["--bundle", str(DEMO), "--out", str(out), "--oks-nms", "0.5"]) == 2
     assert "--oks-nms needs --detector" in capsys.readouterr().err
     assert _cli(["--bundle", str(tmp_path), "--out", str(out), "--fold-batchnorm"]) == 2
