@@ -13,6 +13,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from models.scio_nets import ScioNet, ScioNetConfig  # noqa: E402
+from tests.training.support import trained_looking_batchnorms  # noqa: E402
 from training.onnx_export import fold_sum_batchnorm  # noqa: E402
 from training.scio_export import export_gamma_checked, export_phi_checked  # noqa: E402
 
@@ -23,15 +24,7 @@ def _trained_looking(seed: int = 0) -> ScioNet:
     """Random weights and BatchNorm statistics far from the identity, so that folding matters."""
     torch.manual_seed(seed)
     net = ScioNet(ScioNetConfig()).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g))
-                m.running_mean.copy_(torch.randn(n, generator=g))
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    trained_looking_batchnorms(net, seed)
     return net
 
 

@@ -29,6 +29,7 @@ def unfolded(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from models.bundle import write_bundle
     from models.scio_nets import ScioNet, ScioNetConfig, export_onnx
+    from tests.training.support import trained_looking_batchnorms
     from training.scio_export import export_phi
 
     src = load_bundle(DEMO)
@@ -37,15 +38,7 @@ def unfolded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }  # type: ignore[index]
     torch.manual_seed(0)
     net = ScioNet(ScioNetConfig(**net_cfg)).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    trained_looking_batchnorms(net, spread=0.1)
     work = tmp_path_factory.mktemp("unfolded")
     hw = src.manifest.pose.heatmap_hw
     export_onnx(net, work / "ctx.onnx", work / "head.onnx", hw)

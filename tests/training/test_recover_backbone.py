@@ -5,6 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tests.training.support import trained_looking_batchnorms  # noqa: E402
 from training.config import PRESETS, merge  # noqa: E402
 from training.onnx_export import export_backbone  # noqa: E402
 from training.recover_backbone import RecoveryError, load_folded_onnx, recover  # noqa: E402
@@ -16,16 +17,7 @@ def _cfg(preset: str):
 
 
 def _trained_looking(model) -> None:
-    """Random weights and BatchNorm statistics far from the identity, so that folding matters."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g))
-                m.running_mean.copy_(torch.randn(n, generator=g))
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    trained_looking_batchnorms(model)
 
 
 @pytest.mark.parametrize("preset", ["cpu-testbed", "cpu-small"])

@@ -41,6 +41,7 @@ def _images(folder: Path, n: int, size: int, seed: int) -> list[Path]:
 def test_a_detector_comes_back_from_its_onnx_export_and_can_train_on(
     offline, tmp_path: Path
 ) -> None:
+    from tests.training.support import trained_looking_batchnorms
     from training.detector import DetectorTrainConfig, export_onnx
     from training.recover_detector import (
         build_model,
@@ -51,15 +52,7 @@ def test_a_detector_comes_back_from_its_onnx_export_and_can_train_on(
 
     torch.manual_seed(0)
     original = build_model("yolo11n.yaml", 1)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # "trained" BatchNorms, far from the identity, so folding matters
-        for m in original.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    trained_looking_batchnorms(original, spread=0.2)  # far from the identity: folding matters
     original.names = {0: "person"}
     pt = tmp_path / "original.pt"
     save_ultralytics_checkpoint(original.eval(), pt, offline.__version__, {"imgsz": 64})
