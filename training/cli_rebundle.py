@@ -46,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fold-batchnorm",
         action="store_true",
-        help="fold the SCIO context stem's BatchNorm into its convolutions (what `export` "
-        "does since stop 34), each graph checked against the source's on random inputs",
+        help="fold the SCIO context stem's BatchNorm into its convolutions (as `export` writes "
+        "the graphs; for bundles exported before it did), each graph checked against the "
+        "source's on random inputs",
     )
     parser.add_argument("--note", default="", help="why, for the provenance record")
     parser.add_argument(
