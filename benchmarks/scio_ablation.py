@@ -322,7 +322,11 @@ def paper_scale_cost(
     from service.runtime import OnnxModel
     from service.scio_onnx import OnnxPredictor, OnnxVerifier
     from training.config import SCIO_PRESETS
-    from training.onnx_export import export_backbone, fold_sum_batchnorm_file
+    from training.onnx_export import (
+        export_backbone,
+        fold_sum_batchnorm_file,
+        gather_features_by_person_file,
+    )
     from training.scio_export import export_phi
     from training.train_scio import net_config
 
@@ -349,6 +353,7 @@ def paper_scale_cost(
             export_onnx(ScioNet(net_cfg).eval(), ctx, head, hw)
             for path in (phi_path, ctx):  # as the bundle's exporter writes them
                 fold_sum_batchnorm_file(path)
+                gather_features_by_person_file(path)
             verifier = OnnxVerifier(OnnxModel.load(ctx, "cpu"), OnnxModel.load(head, "cpu"))
             predictor = OnnxPredictor(OnnxModel.load(phi_path, "cpu"))
             for name, c in (("chosen", cfg), ("searching", search_cfg)):

@@ -238,8 +238,9 @@ class ScioSearchConfig:
 class Verifier(Protocol):
     """Γ split in two. Maps are (M, h, w) float32; `group` indexes the spec's groups."""
 
-    def context(self, hb: F32, hc: F32, f: F32, group: I64) -> Any:
-        """Candidate-independent part for M (person, group) rows."""
+    def context(self, hb: F32, hc: F32, f: F32 | RowFeatures, group: I64) -> Any:
+        """Candidate-independent part for M (person, group) rows (`f`: their feature maps,
+        an array or `RowFeatures`)."""
         ...
 
     def head(self, context: Any, index: I64, hd: F32) -> F32:
@@ -250,7 +251,7 @@ class Verifier(Protocol):
 class Predictor(Protocol):
     """Φ: predicts H_D (M, h, w) from H_A, H_B, H_C and f."""
 
-    def __call__(self, ha: F32, hb: F32, hc: F32, f: F32, group: I64) -> F32: ...
+    def __call__(self, ha: F32, hb: F32, hc: F32, f: F32 | RowFeatures, group: I64) -> F32: ...
 
 
 @dataclass
@@ -391,7 +392,7 @@ def refine(
     # the rows Γ scores (all, or see above); the feature maps are gathered for those and Φ's only
     scored = gamma_rows(config, gidx, diagnostics or all_losses)
     f_rows = np.union1d(scored, phi_rows)
-    f = gather_rows(features, person[f_rows])
+    f = RowFeatures(features, person[f_rows])  # copied per row only where a graph needs it
     f_at = np.full(n_rows, -1, dtype=np.int64)  # row -> its row of f
     f_at[f_rows] = np.arange(len(f_rows))
 
@@ -732,10 +733,42 @@ def gather_rows(x: F32, index: I64) -> F32:
     return out
 
 
+@dataclass(frozen=True)
+class RowFeatures:
+    """The feature maps of (person, group) rows, without a copy per row: `persons` (N, C, h, w)
+    and each row's person `index` (M,). Φ and Γ's context graphs that take a `person_index`
+    input read it as it is (the row gather happens inside them, after the features' 1x1
+    convolution, on a quarter of the channels); for others `rows()` (or `np.asarray`) makes the
+    (M, C, h, w) copy."""
+
+    persons: F32
+    index: I64
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.persons.shape[1:])
+
+    def take(self, rows: I64) -> RowFeatures:
+        return RowFeatures(self.persons, self.index[rows])
+
+    def rows(self) -> F32:
+        """(M, C, h, w): valid until this thread's next `gather_rows` (see there)."""
+        return gather_rows(self.persons, self.index)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> F32:
+        out = self.persons[self.index]  # a fresh copy, safe to keep
+        return out if dtype is None else out.astype(dtype)
+
+
 def _take(x: Any, index: I64) -> Any:
     """x[index], without a copy when index is every row in order (the usual case)."""
     if len(index) == len(x) and np.array_equal(index, np.arange(len(x))):
         return x
+    if isinstance(x, RowFeatures):
+        return x.take(index)
     return x[index]
 
 

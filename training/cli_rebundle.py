@@ -1,6 +1,7 @@
 """`scio-pose rebundle`: a bundle from another one with some of its parts replaced, for when the
 training runs behind a bundle are gone (or need not run again) and one part changes: another
-detector, refitted SCIO search settings, or the SCIO graphs' context-stem BatchNorm folded.
+detector, refitted SCIO search settings, or the SCIO graphs rewritten as `export` now writes them
+(the context stem's BatchNorm folded; the feature maps taken once per person).
 
 Every file not replaced is copied byte for byte (its sha256 re-checked on the way in). The
 provenance keeps the source bundle's record and gains one `commands` entry for this step (the
@@ -50,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the graphs; for bundles exported before it did), each graph checked against the "
         "source's on random inputs",
     )
+    parser.add_argument(
+        "--person-features",
+        action="store_true",
+        help="make Φ and Γ's context take each person's feature map once, with a person_index "
+        "input (the row gather moved inside the graph, after the features' 1x1 convolution), as "
+        "`export` writes them; checked against the source's graphs on random inputs",
+    )
     parser.add_argument("--note", default="", help="why, for the provenance record")
     parser.add_argument(
         "--provenance",
@@ -68,10 +76,16 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if not (args.detector or args.search or args.fold_batchnorm or args.provenance):
+    if not (
+        args.detector
+        or args.search
+        or args.fold_batchnorm
+        or args.person_features
+        or args.provenance
+    ):
         print(
-            "scio-pose rebundle: nothing to replace (--detector, --search, --fold-batchnorm or "
-            "--provenance)",
+            "scio-pose rebundle: nothing to replace (--detector, --search, --fold-batchnorm, "
+            "--person-features or --provenance)",
             file=sys.stderr,
         )
         return 2
@@ -85,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             oks_nms=args.oks_nms,
             search_file=args.search,
             fold_batchnorm=args.fold_batchnorm,
+            person_features=args.person_features,
             note=args.note,
             command=getattr(args, "command_line", ""),
             extra=[json.loads(p.read_text()) for p in args.provenance],
@@ -103,6 +118,7 @@ def rebundle(
     oks_nms: float | None = None,
     search_file: Path | None = None,
     fold_batchnorm: bool = False,
+    person_features: bool = False,
     note: str = "",
     command: str = "",
     extra: list[dict[str, Any]] | None = None,
@@ -139,7 +155,7 @@ def rebundle(
             provenance["detector"] = {k: v for k, v in meta.items() if k != "input_hw"}
             changes.append(f"detector from {detector_dir} (OKS-NMS {info.oks_nms})")
         no_scio = manifest.scio is None or GAMMA_CONTEXT not in manifest.files
-        if (search_file is not None or fold_batchnorm) and no_scio:
+        if (search_file is not None or fold_batchnorm or person_features) and no_scio:
             raise ValueError(f"{bundle_dir} has no SCIO networks")
         if search_file is not None:
             wanted = json.loads(search_file.read_text())
@@ -151,15 +167,18 @@ def rebundle(
             search = ScioSearchConfig.from_dict({**wanted, "score": trained}).to_dict()
             manifest = replace(manifest, scio={**manifest.scio, "search": search})  # type: ignore[dict-item]
             changes.append(f"SCIO search settings from {search_file}")
-        if fold_batchnorm:
+        if fold_batchnorm or person_features:
             for role in (GAMMA_CONTEXT, PHI):
                 if role not in sources:
                     continue
-                folded = Path(tmp) / f"{role}.onnx"
-                n, diff = fold_checked(sources[role], folded)
-                if n:
-                    sources[role] = folded
-                changes.append(f"{role}: {n} BatchNorm folded (relative difference {diff:.1e})")
+                rewritten = Path(tmp) / f"{role}.onnx"
+                done, diff = rewrite_checked(
+                    sources[role], rewritten, fold_batchnorm, person_features
+                )
+                if done:
+                    sources[role] = rewritten
+                changes.append(f"{role}: {', '.join(done) or 'nothing to rewrite'} "
+                               f"(relative difference {diff:.1e})")  # fmt: skip
         for e in extra or []:
             provenance.update(e)
             changes.append(f"provenance: {', '.join(sorted(e))} replaced")
@@ -177,24 +196,42 @@ def rebundle(
     return changes
 
 
-def fold_checked(src: Path, dst: Path, rows: int = 4, seed: int = 0) -> tuple[int, float]:
-    """`fold_sum_batchnorm` of `src` into `dst`; both run on the same random inputs (dynamic
-    axes `rows` long, integer inputs small non-negative), and the largest difference relative to
-    each output's scale must stay within the export's parity tolerance. Returns (folded,
-    relative difference)."""
+def rewrite_checked(
+    src: Path,
+    dst: Path,
+    fold_batchnorm: bool,
+    person_features: bool,
+    rows: int = 5,
+    seed: int = 0,
+) -> tuple[list[str], float]:
+    """The graph passes of `export` on `src` into `dst`; both graphs run on the same random
+    inputs (rows of fewer persons; integer inputs small and non-negative), and the largest
+    difference relative to each output's scale must stay within the export's parity tolerance.
+    Returns (what was done, relative difference)."""
     import numpy as np
     import onnx
     import onnxruntime as ort
 
-    from training.onnx_export import PARITY_RTOL, ParityError, fold_sum_batchnorm
+    from training.onnx_export import (
+        PARITY_RTOL,
+        PERSON_INDEX,
+        ParityError,
+        fold_sum_batchnorm,
+        gather_features_by_person,
+    )
 
     model = onnx.load(str(src))
-    n = fold_sum_batchnorm(model)
+    done = []
+    if fold_batchnorm and (n := fold_sum_batchnorm(model)):
+        done.append(f"{n} BatchNorm folded")
+    if person_features and gather_features_by_person(model):
+        done.append("features per person")
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
     before = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
     after = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
+    person = np.sort(rng.integers(0, rows - 1, rows)).astype(np.int64)
     feed: dict[str, Any] = {}
     for i in before.get_inputs():
         shape = [d if isinstance(d, int) else rows for d in i.shape]
@@ -202,13 +239,22 @@ def fold_checked(src: Path, dst: Path, rows: int = 4, seed: int = 0) -> tuple[in
             feed[i.name] = rng.integers(0, 2, shape).astype(np.int64)
         else:
             feed[i.name] = rng.standard_normal(shape).astype(np.float32)
+    names_after = {i.name for i in after.get_inputs()}
+    feed_after = dict(feed)
+    if PERSON_INDEX in names_after and PERSON_INDEX not in feed:
+        # the same rows, from per-person maps: row r reads person[r]'s map
+        persons = rng.standard_normal((rows - 1, *feed["features"].shape[1:])).astype(np.float32)
+        feed["features"] = persons[person]
+        feed_after["features"], feed_after[PERSON_INDEX] = persons, person
     worst = 0.0
-    for a, b in zip(before.run(None, feed), after.run(None, feed), strict=True):
+    for a, b in zip(before.run(None, feed), after.run(None, feed_after), strict=True):
         scale = float(np.abs(a).max()) or 1.0
         worst = max(worst, float(np.abs(a - b).max()) / scale)
     if worst > PARITY_RTOL:
-        raise ParityError(f"{src.name}: folding changed its outputs by {worst:.2e} of their scale")
-    return n, worst
+        raise ParityError(
+            f"{src.name}: the rewrite changed its outputs by {worst:.2e} of their scale"
+        )
+    return done, worst
 
 
 def _read_json(path: Path) -> dict[str, Any]:

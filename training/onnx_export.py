@@ -199,16 +199,61 @@ def fold_sum_batchnorm(model: onnx.ModelProto) -> int:
     return folded
 
 
+PERSON_INDEX = "person_index"  # Φ / Γ-context input: each row's person (models.scio_search)
+
+
+def gather_features_by_person(model: onnx.ModelProto) -> bool:
+    """Make a Φ or Γ-context graph take each person's feature map once: `features` becomes
+    (P, C, h, w), a new input `person_index` (M,) gives each row's person, and the rows are
+    gathered inside the graph right after the one convolution that reads `features` (the context
+    stem's 1x1, on a quarter of the channels) instead of by the caller before it. Returns False
+    (and changes nothing) when the graph already has the input or another node reads
+    `features`. In place."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    if any(i.name == PERSON_INDEX for i in graph.input):
+        return False
+    readers = [n for n in graph.node if "features" in n.input]
+    if len(readers) != 1 or readers[0].op_type != "Conv":
+        return False
+    conv = readers[0]
+    rows = conv.output[0]
+    conv.output[0] = f"{rows}_per_person"
+    gather = helper.make_node(
+        "Gather", [conv.output[0], PERSON_INDEX], [rows], axis=0, name="rows_of_persons"
+    )
+    graph.node.insert(list(graph.node).index(conv) + 1, gather)
+    graph.input.append(helper.make_tensor_value_info(PERSON_INDEX, TensorProto.INT64, ["M"]))
+    for i in graph.input:
+        if i.name == "features":
+            i.type.tensor_type.shape.dim[0].dim_param = "P"
+    onnx.checker.check_model(model)
+    return True
+
+
+def gather_features_by_person_file(path: str | Path) -> bool:
+    """`gather_features_by_person` on an ONNX file, rewritten in place (atomically) if changed."""
+    model = onnx.load(str(path))
+    changed = gather_features_by_person(model)
+    if changed:
+        _save_atomically(model, Path(path))
+    return changed
+
+
+def _save_atomically(model: onnx.ModelProto, path: Path) -> None:
+    onnx.checker.check_model(model)
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+
+
 def fold_sum_batchnorm_file(path: str | Path) -> int:
     """`fold_sum_batchnorm` on an ONNX file, rewritten in place (atomically) when it changes."""
-    path = Path(path)
     model = onnx.load(str(path))
     n = fold_sum_batchnorm(model)
     if n:
-        onnx.checker.check_model(model)
-        tmp = path.with_name(f".{path.name}.tmp")
-        onnx.save(model, str(tmp))
-        tmp.replace(path)
+        _save_atomically(model, Path(path))
     return n
 
 

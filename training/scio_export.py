@@ -1,7 +1,9 @@
 """ONNX export of the SCIO networks, each checked against torch (max abs diff <= 1e-4).
 The context stem's BatchNorm, which follows a sum of two convolutions, is folded into them in the
 written graph (`training.onnx_export.fold_sum_batchnorm`; ONNX Runtime does not fold through the
-sum); the parity check runs on the folded graph.
+sum); and Φ and Γ's context take each person's feature map once, with a `person_index` input
+naming each row's person, the rows gathered inside the graph after the features' 1x1 convolution
+(`training.onnx_export.gather_features_by_person`). The parity checks run on the rewritten graphs.
 
 Γ: two graphs (context once per person and group; head once per candidate), written by
 `models.scio_nets.export_onnx`. Φ: one graph, h1, h2, h3, features, group -> heatmap.
@@ -18,7 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from models.scio_nets import ScioNet, context_names, export_onnx
-from training.onnx_export import OPSET, check_parity, fold_sum_batchnorm_file, worst_abs
+from training.onnx_export import (
+    OPSET,
+    PERSON_INDEX,
+    check_parity,
+    fold_sum_batchnorm_file,
+    gather_features_by_person_file,
+    worst_abs,
+)
 
 
 class PhiGraph(nn.Module):
@@ -61,16 +70,20 @@ def export_phi(net: ScioNet, path: Path, heatmap_hw: tuple[int, int]) -> Path:
 def _random_inputs(
     net: ScioNet, rows: int, hw: tuple[int, int], seed: int
 ) -> dict[str, np.ndarray]:
+    """Random inputs for `rows` (person, group) rows of fewer persons: `features` per person,
+    `person_index` each row's person (the graphs' layout, `gather_features_by_person`)."""
     rng = np.random.default_rng(seed)
     h, w = hw
+    persons = max(rows - 1, 1)
     return {
         "h1": rng.random((rows, 1, h, w), dtype=np.float32),
         "h2": rng.random((rows, 1, h, w), dtype=np.float32),
         "h3": rng.random((rows, 1, h, w), dtype=np.float32),
-        "features": rng.standard_normal((rows, net.config.feature_channels, h, w)).astype(
+        "features": rng.standard_normal((persons, net.config.feature_channels, h, w)).astype(
             np.float32
         ),
         "group": rng.integers(0, len(net.config.groups), rows).astype(np.int64),
+        PERSON_INDEX: np.sort(rng.integers(0, persons, rows)).astype(np.int64),
     }
 
 
@@ -81,17 +94,22 @@ def export_gamma_checked(
     gamma = gamma.eval()
     ctx_path, head_path = out_dir / "scio_gamma_context.onnx", out_dir / "scio_gamma_head.onnx"
     export_onnx(gamma, ctx_path, head_path, heatmap_hw)
-    fold_sum_batchnorm_file(ctx_path)  # the context stem's BatchNorm; checked against torch below
+    # the context stem's BatchNorm folded, and the rows gathered after the features' 1x1 conv
+    # (module doc); both checked against torch below
+    fold_sum_batchnorm_file(ctx_path)
+    gather_features_by_person_file(ctx_path)
     x = _random_inputs(gamma, 4, heatmap_hw, seed)
-    ctx_in = {k: x[k] for k in ("h1", "h2", "features", "group")}
+    ctx_in = {k: x[k] for k in ("h1", "h2", "features", "group", PERSON_INDEX)}
 
-    def context_fn(h1: Tensor, h2: Tensor, f: Tensor, group: Tensor) -> Sequence[Tensor]:
-        return gamma.context(h1, h2, f, group)
+    def context_fn(
+        h1: Tensor, h2: Tensor, f: Tensor, group: Tensor, person: Tensor
+    ) -> Sequence[Tensor]:
+        return gamma.context(h1, h2, f[person], group)
 
     d1 = check_parity(context_fn, ctx_path, ctx_in, what="scio_gamma_context")
     with torch.no_grad():
-        ctx = gamma.context(
-            *(torch.from_numpy(ctx_in[k]) for k in ("h1", "h2", "features", "group"))
+        ctx = context_fn(
+            *(torch.from_numpy(ctx_in[k]) for k in ("h1", "h2", "features", "group", PERSON_INDEX))
         )
     rng = np.random.default_rng(seed + 1)
     m = 9
@@ -114,9 +132,12 @@ def export_phi_checked(
 ) -> tuple[Path, float]:
     path = export_phi(phi, out_dir / "scio_phi.onnx", heatmap_hw)
     fold_sum_batchnorm_file(path)  # as Γ's context (checked against torch below)
+    gather_features_by_person_file(path)
     x = _random_inputs(phi, 4, heatmap_hw, seed)
 
-    def fn(h1: Tensor, h2: Tensor, h3: Tensor, f: Tensor, group: Tensor) -> Sequence[Tensor]:
-        return (phi(h1, h2, h3, f, group),)
+    def fn(
+        h1: Tensor, h2: Tensor, h3: Tensor, f: Tensor, group: Tensor, person: Tensor
+    ) -> Sequence[Tensor]:
+        return (phi(h1, h2, h3, f[person], group),)
 
     return path, worst_abs(check_parity(fn, path, x, what="scio_phi"))

@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from models.scio_nets import ScioNet, ScioNetConfig  # noqa: E402
 from tests.training.support import trained_looking_batchnorms  # noqa: E402
-from training.onnx_export import fold_sum_batchnorm  # noqa: E402
+from training.onnx_export import fold_sum_batchnorm, gather_features_by_person  # noqa: E402
 from training.scio_export import export_gamma_checked, export_phi_checked  # noqa: E402
 
 HW = (32, 24)
@@ -82,3 +82,26 @@ def test_fold_keeps_the_function_and_leaves_what_it_cannot_fold(tmp_path: Path) 
     add = next(n for n in model.graph.node if n.op_type == "Add")
     model.graph.output.append(onnx.helper.make_tensor_value_info(add.output[0], 1, None))
     assert fold_sum_batchnorm(model) == 0
+
+
+def test_features_per_person_give_the_rows_they_name(tmp_path: Path) -> None:
+    """`gather_features_by_person`: the graph fed P persons' maps and each row's person gives
+    what the original gives fed the rows' maps."""
+    from training.scio_export import export_phi
+
+    net = _trained_looking(seed=2)
+    path = export_phi(net, tmp_path / "phi.onnx", HW)
+    model = onnx.load(str(path))
+    before = ort.InferenceSession(model.SerializeToString())
+    assert gather_features_by_person(model) is True
+    assert gather_features_by_person(model) is False  # already rewritten
+    after = ort.InferenceSession(model.SerializeToString())
+    assert [i.name for i in after.get_inputs()][-1] == "person_index"
+    rng = np.random.default_rng(1)
+    persons = rng.standard_normal((3, 32, *HW)).astype(np.float32)
+    person = np.array([0, 0, 2, 1, 2, 2], dtype=np.int64)
+    feed = {k: rng.random((6, 1, *HW), dtype=np.float32) for k in ("h1", "h2", "h3")}
+    feed["group"] = np.array([0, 1, 2, 3, 4, 5], dtype=np.int64)
+    (want,) = before.run(None, {**feed, "features": persons[person]})
+    (got,) = after.run(None, {**feed, "features": persons, "person_index": person})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))

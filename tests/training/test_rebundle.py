@@ -115,12 +115,19 @@ def test_rebundle_replaces_what_it_is_given_and_copies_the_rest(
     assert len(new.provenance["commands"]) == len(src.provenance["commands"]) + 1
 
 
-def test_folded_graphs_answer_as_before(unfolded: Path, tmp_path: Path) -> None:
-    """The whole SCIO refinement on the folded graphs equals the source bundle's."""
+def test_rewritten_graphs_answer_as_before(unfolded: Path, tmp_path: Path) -> None:
+    """The whole SCIO refinement on the rewritten graphs (folded stem, features per person)
+    equals the source bundle's."""
     from tests.service.support import bundle_client
 
     out = tmp_path / "folded"
-    assert _cli(["--bundle", str(unfolded), "--out", str(out), "--fold-batchnorm"]) == 0
+    args = ["--bundle", str(unfolded), "--out", str(out), "--fold-batchnorm", "--person-features"]
+    assert _cli(args) == 0
+    import onnx
+
+    for role in (GAMMA_CONTEXT, PHI):  # the service feeds these per person, the source per row
+        path = out / load_bundle(out).manifest.files[role].path
+        assert "person_index" in [i.name for i in onnx.load(str(path)).graph.input]
     from training.synth.generate import generate_dataset
 
     generate_dataset(tmp_path / "s", images=4, seed=77, size=(256, 256), persons=(2, 4))
