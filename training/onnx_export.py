@@ -234,27 +234,26 @@ def gather_features_by_person(model: onnx.ModelProto) -> bool:
 
 def gather_features_by_person_file(path: str | Path) -> bool:
     """`gather_features_by_person` on an ONNX file, rewritten in place (atomically) if changed."""
-    model = onnx.load(str(path))
-    changed = gather_features_by_person(model)
-    if changed:
-        _save_atomically(model, Path(path))
-    return changed
-
-
-def _save_atomically(model: onnx.ModelProto, path: Path) -> None:
-    onnx.checker.check_model(model)
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(path)
+    return bool(_rewrite_file(path, gather_features_by_person))
 
 
 def fold_sum_batchnorm_file(path: str | Path) -> int:
     """`fold_sum_batchnorm` on an ONNX file, rewritten in place (atomically) when it changes."""
+    return int(_rewrite_file(path, fold_sum_batchnorm))
+
+
+def _rewrite_file(path: str | Path, graph_pass: Callable[[onnx.ModelProto], int]) -> int:
+    """Run `graph_pass` over the file's model; write it back atomically if the pass changed it
+    (a true result). Returns the pass's result."""
+    path = Path(path)
     model = onnx.load(str(path))
-    n = fold_sum_batchnorm(model)
-    if n:
-        _save_atomically(model, Path(path))
-    return n
+    result = graph_pass(model)
+    if result:
+        onnx.checker.check_model(model)
+        tmp = path.with_name(f".{path.name}.tmp")
+        onnx.save(model, str(tmp))
+        tmp.replace(path)
+    return result
 
 
 def count_parameters(model: nn.Module) -> int:
