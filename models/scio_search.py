@@ -747,10 +747,6 @@ class RowFeatures:
     def __len__(self) -> int:
         return len(self.index)
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.index), *self.persons.shape[1:])
-
     def take(self, rows: I64) -> RowFeatures:
         return RowFeatures(self.persons, self.index[rows])
 

@@ -12,7 +12,10 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.bundle import DetectorInfo
 
 HELP = "export trained models into a bundle (ONNX, parity-checked, with provenance)"
 log = logging.getLogger(__name__)
@@ -95,7 +98,6 @@ def export_bundle(
     import tempfile
     from dataclasses import replace
 
-    from models.bundle import DetectorInfo
     from models.checkpoint import load_scio_net
     from models.keypoints import KeypointSpec, get_spec
     from models.scio_search import ScioSearchConfig
@@ -153,12 +155,9 @@ def export_bundle(
             }
         det_onnx, det_info = None, None
         if detector_dir is not None:
-            det_onnx = detector_dir / "detector.onnx"
-            meta = _read_json(detector_dir / "detector.json")
-            det_info = DetectorInfo.from_dict(meta)
+            det_onnx, det_info, provenance["detector"] = read_detector_run(detector_dir)
             if oks_nms is not None:
                 det_info = replace(det_info, oks_nms=oks_nms)
-            provenance["detector"] = {k: v for k, v in meta.items() if k != "input_hw"}
         for e in extra or []:
             provenance.update(e)
         return build_bundle(
@@ -178,6 +177,22 @@ def export_bundle(
                 provenance=provenance,
             ),
         )
+
+
+def read_detector_run(detector_dir: Path) -> tuple[Path, DetectorInfo, dict[str, Any]]:
+    """A `train detector` output folder: its detector.onnx, the bundle's `DetectorInfo` from
+    detector.json, and that file as the bundle's provenance records it."""
+    from models.bundle import DetectorInfo
+
+    meta = _read_json(detector_dir / "detector.json")
+    onnx_path = detector_dir / "detector.onnx"
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"{onnx_path} is missing")
+    return (
+        onnx_path,
+        DetectorInfo.from_dict(meta),
+        {k: v for k, v in meta.items() if k != "input_hw"},
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -127,9 +127,10 @@ def rebundle(
     import tempfile
     from dataclasses import replace
 
-    from models.bundle import DETECTOR, GAMMA_CONTEXT, PHI, DetectorInfo, load_bundle, write_bundle
+    from models.bundle import DETECTOR, GAMMA_CONTEXT, PHI, load_bundle, write_bundle
     from models.scio_search import ScioSearchConfig
     from training.bundle_export import git_commit
+    from training.cli_export import read_detector_run
 
     source = load_bundle(bundle_dir)  # checks every file's sha256
     manifest = source.manifest
@@ -138,11 +139,7 @@ def rebundle(
     changes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="scio-rebundle-") as tmp:
         if detector_dir is not None:
-            meta = _read_json(detector_dir / "detector.json")
-            onnx_path = detector_dir / "detector.onnx"
-            if not onnx_path.is_file():
-                raise FileNotFoundError(f"{onnx_path} is missing")
-            info = DetectorInfo.from_dict(meta)
+            onnx_path, info, provenance["detector"] = read_detector_run(detector_dir)
             keep = (
                 oks_nms
                 if oks_nms is not None
@@ -152,7 +149,6 @@ def rebundle(
                 info = replace(info, oks_nms=keep)
             manifest = replace(manifest, detector=info)
             sources[DETECTOR] = onnx_path
-            provenance["detector"] = {k: v for k, v in meta.items() if k != "input_hw"}
             changes.append(f"detector from {detector_dir} (OKS-NMS {info.oks_nms})")
         no_scio = manifest.scio is None or GAMMA_CONTEXT not in manifest.files
         if (search_file is not None or fold_batchnorm or person_features) and no_scio:
@@ -255,10 +251,3 @@ def rewrite_checked(
             f"{src.name}: the rewrite changed its outputs by {worst:.2e} of their scale"
         )
     return done, worst
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing")
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data

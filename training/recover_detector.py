@@ -47,12 +47,12 @@ class DetectorRecoveryError(ValueError):
     """The ONNX file does not fit the model yaml."""
 
 
-def onnx_weights(onnx_path: Path) -> dict[str, npt.NDArray[np.float32]]:
+def onnx_weights(model: onnx.ModelProto) -> dict[str, npt.NDArray[np.float32]]:
     """The file's weights under the model's parameter names: the named initializers (without
     the exporter's extra `model.` prefix), and each convolution's weight and bias under the
     module its node name gives, because the exporter shares equal initializers between layers
     (untrained head biases) under one of their names."""
-    graph = onnx.load(str(onnx_path)).graph
+    graph = model.graph
     inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in graph.initializer}
     out = {}
     for name, value in inits.items():
@@ -84,24 +84,19 @@ def _module_of(node_name: str) -> str:
 
 
 def load_images(paths: list[Path], imgsz: int) -> torch.Tensor:
-    """Images as the detector sees them in training: RGB in [0, 1], letterboxed to a square of
-    `imgsz` (grey 114 padding, centred), NCHW float32."""
+    """Images as the detector sees them: RGB in [0, 1], letterboxed to a square of `imgsz` by
+    the service's own letterbox (ultralytics'), NCHW float32."""
     import cv2
+
+    from service.detector import letterbox
 
     batch = []
     for p in paths:
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
             raise DetectorRecoveryError(f"cannot read image {p}")
-        h, w = img.shape[:2]
-        r = imgsz / max(h, w)
-        nh, nw = round(h * r), round(w * r)
-        if (nh, nw) != (h, w):
-            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        canvas = np.full((imgsz, imgsz, 3), 114, np.uint8)
-        top, left = (imgsz - nh) // 2, (imgsz - nw) // 2
-        canvas[top : top + nh, left : left + nw] = img
-        batch.append(canvas[:, :, ::-1].transpose(2, 0, 1))
+        padded, _, _ = letterbox(np.ascontiguousarray(img[:, :, ::-1]), (imgsz, imgsz))
+        batch.append(padded.transpose(2, 0, 1))
     return torch.from_numpy(np.ascontiguousarray(np.stack(batch))).float() / 255.0
 
 
@@ -191,11 +186,11 @@ def load_calibrated(
     return {"conv_blocks": len(blocks), "tensors": len(done)}
 
 
-def raw_outputs(onnx_path: Path, images: torch.Tensor) -> npt.NDArray[np.float32]:
-    """The file's pre-NMS head output (boxes and class scores for every anchor) per image."""
+def raw_outputs(model: onnx.ModelProto, images: torch.Tensor) -> npt.NDArray[np.float32]:
+    """The file's pre-NMS head output (boxes and class scores for every anchor) per image
+    (`model` gains that output)."""
     import onnxruntime as ort
 
-    model = onnx.load(str(onnx_path))
     graph = model.graph
     # the Detect head's concatenated output feeds the NMS part of the graph
     target = None
@@ -224,16 +219,15 @@ def recover(
     from training.detector import ultralytics_offline
 
     ul = ultralytics_offline(config_dir or out.parent / ".ultralytics")
-    meta = {
-        p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props
-    }
+    exported = onnx.load(str(onnx_path))
+    meta = {p.key: p.value for p in exported.metadata_props}
     names = {
         int(k): str(v) for k, v in ast.literal_eval(meta.get("names", "{0: 'person'}")).items()
     }
     size = imgsz or json.loads(meta.get("imgsz", "[256, 256]"))[0]
     images = load_images(image_paths, size)
     model = build_model(yaml, len(names))
-    counts = load_calibrated(model, onnx_weights(onnx_path), images)
+    counts = load_calibrated(model, onnx_weights(exported), images)
     setattr(model, "names", names)  # noqa: B010 (ultralytics reads it; not a torch attribute)
     with torch.no_grad():
         mine = model.eval()(images)
@@ -241,7 +235,7 @@ def recover(
     # the export with NMS inside writes corners (x1, y1, x2, y2); the model centre and size
     cxy, wh = mine[:, 0:2].copy(), mine[:, 2:4].copy()
     mine[:, 0:2], mine[:, 2:4] = cxy - wh / 2, cxy + wh / 2
-    theirs = raw_outputs(onnx_path, images)
+    theirs = raw_outputs(exported, images)
     if mine.shape != theirs.shape:
         raise DetectorRecoveryError(f"head output {mine.shape} here, {theirs.shape} in the file")
     diff = float(np.abs(mine - theirs).max())
