@@ -60,6 +60,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--note", default="", help="why, for the provenance record")
     parser.add_argument(
+        "--evaluation",
+        type=Path,
+        nargs="+",
+        help="`scio-pose evaluate --out` result files of the new bundle: they replace the "
+        "provenance's evaluation results (as the build records them), with --evaluation-data "
+        "naming the split",
+    )
+    parser.add_argument(
+        "--evaluation-data", default="", help="with --evaluation: how the split was made"
+    )
+    parser.add_argument(
         "--provenance",
         type=Path,
         action="append",
@@ -82,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         or args.fold_batchnorm
         or args.person_features
         or args.provenance
+        or args.evaluation
     ):
         print(
             "scio-pose rebundle: nothing to replace (--detector, --search, --fold-batchnorm, "
@@ -102,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
             person_features=args.person_features,
             note=args.note,
             command=getattr(args, "command_line", ""),
-            extra=[json.loads(p.read_text()) for p in args.provenance],
+            extra=[json.loads(p.read_text()) for p in args.provenance]
+            + ([_evaluation(args.evaluation, args.evaluation_data)] if args.evaluation else []),
         )
     except (BundleError, OSError, ValueError) as e:  # JSONDecodeError is a ValueError
         print(f"scio-pose rebundle: {e}", file=sys.stderr)
@@ -251,3 +264,9 @@ def rewrite_checked(
             f"{src.name}: the rewrite changed its outputs by {worst:.2e} of their scale"
         )
     return done, worst
+
+
+def _evaluation(files: list[Path], data: str) -> dict[str, Any]:
+    from training.evaluate import provenance_evaluation
+
+    return {"evaluation": {"data": data, "results": provenance_evaluation(files)}}

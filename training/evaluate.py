@@ -183,6 +183,23 @@ def evaluate_variants(
     return out
 
 
+def provenance_evaluation(result_files: list[Path]) -> dict[str, Any]:
+    """`scio-pose evaluate --out` result files as a bundle's provenance records them (the build
+    script's `evaluation.results`, and `scio-pose rebundle --evaluation`): per "boxes=B
+    refine=R", the COCO stats, the distal keypoints' accuracy and SCIO's counts."""
+    out: dict[str, Any] = {}
+    for p in result_files:
+        r = json.loads(Path(p).read_text())
+        out[f"boxes={r['boxes']} refine={r['refine']}"] = {
+            "stats": r["stats"],
+            "distal_keypoint_accuracy": {
+                k: r["keypoint_accuracy"][k] for k in r["distal_keypoints"]
+            },
+            "scio": r["scio"],
+        }
+    return out
+
+
 def _load(images_dir: Path, im: ImageRecord) -> npt.NDArray[np.uint8]:
     with Image.open(images_dir / im.file_name) as img:
         return np.asarray(img.convert("RGB"))

@@ -176,3 +176,30 @@ def test_bad_requests_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert _cli(["--bundle", str(DEMO), "--out", str(out), "--detector", str(tmp_path)]) == 2
     assert "detector.json is missing" in capsys.readouterr().err
     assert not out.exists()  # nothing half-written
+
+
+def test_evaluation_results_replace_the_provenance_s(unfolded: Path, tmp_path: Path) -> None:
+    """--evaluation: `scio-pose evaluate --out` files recorded as the build records them."""
+    files = []
+    for boxes, refine in (("gt", "none"), ("detector", "sco")):
+        r = {
+            "boxes": boxes,
+            "refine": refine,
+            "stats": {"AP": 0.4},
+            "keypoint_accuracy": {"left_wrist": 0.5, "nose": 0.9},
+            "distal_keypoints": ["left_wrist"],
+            "scio": None if refine == "none" else {"accepted": 3},
+        }
+        files.append(tmp_path / f"{boxes}-{refine}.json")
+        files[-1].write_text(json.dumps(r))
+    out = tmp_path / "b"
+    args = ["--bundle", str(unfolded), "--out", str(out), "--evaluation", *map(str, files)]
+    assert _cli([*args, "--evaluation-data", "seed 3001"]) == 0
+    ev = load_bundle(out).manifest.provenance["evaluation"]
+    assert ev["data"] == "seed 3001"
+    assert ev["results"]["boxes=detector refine=sco"] == {
+        "stats": {"AP": 0.4},
+        "distal_keypoint_accuracy": {"left_wrist": 0.5},
+        "scio": {"accepted": 3},
+    }
+    assert set(ev["results"]) == {"boxes=gt refine=none", "boxes=detector refine=sco"}
