@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "Train Φ (predicts the distal keypoint D of each group) and Γ (verifies by "
             "predicting A back from B, C, D) on the frozen backbone's heatmaps and features, "
             "alternating as in the paper, with Γ trained to be sensitive to D. Data: the "
-            "backbone run's own training data. Reports Γ's sensitivity on the validation split."
+            "backbone run's own training data, or --data (images the backbone never saw). "
+            "Reports Γ's sensitivity on the backbone run's validation split."
         ),
     )
     s.add_argument(
@@ -84,6 +85,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--groups",
         choices=["design", "proximal"],
         help="group assignment: DESIGN.md's (A next to D) or proximal (A = the torso joint)",
+    )
+    s.add_argument(
+        "--data",
+        type=Path,
+        help="train on this folder (person_keypoints.json and images/, e.g. from `scio-pose "
+        "synth`) instead of the backbone's own training images, so that Φ and Γ see the "
+        "backbone's errors on images it never saw, as at inference",
+    )
+    s.add_argument(
+        "--flip-test",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cache the backbone's heatmaps flip-fused, as a bundle with the flip test serves "
+        "them (preset's choice by default)",
     )
     s.add_argument(
         "--seed",
@@ -245,6 +260,10 @@ def _scio(args: argparse.Namespace) -> int:
         cfg = replace(cfg, groups=args.groups)
     if args.seed is not None:
         cfg = replace(cfg, seed=args.seed)
+    if args.data is not None:
+        cfg = replace(cfg, data=str(args.data))
+    if args.flip_test is not None:
+        cfg = replace(cfg, flip_test=args.flip_test)
     if args.set:
         cfg = merge(cfg, _overrides(args.set))
     train_scio(args.backbone, args.out, cfg, resume=args.resume)

@@ -233,6 +233,13 @@ class ScioTrainConfig:
     # "normalized" (both maps scaled to unit norm, so Γ cannot win on amplitude alone).
     score: str = "l2"
     max_train_persons: int = 0  # cap on cached training persons (memory); 0: all
+    # Where Φ and Γ train: "" is the backbone run's own training data; a folder with
+    # person_keypoints.json and images/ (e.g. `scio-pose synth`'s output) gives them images the
+    # backbone never saw, whose errors look like those at inference (the backbone fits its own
+    # training images better than new ones).
+    data: str = ""
+    # Cache the backbone's heatmaps flip-fused, as a bundle with the flip test serves them.
+    flip_test: bool = False
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     groups: str = "design"  # "design": DESIGN.md's table; "proximal": A = the torso joint

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
@@ -70,8 +71,15 @@ def collect_outputs(
     batch_size: int,
     limit: int | None = None,
     desc: str = "backbone outputs",
+    flip_index: npt.NDArray[np.intp] | None = None,
+    flip_shift: bool = True,
 ) -> BackboneOutputs:
+    """The backbone's heatmaps and features for the dataset's persons. With `flip_index`, the
+    heatmaps are flip-fused as the service's flip test fuses them (the mirrored crop's heatmaps
+    flipped back, left/right swapped, shifted one pixel with `flip_shift`, averaged); the features
+    stay the unmirrored crop's, as the service passes them to Φ and Γ."""
     backbone.eval()
+    swap = None if flip_index is None else torch.as_tensor(flip_index, dtype=torch.long)
     h, w = dataset.codec.heatmap_hw
     stride = torch.as_tensor(dataset.codec.stride_xy, dtype=torch.float32)
     # Written into preallocated tensors: concatenating a list of batches would hold the cache
@@ -84,6 +92,11 @@ def collect_outputs(
         loader = DataLoader(dataset, batch_size=batch_size, sampler=SequentialSampler(dataset))
         for batch in progress(loader, desc=f"{desc} (pass {p + 1}/{passes})"):
             heat, f = backbone(batch["image"])
+            if swap is not None:
+                back = backbone(batch["image"].flip(-1))[0][:, swap].flip(-1)
+                if flip_shift:
+                    back[..., 1:] = back[..., :-1].clone()
+                heat = 0.5 * (heat + back)
             j = batch["joints"] / stride  # input pixels -> heatmap pixels
             inside = (
                 (j[..., 0] >= 0) & (j[..., 0] <= w - 1) & (j[..., 1] >= 0) & (j[..., 1] <= h - 1)
@@ -418,9 +431,25 @@ def net_config(
     return net if groups is None else replace(net, groups=groups)
 
 
+def scio_data(folder: str | Path) -> tuple[Path, Path]:
+    """The annotation file and image folder of a COCO-format folder (`scio-pose synth`'s layout:
+    person_keypoints.json beside images/) that Φ and Γ train on instead of the backbone's own
+    training data."""
+    root = Path(folder)
+    ann, images = root / "person_keypoints.json", root / "images"
+    for p in (ann, images):
+        if not p.exists():
+            raise FileNotFoundError(
+                f"{p} does not exist: the SCIO training data must be a folder with "
+                "person_keypoints.json and images/ (e.g. from `scio-pose synth`)"
+            )
+    return ann, images
+
+
 def train_scio(
     backbone_ckpt: str | Path, out_dir: str | Path, cfg: ScioTrainConfig, resume: bool = False
 ) -> dict[str, Any]:
+    fresh = scio_data(cfg.data) if cfg.data else None  # checked before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -429,10 +458,12 @@ def train_scio(
     codec = codec_for(replace(bcfg, unbiased_targets=True))
     sigma = codec.sigma
     paths = resolve_data(bcfg.data, Path(backbone_ckpt).resolve().parent / "data")
+    train_ann, train_images = fresh or (paths.train_ann, paths.train_images)
     norm = normalization_of(backbone)
     train_ds = TopDownDataset(
-        CocoKeypoints(paths.train_ann, spec), paths.train_images, codec, norm, cfg.augment, cfg.seed
+        CocoKeypoints(train_ann, spec), train_images, codec, norm, cfg.augment, cfg.seed
     )
+    flip = spec.flip_index if cfg.flip_test else None
     train = collect_outputs(
         backbone,
         train_ds,
@@ -440,12 +471,19 @@ def train_scio(
         64,
         limit=cfg.max_train_persons or None,
         desc="train backbone outputs",
+        flip_index=flip,
     )
     val = None
     if paths.val_ann is not None and paths.val_images is not None:
         val_ds = TopDownDataset(CocoKeypoints(paths.val_ann, spec), paths.val_images, codec, norm)
         val = collect_outputs(
-            backbone, val_ds, 1, 64, limit=cfg.val_persons, desc="val backbone outputs"
+            backbone,
+            val_ds,
+            1,
+            64,
+            limit=cfg.val_persons,
+            desc="val backbone outputs",
+            flip_index=flip,
         )
     net_cfg = net_config(cfg, backbone.feature_channels, tuple(g.name for g in spec.groups))
     phi = ScioNet(replace(net_cfg, feature_dropout=cfg.phi_feature_dropout))

@@ -93,6 +93,60 @@ def test_scio_training_resumes(runs, tmp_path: Path) -> None:
     assert [h["epoch"] for h in report["history"]] == [2]
 
 
+def test_cached_heatmaps_are_flip_fused_as_the_service_fuses_them(runs) -> None:
+    from models.codec import fuse_flip
+    from models.keypoints import COCO17
+    from training.data.coco import CocoKeypoints
+    from training.data.topdown import TopDownDataset
+    from training.train_backbone import codec_for, normalization_of
+    from training.train_scio import collect_outputs, load_backbone
+
+    backbone, bcfg = load_backbone(runs["backbone"])
+    codec = codec_for(bcfg)
+    ds = TopDownDataset(
+        CocoKeypoints(MINI / "person_keypoints.json", COCO17),
+        MINI / "images",
+        codec,
+        normalization_of(backbone),
+    )
+    plain = collect_outputs(backbone, ds, 1, 8, limit=6)
+    fused = collect_outputs(backbone, ds, 1, 8, limit=6, flip_index=COCO17.flip_index)
+    x = torch.stack([ds[i]["image"] for i in range(6)])
+    with torch.no_grad():
+        heat = backbone(x)[0]
+        mirrored = backbone(x.flip(-1))[0]
+    want = fuse_flip(heat.numpy(), mirrored.numpy(), COCO17.flip_index)
+    scale = float(np.abs(want).max())
+    assert np.abs(fused.heatmaps.float().numpy() - want).max() <= 2e-3 * scale
+    assert np.abs(plain.heatmaps.float().numpy() - want).max() > 1e-2 * scale
+    # the features stay the unmirrored crop's, as the service passes them to Φ and Γ
+    np.testing.assert_array_equal(fused.features.numpy(), plain.features.numpy())
+    np.testing.assert_array_equal(fused.joints.numpy(), plain.joints.numpy())
+
+
+def test_scio_trains_on_a_folder_the_backbone_never_saw(runs, tmp_path: Path) -> None:
+    ann = json.loads((MINI / "person_keypoints.json").read_text())
+    keep = {im["id"] for im in ann["images"][:4]}
+    folder = tmp_path / "fresh"
+    folder.mkdir()
+    (folder / "images").symlink_to(MINI / "images")
+    sub = {
+        **ann,
+        "images": [im for im in ann["images"] if im["id"] in keep],
+        "annotations": [a for a in ann["annotations"] if a["image_id"] in keep],
+    }
+    (folder / "person_keypoints.json").write_text(json.dumps(sub))
+    cfg = replace(TINY_SCIO, data=str(folder), flip_test=True)
+    report = train_scio(runs["backbone"], tmp_path / "scio", cfg)
+    own = json.loads((runs["scio"] / "scio.json").read_text())
+    assert 0 < report["train_persons"] < own["train_persons"]
+    assert report["train_config"]["data"] == str(folder)
+    assert report["train_config"]["flip_test"] is True
+    with pytest.raises(FileNotFoundError, match=r"person_keypoints\.json"):
+        train_scio(runs["backbone"], tmp_path / "scio2", replace(cfg, data=str(tmp_path)))
+    assert not (tmp_path / "scio2").exists()
+
+
 def _export(backbone: Path, scio: Path, out: Path, *extra: str) -> None:
     """`scio-pose export` of a backbone run and a SCIO run into `out`."""
     args = ["export", "--backbone", str(backbone), "--scio", str(scio), "--out", str(out)]
