@@ -3,7 +3,8 @@ the image's ground-truth boxes (so every bundle poses the same 5 persons) and wi
 detector; refinement on. No HTTP (service_bench has that). Rounds alternate the bundles (each
 round: 5 warm-up calls, then 20 timed calls per bundle and box source), so a busy spell of a
 shared machine falls on all of them; a bundle's p50 is the median over all its timed calls, and
-each round's median is reported beside it. Ratios are to the first bundle.
+each round's median is reported beside it. Ratios are to the first bundle. Each bundle runs the
+backbone graph the service would on the CPU (its INT8 copy where it has one: `backbone` column).
 
     python benchmarks/pipeline_latency.py [--flip | --no-flip] [--rounds 5] BUNDLE [BUNDLE ...]
 
@@ -67,13 +68,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"alternating the bundles, {TIMED} timed calls per bundle and box source in each; p50 over "
         "all of them, each round's median in brackets; ratio to the first bundle.",
         "",
-        "| bundle | flip test | GT boxes p50 ms | ratio | rounds | detector p50 ms | ratio "
-        "| rounds | persons (GT / detector) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| bundle | backbone | flip test | GT boxes p50 ms | ratio | rounds | detector p50 ms "
+        "| ratio | rounds | persons (GT / detector) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["bundles"].items():
         lines.append(
-            f"| `{name}` | {r['flip_test']} | {r['p50_ms_gt_boxes']:.1f} | "
+            f"| `{name}` | {r.get('precision', 'fp32')} | {r['flip_test']} | "
+            f"{r['p50_ms_gt_boxes']:.1f} | "
             f"{r['ratio_gt_boxes']:.2f} | {', '.join(f'{v:.1f}' for v in r['rounds_gt_boxes'])} | "
             f"{r['p50_ms_detector']:.1f} | {r['ratio_detector']:.2f} | "
             f"{', '.join(f'{v:.1f}' for v in r['rounds_detector'])} | "
@@ -126,6 +128,7 @@ def main() -> int:
         c = calls[str(path)]
         bundles[str(path)] = {
             "flip_test": pipe.flips(flip),
+            "precision": pipe.precision,
             "p50_ms_gt_boxes": float(np.median(np.concatenate(c["gt"]))),
             "rounds_gt_boxes": [float(np.median(r)) for r in c["gt"]],
             "persons_gt": persons[str(path)]["gt"],

@@ -29,7 +29,10 @@ DETECTOR = "detector"  # ultralytics export with NMS inside, output [N, 300, 6]
 GAMMA_CONTEXT = "scio_gamma_context"  # Γ's candidate-independent part
 GAMMA_HEAD = "scio_gamma_head"  # Γ's per-candidate part
 PHI = "scio_phi"  # Φ, whole
-ROLES = (POSE, DETECTOR, GAMMA_CONTEXT, GAMMA_HEAD, PHI)
+# `pose` quantized to INT8 (training.quantize): what the service runs where the backbone runs on
+# the CPU, unless told otherwise (service.pipeline's `precision`)
+POSE_INT8 = "pose_int8"
+ROLES = (POSE, DETECTOR, GAMMA_CONTEXT, GAMMA_HEAD, PHI, POSE_INT8)
 
 
 class BundleError(ValueError):

@@ -21,7 +21,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.bundle import DETECTOR, GAMMA_CONTEXT, GAMMA_HEAD, PHI, POSE, Bundle, load_bundle
+from models.bundle import (
+    DETECTOR,
+    GAMMA_CONTEXT,
+    GAMMA_HEAD,
+    PHI,
+    POSE,
+    POSE_INT8,
+    Bundle,
+    BundleError,
+    load_bundle,
+)
 from models.codec import HeatmapCodec, fuse_flip
 from models.geometry import affine_matrices, box_to_center_scale, heatmap_to_image, warp_affine
 from models.postprocess import OKS_THRE, oks_nms, rescore
@@ -29,7 +39,7 @@ from models.preprocess import Normalization, to_network_input
 from models.scio_search import ScioSearchConfig, SearchResult, refine, wants_phi
 from service.detector import PersonDetector
 from service.results import PersonPose, PoseOptions, PoseResult, RefinedKeypoint
-from service.runtime import OnnxModel, usable_cores
+from service.runtime import OnnxModel, choose_providers, usable_cores
 from service.scio_onnx import OnnxPredictor, OnnxVerifier
 
 log = logging.getLogger(__name__)
@@ -81,8 +91,12 @@ class PosePipeline:
         scio_config: ScioSearchConfig | None = None,
         io_binding: bool | None = None,
         scio_parallel: bool | None = None,
+        precision: str = "auto",
     ) -> None:
         """`scio_config` overrides the bundle's SCIO search settings (evaluation ablations).
+        `precision`: which backbone graph runs: "auto" = the bundle's INT8 copy (`pose_int8`)
+        where the backbone runs on the CPU and the bundle has one, else the float graph;
+        "fp32" or "int8" to choose (int8 needs a bundle with one).
         `io_binding`: None = on where the models run on CUDA/TensorRT (`service.runtime`).
         `scio_parallel`: Φ and Γ's context side by side, each on half the threads (they read
         the same inputs and not each other); None = where there are at least two threads and
@@ -96,7 +110,8 @@ class PosePipeline:
         load = partial(
             OnnxModel.load, device=device, intra_op_threads=intra_op_threads, io_binding=io_binding
         )
-        self.pose = load(_req(bundle.path(POSE)))
+        self.precision = backbone_precision(bundle, device, precision)
+        self.pose = load(_req(bundle.path(POSE_INT8 if self.precision == "int8" else POSE)))
         det_path = bundle.path(DETECTOR)
         self.detector = (
             PersonDetector(load(det_path), m.detector)
@@ -183,6 +198,7 @@ class PosePipeline:
             "refine_available": self.refine_available,
             "scio": self.scio_config.to_dict() if self.refine_available else None,
             "providers": self.pose.providers,
+            "precision": self.precision,
             "provenance": m.provenance,
         }
 
@@ -498,6 +514,26 @@ def _finite_or_none(values: F64, rows: int) -> list[float | None]:
     return [x if math.isfinite(x) else None for x in v] + [None] * (rows - len(v))
 
 
+PRECISIONS = ("auto", "fp32", "int8")
+
+
+def backbone_precision(bundle: Bundle, device: str, precision: str) -> str:
+    """ "int8" or "fp32": which backbone graph a pipeline runs (PosePipeline's `precision`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    has_int8 = bundle.path(POSE_INT8) is not None
+    if precision == "int8" and not has_int8:
+        raise BundleError(
+            f"{bundle.root} has no INT8 backbone (pose_int8): add one with "
+            "`scio-pose rebundle --int8 DATA`, or use precision fp32"
+        )
+    if precision == "auto":
+        first = choose_providers(device)[0]
+        on_cpu = (first if isinstance(first, str) else first[0]) == "CPUExecutionProvider"
+        return "int8" if has_int8 and on_cpu else "fp32"
+    return precision
+
+
 def _req(path: Path | None) -> Path:
     assert path is not None, "load_bundle guarantees the pose model"
     return path
@@ -513,4 +549,5 @@ def load_estimator(settings: Any) -> PosePipeline:
         settings.bundle,
         device=getattr(settings, "device", "auto"),
         intra_op_threads=getattr(settings, "intra_op_threads", None),
+        precision=getattr(settings, "precision", "auto"),
     )

@@ -92,6 +92,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch", type=int, default=4, help="images or frames per pipeline call")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "tensorrt"], default="auto")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "int8"],
+        default="auto",
+        help="backbone graph: auto = the bundle's INT8 copy where the backbone runs on the CPU, "
+        "else float",
+    )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: its default)")
     p.add_argument(
         "--max-pixels",
@@ -155,7 +162,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         pipeline = PosePipeline.from_path(
-            args.bundle, device=args.device, intra_op_threads=args.threads or None
+            args.bundle,
+            device=args.device,
+            intra_op_threads=args.threads or None,
+            precision=args.precision,
         )
     except (OSError, ValueError) as e:
         print(f"scio-pose predict: cannot load the bundle {args.bundle}: {e}", file=sys.stderr)

@@ -22,6 +22,7 @@ KNOWN_FORMATS = frozenset({"jpeg", "png", "webp", "gif"})
 _FORMAT_ALIASES = {"jpg": "jpeg"}
 
 Device = Literal["auto", "cuda", "tensorrt", "cpu"]
+Precision = Literal["auto", "fp32", "int8"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -32,6 +33,9 @@ class Settings(BaseSettings):
     bundle: Path = DEFAULT_BUNDLE  # model bundle directory
     device: Device = "auto"  # ONNX Runtime execution provider choice
     intra_op_threads: Annotated[int, Field(ge=0)] = 0  # ONNX Runtime threads; 0 = its default
+    # backbone graph: auto = the bundle's INT8 copy where it runs on the CPU (if it has one),
+    # else float; fp32 / int8 to choose (service.pipeline.backbone_precision)
+    precision: Precision = "auto"
 
     # what a request may carry
     max_upload_bytes: Annotated[int, Field(gt=0)] = 20 * 1024 * 1024  # body cap -> 413
@@ -89,7 +93,7 @@ class Settings(BaseSettings):
             raise ValueError("allow at least one image format")
         return frozenset(names)
 
-    @field_validator("device", "log_level", "log_format", mode="before")
+    @field_validator("device", "precision", "log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", choices=["auto", "cuda", "tensorrt", "cpu"])
     parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "int8"],
+        help="backbone graph: auto = the bundle's INT8 copy where the backbone runs on the CPU "
+        "(as the service does), else float",
+    )
+    parser.add_argument(
         "--protocol",
         default="service",
         choices=["service", "official"],
@@ -66,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             refine=args.refine,
             flip=args.flip,
             device=args.device,
+            precision=args.precision,
             limit=args.limit,
             protocol=args.protocol,
             keep_refinements=args.dump_refinements is not None,

@@ -1,7 +1,8 @@
 """`scio-pose rebundle`: a bundle from another one with some of its parts replaced, for when the
 training runs behind a bundle are gone (or need not run again) and one part changes: another
-detector, refitted SCIO search settings, or the SCIO graphs rewritten as `export` now writes them
-(the context stem's BatchNorm folded; the feature maps taken once per person).
+detector, refitted SCIO search settings, the SCIO graphs rewritten as `export` now writes them
+(the context stem's BatchNorm folded; the feature maps taken once per person), or an INT8 copy of
+the backbone added for CPU serving (training.quantize).
 
 Every file not replaced is copied byte for byte (its sha256 re-checked on the way in). The
 provenance keeps the source bundle's record and gains one `commands` entry for this step (the
@@ -19,7 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-HELP = "a bundle from another with its detector, SCIO search settings or graphs replaced"
+HELP = (
+    "a bundle from another with its detector, SCIO search settings or graphs replaced, or an "
+    "INT8 backbone added"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +62,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "input (the row gather moved inside the graph, after the features' 1x1 convolution), as "
         "`export` writes them; checked against the source's graphs on random inputs",
     )
+    parser.add_argument(
+        "--int8",
+        type=Path,
+        metavar="DATA",
+        help="add an INT8 copy of the backbone (pose_int8.onnx, which the service runs where "
+        "the backbone runs on the CPU), calibrated on the annotated persons of this COCO-format "
+        "folder (person_keypoints.json, images/; e.g. a tuning split from `scio-pose synth`) "
+        "and checked against the float backbone on a quarter of its images",
+    )
+    parser.add_argument(
+        "--int8-images",
+        type=int,
+        default=100,
+        help="with --int8: images of DATA to use (default 100: 75 calibrate, 25 check)",
+    )
     parser.add_argument("--note", default="", help="why, for the provenance record")
     parser.add_argument(
         "--evaluation",
@@ -87,8 +106,12 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.int8_images < 4:
+        print("scio-pose rebundle: --int8-images must be at least 4", file=sys.stderr)
+        return 2
     if not (
         args.detector
+        or args.int8
         or args.search
         or args.fold_batchnorm
         or args.person_features
@@ -96,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
         or args.evaluation
     ):
         print(
-            "scio-pose rebundle: nothing to replace (--detector, --search, --fold-batchnorm, "
-            "--person-features or --provenance)",
+            "scio-pose rebundle: nothing to replace (--detector, --int8, --search, "
+            "--fold-batchnorm, --person-features, --evaluation or --provenance)",
             file=sys.stderr,
         )
         return 2
@@ -112,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
             search_file=args.search,
             fold_batchnorm=args.fold_batchnorm,
             person_features=args.person_features,
+            int8_data=args.int8,
+            int8_images=args.int8_images,
             note=args.note,
             command=getattr(args, "command_line", ""),
             extra=[json.loads(p.read_text()) for p in args.provenance]
@@ -132,6 +157,8 @@ def rebundle(
     search_file: Path | None = None,
     fold_batchnorm: bool = False,
     person_features: bool = False,
+    int8_data: Path | None = None,
+    int8_images: int = 100,
     note: str = "",
     command: str = "",
     extra: list[dict[str, Any]] | None = None,
@@ -140,7 +167,15 @@ def rebundle(
     import tempfile
     from dataclasses import replace
 
-    from models.bundle import DETECTOR, GAMMA_CONTEXT, PHI, load_bundle, write_bundle
+    from models.bundle import (
+        DETECTOR,
+        GAMMA_CONTEXT,
+        PHI,
+        POSE,
+        POSE_INT8,
+        load_bundle,
+        write_bundle,
+    )
     from models.scio_search import ScioSearchConfig
     from training.bundle_export import git_commit
     from training.cli_export import read_detector_run
@@ -188,6 +223,23 @@ def rebundle(
                     sources[role] = rewritten
                 changes.append(f"{role}: {', '.join(done) or 'nothing to rewrite'} "
                                f"(relative difference {diff:.1e})")  # fmt: skip
+        if int8_data is not None:
+            from training.quantize import network_inputs, quantize_pose
+
+            ann, images = int8_data / "person_keypoints.json", int8_data / "images"
+            for p in (ann, images):
+                if not p.exists():
+                    raise ValueError(f"--int8: {p} does not exist")
+            inputs = network_inputs(bundle_dir, ann, images, limit=int8_images)
+            sources[POSE_INT8] = Path(tmp) / "pose_int8.onnx"
+            report = quantize_pose(sources[POSE], sources[POSE_INT8], inputs)
+            provenance["int8"] = {"data": str(int8_data), **report.to_dict()}
+            changes.append(
+                f"INT8 backbone calibrated on {report.calibration_crops} crops of {int8_data} "
+                f"(check on {report.check_crops}: heatmap peaks within 1 px "
+                f"{report.peak_within_1px:.3f}, heatmaps differ by up to "
+                f"{report.heatmaps_rel_diff:.3f} of their scale)"
+            )
         for e in extra or []:
             provenance.update(e)
             changes.append(f"provenance: {', '.join(sorted(e))} replaced")

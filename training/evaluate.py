@@ -52,6 +52,7 @@ class EvalOptions:
     refine: str = "none"  # none: baseline; scl: Φ prior only; sco: Φ prior + the search
     flip: bool | None = None  # None: the bundle's default (bundle.json pose.flip_test)
     device: str = "cpu"
+    precision: str = "auto"  # backbone graph (service.pipeline.backbone_precision)
     batch_images: int = 8  # images per pipeline call
     limit: int | None = None  # evaluate only the first N images (smoke runs)
     scio_config: ScioSearchConfig | None = None  # override the bundle's search settings
@@ -77,7 +78,7 @@ def evaluate(
     """One evaluation, `opts.refine` choosing the ablation row."""
     if opts.refine not in REFINE_MODES:
         raise ValueError(f"refine must be one of {REFINE_MODES}, not {opts.refine!r}")
-    pipe = PosePipeline(load_bundle(bundle_path), device=opts.device)
+    pipe = PosePipeline(load_bundle(bundle_path), device=opts.device, precision=opts.precision)
     scio_cfg = None
     if opts.refine != "none":
         if not pipe.refine_available:
@@ -98,7 +99,9 @@ def evaluate_variants(
     """Several SCIO settings (None: no refinement) scored on one backbone pass per image chunk,
     so the rows of an ablation differ only by what SCIO does. `pipe`: the bundle's pipeline, if
     the caller has one already."""
-    pipe = pipe or PosePipeline(load_bundle(bundle_path), device=opts.device)
+    pipe = pipe or PosePipeline(
+        load_bundle(bundle_path), device=opts.device, precision=opts.precision
+    )
     bundle = pipe.bundle
     spec = bundle.manifest.spec
     coco = CocoKeypoints(ann_file, spec)

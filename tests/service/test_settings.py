@@ -19,6 +19,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.allowed_formats == {"jpeg", "png", "webp"}
     assert (s.max_upload_bytes, s.max_pixels) == (20 * 1024 * 1024, 40_000_000)
     assert (s.batch_window_ms, s.device, s.port) == (0.0, "auto", 8000)
+    assert s.precision == "auto"
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,7 +28,9 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("SCIO_ALLOWED_FORMATS", " PNG, jpg ,gif")
     monkeypatch.setenv("SCIO_MAX_QUEUE", "3")
     monkeypatch.setenv("SCIO_BATCH_WINDOW_MS", "2.5")
+    monkeypatch.setenv("SCIO_PRECISION", " FP32")
     s = Settings()
+    assert s.precision == "fp32"
     assert s.bundle == Path("/models/b1")
     assert s.device == "tensorrt"
     assert s.allowed_formats == {"png", "jpeg", "gif"}
@@ -38,6 +41,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     ("field", "value"),
     [
         ("device", "tpu"),
+        ("precision", "int4"),
         ("allowed_formats", "png,tiff"),
         ("allowed_formats", " , "),
         ("max_concurrency", "0"),

@@ -1,0 +1,104 @@
+"""The INT8 backbone: `scio-pose rebundle --int8` adds it, the pipeline runs it on the CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+
+from models.bundle import POSE, POSE_INT8, BundleError, load_bundle, sha256_file
+from service.pipeline import PosePipeline
+from service.results import PoseOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "bundles" / "demo"
+MINI = ROOT.parent / "shared" / "data" / "coco-val-mini"
+pytestmark = pytest.mark.skipif(
+    not (DEMO / "bundle.json").exists() or not (MINI / "person_keypoints.json").exists(),
+    reason="no bundles/demo or ../shared/data/coco-val-mini",
+)
+
+
+def _cli(args: list[str]) -> int:
+    from service.cli import main
+
+    return main(["rebundle", *args])
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "bundle"
+    assert _cli(["--bundle", str(DEMO), "--out", str(out), "--int8", str(MINI),
+                 "--int8-images", "4"]) == 0  # fmt: skip
+    return out
+
+
+def test_rebundle_adds_an_int8_backbone_and_keeps_the_rest(int8_bundle: Path) -> None:
+    src, new = load_bundle(DEMO), load_bundle(int8_bundle)
+    assert set(new.manifest.files) == set(src.manifest.files) | {POSE_INT8}
+    for role, entry in src.manifest.files.items():
+        assert new.manifest.files[role].sha256 == entry.sha256, role
+    q = new.manifest.provenance["int8"]
+    assert q["data"] == str(MINI)
+    assert q["calibration_images"] == 3
+    assert q["check_crops"] > 0
+    assert 0.5 < q["peak_within_1px"] <= 1.0
+    assert 0.0 < q["heatmaps_rel_diff"] < 0.5  # quantized: close, not equal
+    step = new.manifest.provenance["commands"][-1]
+    assert any("INT8 backbone" in c for c in step["rebundled"])
+    path = new.path(POSE_INT8)
+    assert path is not None
+    assert path.stat().st_size < 0.5 * sha_size(new, POSE)
+
+
+def sha_size(bundle, role: str) -> int:  # type: ignore[no-untyped-def]
+    p = bundle.path(role)
+    assert sha256_file(p) == bundle.manifest.files[role].sha256
+    return int(p.stat().st_size)
+
+
+def test_the_pipeline_runs_int8_on_the_cpu_unless_told(int8_bundle: Path) -> None:
+    b = load_bundle(int8_bundle)
+    auto = PosePipeline(b, device="cpu")
+    fp32 = PosePipeline(b, device="cpu", precision="fp32")
+    assert auto.precision == "int8"
+    assert auto.info["precision"] == "int8"
+    assert fp32.precision == "fp32"
+    assert auto.pose.name == "pose_int8"
+    assert fp32.pose.name == "pose"
+    assert PosePipeline(load_bundle(DEMO), device="cpu").precision == "fp32"  # none in it
+    with pytest.raises(BundleError, match="no INT8 backbone"):
+        PosePipeline(load_bundle(DEMO), device="cpu", precision="int8")
+    with pytest.raises(ValueError, match="precision must be"):
+        PosePipeline(b, device="cpu", precision="int4")
+
+    ann = json.loads((MINI / "person_keypoints.json").read_text())
+    im = ann["images"][0]
+    boxes = np.array(
+        [a["bbox"] for a in ann["annotations"] if a["image_id"] == im["id"] and a["num_keypoints"]]
+    )
+    boxes[:, 2:] += boxes[:, :2]
+    from PIL import Image
+
+    with Image.open(MINI / "images" / im["file_name"]) as f:
+        image = np.asarray(f.convert("RGB"))
+    opts = PoseOptions(boxes=boxes, refine=False)
+    a, c = auto.estimate(image, opts), fp32.estimate(image, opts)
+    ka = np.array([p.keypoints[:, :2] for p in a.persons])
+    kc = np.array([p.keypoints[:, :2] for p in c.persons])
+    dist = np.hypot(*(ka - kc).transpose(2, 0, 1))
+    scale = float(np.max(boxes[:, 3] - boxes[:, 1]))
+    assert dist.max() > 0  # a different graph ran
+    assert np.median(dist) < 0.02 * scale  # and agrees with the float one
+
+
+def test_int8_needs_annotated_data_and_writes_nothing_otherwise(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _cli(["--bundle", str(DEMO), "--out", str(out), "--int8", str(tmp_path)]) == 2
+    assert _cli(["--bundle", str(DEMO), "--out", str(out), "--int8", str(MINI),
+                 "--int8-images", "2"]) == 2  # fmt: skip
+    assert not out.exists()

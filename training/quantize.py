@@ -1,0 +1,170 @@
+"""INT8 backbone for CPU serving: ONNX Runtime's static quantization of a bundle's `pose.onnx`.
+
+The backbone dominates a multi-person request on the CPU (each person's crop, twice with the
+flip test). Its INT8 copy (`pose_int8.onnx`, QDQ format: weights int8 per output channel,
+activations uint8 per tensor, ranges by min/max calibration) runs on the CPU's integer dot
+products (AVX-512 VNNI / AMX where the CPU has them); the service uses it where the backbone runs
+on the CPU (`precision: auto`) and keeps the float graph for CUDA and TensorRT.
+
+Calibration inputs are what the service feeds the backbone: the crops of annotated person boxes
+of a COCO-format folder (`scio-pose synth`'s layout), made by the pipeline's own code, with the
+mirrored copies where the bundle runs the flip test. Every fourth image is kept out of
+calibration and used for the check that follows: the INT8 graph's heatmaps and features against
+the float graph's (largest difference relative to each output's scale, and how often the
+heatmap peak stays within one heatmap pixel).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+CALIBRATION_BATCH = 16
+
+
+@dataclass(frozen=True)
+class QuantizationReport:
+    calibration_images: int
+    calibration_crops: int
+    check_crops: int
+    heatmaps_rel_diff: float  # max |int8 - fp32| / max |fp32| over the check crops
+    features_rel_diff: float
+    peak_within_1px: float  # share of (crop, keypoint) heatmap peaks within 1 px of fp32's
+    peak_equal: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def network_inputs(
+    bundle_dir: Path, ann: Path, images: Path, limit: int | None = None
+) -> list[npt.NDArray[np.float32]]:
+    """Per image, the backbone's input for its annotated persons, as the service makes it (GT
+    boxes; with the mirrored crops where the bundle runs the flip test)."""
+    from PIL import Image
+
+    from models.bundle import load_bundle
+    from models.preprocess import to_network_input
+    from service.pipeline import PosePipeline, with_mirrored
+    from service.results import PoseOptions
+
+    pipe = PosePipeline(load_bundle(bundle_dir), device="cpu", precision="fp32")
+    data = json.loads(ann.read_text())
+    boxes: dict[int, list[list[float]]] = {}
+    for a in data.get("annotations", []):
+        if a.get("iscrowd", 0) or a.get("num_keypoints", 1) == 0:
+            continue
+        x, y, w, h = a["bbox"]
+        if w > 0 and h > 0:
+            boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+    out = []
+    for im in data["images"]:
+        if im["id"] not in boxes:
+            continue
+        with Image.open(images / im["file_name"]) as img:
+            image = np.asarray(img.convert("RGB"))
+        items = [(image, PoseOptions(boxes=np.asarray(boxes[im["id"]], np.float64)))]
+        persons = pipe._persons(items)
+        crops = pipe._crops(items, persons)
+        flip = np.full(len(crops), pipe.flips(None), dtype=bool)
+        out.append(with_mirrored(to_network_input(crops, pipe.norm), flip))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise ValueError(f"{ann}: no annotated persons to calibrate on")
+    return out
+
+
+def quantize_pose(
+    src: Path, dst: Path, per_image: list[npt.NDArray[np.float32]]
+) -> QuantizationReport:
+    """Write the INT8 copy of the backbone `src` to `dst`, calibrated on three images in four of
+    `per_image` (network inputs) and checked on the fourth (module doc)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calib = [x for i, x in enumerate(per_image) if i % 4 != 3]
+    check = [x for i, x in enumerate(per_image) if i % 4 == 3] or per_image[-1:]
+    calib_x = np.concatenate(calib)
+    check_x = np.concatenate(check)
+    input_name = (
+        ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    )
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.start = 0
+
+        def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
+            if self.start >= len(calib_x):
+                return None
+            batch = calib_x[self.start : self.start + CALIBRATION_BATCH]
+            self.start += CALIBRATION_BATCH
+            return {input_name: batch}
+
+    with tempfile.TemporaryDirectory(prefix="scio-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # the graph's shapes are already inferred by the exporter; ONNX Runtime's symbolic
+        # inference gives up on its dynamic batch dimension
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        written = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(prepared),
+            str(written),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        report = compare(src, written, check_x)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        written.replace(dst)
+    return QuantizationReport(
+        calibration_images=len(calib),
+        calibration_crops=len(calib_x),
+        check_crops=len(check_x),
+        **report,
+    )
+
+
+def compare(
+    fp32: Path, int8: Path, x: npt.NDArray[np.float32], batch: int = 32
+) -> dict[str, float]:
+    """The INT8 graph's outputs against the float graph's on inputs `x` (module doc)."""
+    import onnxruntime as ort
+
+    sessions = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)
+    ]
+    name = sessions[0].get_inputs()[0].name
+    outs = [
+        [np.concatenate(o) for o in zip(*(s.run(None, {name: x[i : i + batch]})
+                                          for i in range(0, len(x), batch)), strict=True)]
+        for s in sessions
+    ]  # fmt: skip
+    (heat_a, feat_a), (heat_b, feat_b) = outs
+    w = heat_a.shape[-1]
+    pa = heat_a.reshape(*heat_a.shape[:2], -1).argmax(-1)
+    pb = heat_b.reshape(*heat_b.shape[:2], -1).argmax(-1)
+    dist = np.hypot(pa % w - pb % w, pa // w - pb // w)
+    return {
+        "heatmaps_rel_diff": float(np.abs(heat_a - heat_b).max() / np.abs(heat_a).max()),
+        "features_rel_diff": float(np.abs(feat_a - feat_b).max() / np.abs(feat_a).max()),
+        "peak_within_1px": float((dist < 1.5).mean()),
+        "peak_equal": float((dist == 0).mean()),
+    }
