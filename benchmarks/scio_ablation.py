@@ -234,16 +234,22 @@ def gamma_as_selector(
 
 
 def cost(
-    bundle: Path, split: Path, cfg: ScioSearchConfig, search_cfg: ScioSearchConfig, images: int
+    bundle: Path,
+    split: Path,
+    cfg: ScioSearchConfig,
+    search_cfg: ScioSearchConfig,
+    images: int,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Per-person times on this CPU, from warm sessions over the first `images` images: the
-    chosen (shipped) settings, the best searching settings, and descent and grid variants."""
+    chosen (shipped) settings, the best searching settings, and descent and grid variants.
+    `precision`: the backbone graph (auto: as the service runs it on the CPU)."""
     from PIL import Image
 
     from training.data.coco import CocoKeypoints
 
     b = load_bundle(bundle)
-    pipe = PosePipeline(b, device="cpu", scio_config=cfg)
+    pipe = PosePipeline(b, device="cpu", scio_config=cfg, precision=precision)
     coco = CocoKeypoints(split / "person_keypoints.json", b.manifest.spec)
     items = []
     for image_id in coco.image_ids[:images]:
@@ -259,7 +265,7 @@ def cost(
     n = len(bp.persons.item)
     reps = 3
     t_bb = min(timed(lambda: pipe.backbone_pass(items)) for _ in range(reps))
-    out: dict[str, Any] = {"persons": n, "images": len(items)}
+    out: dict[str, Any] = {"persons": n, "images": len(items), "precision": pipe.precision}
     out["backbone_ms_per_person"] = 1000 * t_bb / n
     for name, c in (
         ("default", cfg),
@@ -703,7 +709,8 @@ def markdown(r: dict[str, Any]) -> str:
             if again
             else []
         ),
-        f"- backbone {k['backbone_ms_per_person']:.2f} ms/person; SCIO at the chosen settings "
+        f"- backbone ({k.get('precision', 'fp32')}, as the service runs it on the CPU) "
+        f"{k['backbone_ms_per_person']:.2f} ms/person; SCIO at the chosen settings "
         f"{k['sco_default_ms_per_person']:.2f} ms/person, ratio {k['sco_over_backbone']:.2f} "
         f"({k['searched_keypoints_per_person']:.2f} distal keypoints refined per person)",
         f"- SCIO at the best searching settings {k['sco_search_ms_per_person']:.2f} ms/person, "
