@@ -43,9 +43,10 @@ def _keypoints(r: PoseResult) -> np.ndarray:
 
 def compare(bundle: Path, device: str, images: int, timing: bool = True) -> dict[str, Any]:
     """Pose `images` synthetic images on the CPU and on `device`; the differences (and, with
-    `timing`, both paths' p50 latency on the 5-person image)."""
+    `timing`, both paths' p50 latency on the 5-person image). Both run the float backbone (the
+    CPU would run a bundle's INT8 copy by default; CUDA never does)."""
     pipes = {
-        name: PosePipeline.from_path(bundle, device=dev)
+        name: PosePipeline.from_path(bundle, device=dev, precision="fp32")
         for name, dev in (("cpu", "cpu"), ("device", device))
     }
     for pipe in pipes.values():
