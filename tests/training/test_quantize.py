@@ -30,15 +30,34 @@ def _cli(args: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def int8_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def float_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo bundle without its INT8 backbone."""
+    from dataclasses import replace
+
+    from models.bundle import write_bundle
+
+    demo = load_bundle(DEMO)
+    files = {r: e for r, e in demo.manifest.files.items() if r != POSE_INT8}
+    provenance = {k: v for k, v in demo.manifest.provenance.items() if k != "int8"}
+    out = tmp_path_factory.mktemp("float") / "bundle"
+    manifest = replace(demo.manifest, files=files, provenance=provenance)
+    write_bundle(out, manifest, {r: DEMO / e.path for r, e in files.items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(float_only: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("int8") / "bundle"
-    assert _cli(["--bundle", str(DEMO), "--out", str(out), "--int8", str(MINI),
+    assert _cli(["--bundle", str(float_only), "--out", str(out), "--int8", str(MINI),
                  "--int8-images", "4"]) == 0  # fmt: skip
     return out
 
 
-def test_rebundle_adds_an_int8_backbone_and_keeps_the_rest(int8_bundle: Path) -> None:
-    src, new = load_bundle(DEMO), load_bundle(int8_bundle)
+def test_rebundle_adds_an_int8_backbone_and_keeps_the_rest(
+    float_only: Path, int8_bundle: Path
+) -> None:
+    src, new = load_bundle(float_only), load_bundle(int8_bundle)
+    assert POSE_INT8 not in src.manifest.files
     assert set(new.manifest.files) == set(src.manifest.files) | {POSE_INT8}
     for role, entry in src.manifest.files.items():
         assert new.manifest.files[role].sha256 == entry.sha256, role
@@ -61,7 +80,7 @@ def sha_size(bundle, role: str) -> int:  # type: ignore[no-untyped-def]
     return int(p.stat().st_size)
 
 
-def test_the_pipeline_runs_int8_on_the_cpu_unless_told(int8_bundle: Path) -> None:
+def test_the_pipeline_runs_int8_on_the_cpu_unless_told(float_only: Path, int8_bundle: Path) -> None:
     b = load_bundle(int8_bundle)
     auto = PosePipeline(b, device="cpu")
     fp32 = PosePipeline(b, device="cpu", precision="fp32")
@@ -70,9 +89,10 @@ def test_the_pipeline_runs_int8_on_the_cpu_unless_told(int8_bundle: Path) -> Non
     assert fp32.precision == "fp32"
     assert auto.pose.name == "pose_int8"
     assert fp32.pose.name == "pose"
-    assert PosePipeline(load_bundle(DEMO), device="cpu").precision == "fp32"  # none in it
+    assert PosePipeline(load_bundle(float_only), device="cpu").precision == "fp32"  # none in it
+    assert PosePipeline(load_bundle(DEMO), device="cpu").precision == "int8"  # as shipped
     with pytest.raises(BundleError, match="no INT8 backbone"):
-        PosePipeline(load_bundle(DEMO), device="cpu", precision="int8")
+        PosePipeline(load_bundle(float_only), device="cpu", precision="int8")
     with pytest.raises(ValueError, match="precision must be"):
         PosePipeline(b, device="cpu", precision="int4")
 
