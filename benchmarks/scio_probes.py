@@ -210,7 +210,11 @@ def main() -> int:
         *markdown_table(r),
         "",
         "- P(truth<start): share of rows (start > 1 px off) where the loss at the true D is "
-        "below the loss where the search starts.",
+        "below the loss where the search starts. Diagnostics beside it: … Gaussian A: the "
+        "same with Γ's target a Gaussian at the backbone's decoded A instead of its H_A; … "
+        "true A: a Gaussian at the true A; … true A, B, "
+        "C: also with Gaussians at the true B and C as Γ's inputs (rows where both are "
+        "labelled): whether Γ verifies given exact anchors, as the paper's method assumes.",
         "- Spearman: within one row, loss against distance to the truth over the radius-4 "
         "lattice around the start, mean over rows.",
         "- acc. closer: of the accepted moves, the share that end closer to the truth.",

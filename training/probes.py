@@ -71,6 +71,17 @@ class Rows:
     loss_truth: list[float] = field(default_factory=list)
     loss_start: list[float] = field(default_factory=list)
     loss_end: list[float] = field(default_factory=list)
+    # diagnostics: the loss at the true D and at the start when Γ's target is the true A (a
+    # Gaussian there) instead of the backbone's H_A, and also with the true B and C as Γ's
+    # inputs (NaN where B or C is not labelled inside the crop): whether Γ verifies given exact
+    # anchors, which the paper's method assumes
+    # ... and with Γ's target a Gaussian at the backbone's decoded A (its H_A made clean)
+    loss_truth_clean_a: list[float] = field(default_factory=list)
+    loss_start_clean_a: list[float] = field(default_factory=list)
+    loss_truth_true_a: list[float] = field(default_factory=list)
+    loss_start_true_a: list[float] = field(default_factory=list)
+    loss_truth_true_abc: list[float] = field(default_factory=list)
+    loss_start_true_abc: list[float] = field(default_factory=list)
     spearman: list[float] = field(default_factory=list)
     gain: list[float] = field(default_factory=list)
     accepted: list[bool] = field(default_factory=list)
@@ -201,7 +212,7 @@ def probe(
         if not keep.any():
             continue
         image_ids = np.asarray(item_image)[p.item]
-        _probe_rows(pipe, bp, res, keep, gt_hm, gt, anns, lattice, rows, cfg.score, image_ids)
+        _probe_rows(pipe, bp, res, keep, gt_hm, gt, anns, lattice, rows, cfg.score, image_ids, ok)
     out = summarise(rows, [g.name for g in groups])
     out["_rows"] = rows  # for fit_acceptance; dropped before writing
     return out
@@ -219,6 +230,7 @@ def _probe_rows(
     rows: Rows,
     score: str,
     image_ids: npt.NDArray[np.int64],
+    ok: npt.NDArray[np.bool_],
 ) -> None:
     assert pipe.verifier is not None
     groups = pipe.spec.groups
@@ -249,6 +261,24 @@ def _probe_rows(
     lat = allc[:, 1 : 1 + nl]
     lat_loss = loss[:, 1 : 1 + nl]
     dist = np.linalg.norm(lat - true_d[:, None], axis=-1)
+    # the diagnostics (Rows): the same predictions against the true A; then Γ given the true
+    # B and C too, at the true D and at the start
+    at_start = 1 + int(np.argmin(np.linalg.norm(lattice, axis=-1)))
+    target_a = render_gaussians(true_a, hw, sigma)
+    loss_ta = self_constraint_loss(target_a[r], pred.reshape(n * m, *hw), score).reshape(n, m)
+    clean_a = render_gaussians(bp.coords[person, a], hw, sigma)
+    loss_ca = self_constraint_loss(clean_a[r], pred.reshape(n * m, *hw), score).reshape(n, m)
+    ctx_t = pipe.verifier.context(
+        render_gaussians(gt_hm[person, b], hw, sigma),
+        render_gaussians(gt_hm[person, c], hw, sigma),
+        bp.features[person],
+        gidx,
+    )
+    two = np.repeat(np.arange(n), 2)
+    both = np.stack([true_d, start], 1).reshape(-1, 2)
+    pred_t = pipe.verifier.head(ctx_t, two, render_gaussians(both, hw, sigma))
+    loss_tabc = self_constraint_loss(target_a[two], pred_t, score).reshape(n, 2)
+    loss_tabc[~(ok[person, b] & ok[person, c])] = np.nan
     # Γ's gain: its decoded Â at D displaced, against its Â at the true D
     a_hat, _ = decode_dark(
         np.concatenate([pred[:, :1], pred[:, 1 + nl :]], 1).astype(np.float32),
@@ -293,6 +323,12 @@ def _probe_rows(
         rows.loss_truth.append(float(loss[i, 0]))
         rows.loss_start.append(float(res.loss_before[idx[i]]))
         rows.loss_end.append(float(res.loss_after[idx[i]]))
+        rows.loss_truth_clean_a.append(float(loss_ca[i, 0]))
+        rows.loss_start_clean_a.append(float(loss_ca[i, at_start]))
+        rows.loss_truth_true_a.append(float(loss_ta[i, 0]))
+        rows.loss_start_true_a.append(float(loss_ta[i, at_start]))
+        rows.loss_truth_true_abc.append(float(loss_tabc[i, 0]))
+        rows.loss_start_true_abc.append(float(loss_tabc[i, 1]))
         rows.spearman.append(spearman(lat_loss[i], dist[i]))
         rows.gain.append(float(gain[i]))
         rows.accepted.append(bool(res.accepted[idx[i]]))
@@ -619,6 +655,15 @@ def _measures(x: dict[str, npt.NDArray[Any]]) -> dict[str, float]:
         if off.any()
         else float("nan"),
         "rows_off_by_1px": int(off.sum()),
+        "truth_beats_start_clean_a": _share_below(
+            x["loss_truth_clean_a"][off], x["loss_start_clean_a"][off]
+        ),
+        "truth_beats_start_true_a": _share_below(
+            x["loss_truth_true_a"][off], x["loss_start_true_a"][off]
+        ),
+        "truth_beats_start_true_anchors": _share_below(
+            x["loss_truth_true_abc"][off], x["loss_start_true_abc"][off]
+        ),
         "spearman": float(np.nanmean(x["spearman"])),
         "accepted": int(acc.sum()),
         "accepted_closer": float((x["end_err"][acc] < x["start_err"][acc]).mean())
@@ -645,6 +690,12 @@ def _measures(x: dict[str, npt.NDArray[Any]]) -> dict[str, float]:
     return out
 
 
+def _share_below(a: F64, b: F64) -> float:
+    """The share of rows (both values finite) where a < b; NaN for none."""
+    fin = np.isfinite(a) & np.isfinite(b)
+    return float((a[fin] < b[fin]).mean()) if fin.any() else float("nan")
+
+
 def summarise(rows: Rows, group_names: list[str]) -> dict[str, Any]:
     x = rows.arrays()
     per = {}
@@ -657,6 +708,9 @@ def summarise(rows: Rows, group_names: list[str]) -> dict[str, Any]:
 COLUMNS = (
     ("rows", "rows", "{:d}"),
     ("truth_beats_start", "P(truth<start)", "{:.3f}"),
+    ("truth_beats_start_clean_a", "… Gaussian A", "{:.3f}"),
+    ("truth_beats_start_true_a", "… true A", "{:.3f}"),
+    ("truth_beats_start_true_anchors", "… true A, B, C", "{:.3f}"),
     ("spearman", "Spearman", "{:.3f}"),
     ("accepted", "accepted", "{:d}"),
     ("accepted_closer", "acc. closer", "{:.3f}"),

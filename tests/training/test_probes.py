@@ -35,11 +35,20 @@ def test_spearman_is_pearson_of_ranks() -> None:
 def test_summary_measures_on_hand_made_rows() -> None:
     r = Rows()
     # group 0: two rows off by more than 1 px; in one the truth scores better than the start
-    for g, start_err, lt, ls, acc, end_err, correct, peak in [
-        (0, 3.0, 0.5, 0.9, True, 1.0, True, 0.9),
-        (0, 2.0, 0.9, 0.5, True, 3.0, False, 0.2),
-        (1, 0.5, 0.4, 0.4, False, 0.5, True, 0.8),
+    # diagnostics: with the true A as target the truth wins in both of group 0's rows; with
+    # true anchors too, the one row whose B and C are labelled (the other is NaN) is a win
+    nan = float("nan")
+    for g, start_err, lt, ls, acc, end_err, correct, peak, ta, abc in [
+        (0, 3.0, 0.5, 0.9, True, 1.0, True, 0.9, (0.3, 0.6), (0.2, 0.8)),
+        (0, 2.0, 0.9, 0.5, True, 3.0, False, 0.2, (0.3, 0.6), (nan, nan)),
+        (1, 0.5, 0.4, 0.4, False, 0.5, True, 0.8, (0.9, 0.1), (0.9, 0.1)),
     ]:
+        r.loss_truth_clean_a.append(ta[1])  # the other way round: never a win
+        r.loss_start_clean_a.append(ta[0])
+        r.loss_truth_true_a.append(ta[0])
+        r.loss_start_true_a.append(ta[1])
+        r.loss_truth_true_abc.append(abc[0])
+        r.loss_start_true_abc.append(abc[1])
         r.group.append(g)
         r.image.append(0)
         r.start_err.append(start_err)
@@ -59,6 +68,10 @@ def test_summary_measures_on_hand_made_rows() -> None:
     s = summarise(r, ["a", "b"])
     g0 = s["per_group"]["a"]
     assert g0["truth_beats_start"] == 0.5
+    assert g0["truth_beats_start_true_a"] == 1.0
+    assert g0["truth_beats_start_clean_a"] == 0.0
+    assert g0["truth_beats_start_true_anchors"] == 1.0
+    assert np.isnan(s["per_group"]["b"]["truth_beats_start_true_anchors"])  # none off by 1 px
     assert g0["accepted"] == 2
     assert g0["accepted_closer"] == 0.5
     assert g0["a_error_over_gain"] == 2.0

@@ -279,6 +279,10 @@ def test_verification_probes_on_a_bundle(runs, tmp_path: Path) -> None:
         assert np.isfinite(o[k]) == both, (k, o["correct"])
         assert not both or 0 <= o[k] <= 1
     assert o["accepted"] <= o["rows"]
+    # the exact-anchor diagnostics are shares of the rows off by more than 1 px
+    assert o["rows_off_by_1px"] > 0
+    for k in ("truth_beats_start_true_a", "truth_beats_start_true_anchors"):
+        assert 0 <= o[k] <= 1, k
 
 
 def test_search_decision_recipe_trains_and_its_score_travels_into_the_bundle(
