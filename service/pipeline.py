@@ -39,7 +39,7 @@ from models.preprocess import Normalization, to_network_input
 from models.scio_search import ScioSearchConfig, SearchResult, refine, wants_phi
 from service.detector import PersonDetector
 from service.results import PersonPose, PoseOptions, PoseResult, RefinedKeypoint
-from service.runtime import OnnxModel, choose_providers, usable_cores
+from service.runtime import OnnxModel, choose_providers, cpu_has_int8_dot, usable_cores
 from service.scio_onnx import OnnxPredictor, OnnxVerifier
 
 log = logging.getLogger(__name__)
@@ -518,7 +518,9 @@ PRECISIONS = ("auto", "fp32", "int8")
 
 
 def backbone_precision(bundle: Bundle, device: str, precision: str) -> str:
-    """ "int8" or "fp32": which backbone graph a pipeline runs (PosePipeline's `precision`)."""
+    """ "int8" or "fp32": which backbone graph a pipeline runs (PosePipeline's `precision`).
+    `auto` takes the bundle's INT8 copy only where the backbone runs on the CPU and that CPU
+    has 8-bit dot-product instructions (`service.runtime.cpu_has_int8_dot`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     has_int8 = bundle.path(POSE_INT8) is not None
@@ -530,7 +532,12 @@ def backbone_precision(bundle: Bundle, device: str, precision: str) -> str:
     if precision == "auto":
         first = choose_providers(device)[0]
         on_cpu = (first if isinstance(first, str) else first[0]) == "CPUExecutionProvider"
-        return "int8" if has_int8 and on_cpu else "fp32"
+        return "int8" if has_int8 and on_cpu and cpu_has_int8_dot() else "fp32"
+    if precision == "int8" and not cpu_has_int8_dot():
+        log.warning(
+            "precision int8 on a CPU without 8-bit dot-product instructions (VNNI, AMX, Arm "
+            "dot product): slower than there, and its sums may saturate; check accuracy"
+        )
     return precision
 
 

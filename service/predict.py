@@ -96,8 +96,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=["auto", "fp32", "int8"],
         default="auto",
-        help="backbone graph: auto = the bundle's INT8 copy where the backbone runs on the CPU, "
-        "else float",
+        help="backbone graph: auto = the bundle's INT8 copy where the backbone runs on a CPU "
+        "with 8-bit dot products (VNNI, AMX, Arm), else float",
     )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: its default)")
     p.add_argument(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,37 @@ _CUDA_OPTIONS = {
     "cudnn_conv_algo_search": "HEURISTIC",
     "do_copy_in_default_stream": "1",
 }
+
+
+# CPU flags of 8-bit dot-product instructions: x86 VNNI (AVX-512 or AVX) and AMX, Arm's dot
+# product. Where a CPU has none (x86 before VNNI), ONNX Runtime's u8 x s8 convolutions can
+# saturate their 16-bit intermediate sums and lose accuracy, and gain less speed.
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags as Linux reports them (empty where it does not)."""
+    try:
+        return parse_cpu_flags(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return frozenset()
+
+
+def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The flags of /proc/cpuinfo text (x86 `flags`, Arm `Features` lines)."""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return frozenset(flags)
+
+
+def cpu_has_int8_dot() -> bool:
+    """Whether the CPU runs INT8 convolutions on dot-product instructions (`INT8_DOT_FLAGS`):
+    where `precision: auto` picks a bundle's INT8 backbone."""
+    return bool(cpu_flags() & INT8_DOT_FLAGS)
 
 
 def choose_providers(device: str) -> list[str | tuple[str, dict[str, Any]]]:

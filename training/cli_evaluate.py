@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         default="auto",
         choices=["auto", "fp32", "int8"],
-        help="backbone graph: auto = the bundle's INT8 copy where the backbone runs on the CPU "
+        help="backbone graph: auto = the bundle's INT8 copy where the backbone runs on a CPU with "
+        "8-bit dot products (VNNI, AMX, Arm) "
         "(as the service does), else float",
     )
     parser.add_argument(

@@ -12,7 +12,7 @@ from models.bundle import GAMMA_CONTEXT, GAMMA_HEAD, POSE, load_bundle
 from models.scio_search import ScioSearchConfig
 from service.pipeline import PosePipeline
 from service.results import PoseOptions
-from service.runtime import OnnxModel, choose_providers
+from service.runtime import INT8_DOT_FLAGS, OnnxModel, choose_providers, parse_cpu_flags
 from service.scio_onnx import OnnxVerifier
 
 DEMO = Path(__file__).resolve().parents[2] / "bundles" / "demo"
@@ -141,3 +141,13 @@ def test_usable_cores_without_an_affinity_call(monkeypatch) -> None:
     assert usable_cores() == 3
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert usable_cores() == 1
+
+
+def test_cpu_flags_are_read_from_x86_and_arm_cpuinfo() -> None:
+    x86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\nbugs\t\t: spectre\n"
+    old_x86 = "flags\t\t: fpu sse2 avx2 avx512f avx512bw\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd asimddp sha3\n"
+    assert parse_cpu_flags(x86) & INT8_DOT_FLAGS == {"avx512_vnni"}
+    assert not parse_cpu_flags(old_x86) & INT8_DOT_FLAGS  # AVX-512 without VNNI
+    assert parse_cpu_flags(arm) & INT8_DOT_FLAGS == {"asimddp"}
+    assert "spectre" not in parse_cpu_flags(x86)

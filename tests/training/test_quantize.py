@@ -80,8 +80,17 @@ def sha_size(bundle, role: str) -> int:  # type: ignore[no-untyped-def]
     return int(p.stat().st_size)
 
 
-def test_the_pipeline_runs_int8_on_the_cpu_unless_told(float_only: Path, int8_bundle: Path) -> None:
+def test_the_pipeline_runs_int8_on_the_cpu_unless_told(
+    float_only: Path, int8_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.pipeline
+
     b = load_bundle(int8_bundle)
+    # a CPU without 8-bit dot products keeps the float graph unless told
+    monkeypatch.setattr(service.pipeline, "cpu_has_int8_dot", lambda: False)
+    assert PosePipeline(b, device="cpu").precision == "fp32"
+    assert PosePipeline(b, device="cpu", precision="int8").precision == "int8"
+    monkeypatch.setattr(service.pipeline, "cpu_has_int8_dot", lambda: True)
     auto = PosePipeline(b, device="cpu")
     fp32 = PosePipeline(b, device="cpu", precision="fp32")
     assert auto.precision == "int8"
