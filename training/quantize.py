@@ -17,6 +17,7 @@ heatmap peak stays within one heatmap pixel).
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,7 +83,9 @@ def network_inputs(
 
 
 def quantize_pose(
-    src: Path, dst: Path, per_image: list[npt.NDArray[np.float32]]
+    src: Path,
+    dst: Path,
+    per_image: list[npt.NDArray[np.float32]],
 ) -> QuantizationReport:
     """Write the INT8 copy of the backbone `src` to `dst`, calibrated on three images in four of
     `per_image` (network inputs) and checked on the fourth (module doc)."""
@@ -133,7 +136,7 @@ def quantize_pose(
         )
         report = compare(src, written, check_x)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        written.replace(dst)
+        shutil.move(written, dst)  # the temporary folder may be on another file system
     return QuantizationReport(
         calibration_images=len(calib),
         calibration_crops=len(calib_x),
