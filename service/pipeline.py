@@ -39,7 +39,7 @@ from models.preprocess import Normalization, to_network_input
 from models.scio_search import ScioSearchConfig, SearchResult, refine, wants_phi
 from service.detector import PersonDetector
 from service.results import PersonPose, PoseOptions, PoseResult, RefinedKeypoint
-from service.runtime import OnnxModel, choose_providers, cpu_has_int8_dot, usable_cores
+from service.runtime import OnnxModel, cpu_has_int8_dot, runs_on_cpu, usable_cores
 from service.scio_onnx import OnnxPredictor, OnnxVerifier
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,8 @@ class PosePipeline:
     ) -> None:
         """`scio_config` overrides the bundle's SCIO search settings (evaluation ablations).
         `precision`: which backbone graph runs: "auto" = the bundle's INT8 copy (`pose_int8`)
-        where the backbone runs on the CPU and the bundle has one, else the float graph;
-        "fp32" or "int8" to choose (int8 needs a bundle with one).
+        where the backbone runs on a CPU with 8-bit dot products and the bundle has one, else
+        the float graph; "fp32" or "int8" to choose (`backbone_precision`).
         `io_binding`: None = on where the models run on CUDA/TensorRT (`service.runtime`).
         `scio_parallel`: Φ and Γ's context side by side, each on half the threads (they read
         the same inputs and not each other); None = where there are at least two threads and
@@ -530,9 +530,7 @@ def backbone_precision(bundle: Bundle, device: str, precision: str) -> str:
             "`scio-pose rebundle --int8 DATA`, or use precision fp32"
         )
     if precision == "auto":
-        first = choose_providers(device)[0]
-        on_cpu = (first if isinstance(first, str) else first[0]) == "CPUExecutionProvider"
-        return "int8" if has_int8 and on_cpu and cpu_has_int8_dot() else "fp32"
+        return "int8" if has_int8 and runs_on_cpu(device) and cpu_has_int8_dot() else "fp32"
     if precision == "int8" and not cpu_has_int8_dot():
         log.warning(
             "precision int8 on a CPU without 8-bit dot-product instructions (VNNI, AMX, Arm "

@@ -59,6 +59,17 @@ def cpu_has_int8_dot() -> bool:
     return bool(cpu_flags() & INT8_DOT_FLAGS)
 
 
+def runs_on_cpu(device: str) -> bool:
+    """Whether `device` resolves to the CPU in this onnxruntime build (`choose_providers`'s
+    choice, without its warnings)."""
+    available = set(ort.get_available_providers())
+    if device == "cpu":
+        return True
+    if device == "tensorrt" and "TensorrtExecutionProvider" in available:
+        return False
+    return "CUDAExecutionProvider" not in available
+
+
 def choose_providers(device: str) -> list[str | tuple[str, dict[str, Any]]]:
     """The provider list for `device`, falling back to the CPU when a provider is missing."""
     if device not in DEVICES:

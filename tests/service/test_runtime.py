@@ -12,7 +12,13 @@ from models.bundle import GAMMA_CONTEXT, GAMMA_HEAD, POSE, load_bundle
 from models.scio_search import ScioSearchConfig
 from service.pipeline import PosePipeline
 from service.results import PoseOptions
-from service.runtime import INT8_DOT_FLAGS, OnnxModel, choose_providers, parse_cpu_flags
+from service.runtime import (
+    INT8_DOT_FLAGS,
+    OnnxModel,
+    choose_providers,
+    parse_cpu_flags,
+    runs_on_cpu,
+)
 from service.scio_onnx import OnnxVerifier
 
 DEMO = Path(__file__).resolve().parents[2] / "bundles" / "demo"
@@ -151,3 +157,21 @@ def test_cpu_flags_are_read_from_x86_and_arm_cpuinfo() -> None:
     assert not parse_cpu_flags(old_x86) & INT8_DOT_FLAGS  # AVX-512 without VNNI
     assert parse_cpu_flags(arm) & INT8_DOT_FLAGS == {"asimddp"}
     assert "spectre" not in parse_cpu_flags(x86)
+
+
+@pytest.mark.parametrize(
+    "available",
+    [
+        ["CPUExecutionProvider"],
+        ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    ],
+)
+@pytest.mark.parametrize("device", ["auto", "cuda", "tensorrt", "cpu"])
+def test_runs_on_cpu_agrees_with_the_provider_choice(
+    monkeypatch: pytest.MonkeyPatch, device: str, available: list[str]
+) -> None:
+    monkeypatch.setattr(ort, "get_available_providers", lambda: available)
+    first = choose_providers(device)[0]
+    name = first if isinstance(first, str) else first[0]
+    assert runs_on_cpu(device) == (name == "CPUExecutionProvider")
