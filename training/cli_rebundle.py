@@ -67,9 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="DATA",
         help="add an INT8 copy of the backbone (pose_int8.onnx, which the service runs where "
-        "the backbone runs on the CPU), calibrated on the annotated persons of this COCO-format "
-        "folder (person_keypoints.json, images/; e.g. a tuning split from `scio-pose synth`) "
-        "and checked against the float backbone on a quarter of its images",
+        "the backbone runs on a CPU with 8-bit dot products), calibrated on the annotated "
+        "persons of this COCO-format folder (person_keypoints.json, images/; e.g. a tuning "
+        "split from `scio-pose synth`) and checked against the float backbone on a quarter of "
+        "its images",
     )
     parser.add_argument(
         "--int8-images",

@@ -99,8 +99,13 @@ def quantize_pose(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if len(per_image) < 4:
+        raise ValueError(
+            f"INT8 calibration needs at least 4 images with annotated persons, not "
+            f"{len(per_image)} (three calibrate, the fourth checks)"
+        )
     calib = [x for i, x in enumerate(per_image) if i % 4 != 3]
-    check = [x for i, x in enumerate(per_image) if i % 4 == 3] or per_image[-1:]
+    check = [x for i, x in enumerate(per_image) if i % 4 == 3]
     calib_x = np.concatenate(calib)
     check_x = np.concatenate(check)
     input_name = (

@@ -130,4 +130,20 @@ def test_int8_needs_annotated_data_and_writes_nothing_otherwise(tmp_path: Path) 
     assert _cli(["--bundle", str(DEMO), "--out", str(out), "--int8", str(tmp_path)]) == 2
     assert _cli(["--bundle", str(DEMO), "--out", str(out), "--int8", str(MINI),
                  "--int8-images", "2"]) == 2  # fmt: skip
+    # DATA with fewer than 4 annotated images
+    ann = json.loads((MINI / "person_keypoints.json").read_text())
+    keep = {im["id"] for im in ann["images"][:2]}
+    few = tmp_path / "few"
+    few.mkdir()
+    (few / "images").symlink_to(MINI / "images")
+    (few / "person_keypoints.json").write_text(
+        json.dumps(
+            {
+                **ann,
+                "images": [im for im in ann["images"] if im["id"] in keep],
+                "annotations": [a for a in ann["annotations"] if a["image_id"] in keep],
+            }
+        )
+    )
+    assert _cli(["--bundle", str(DEMO), "--out", str(out), "--int8", str(few)]) == 2
     assert not out.exists()
