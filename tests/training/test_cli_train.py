@@ -60,3 +60,17 @@ def test_scio_set_overrides_any_field_of_the_preset(monkeypatch: pytest.MonkeyPa
         cli_train.run(_parse([*argv, "--set", "no_such_field=1"]))
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         cli_train.run(_parse([*argv, "--set", "candidates_weight"]))
+
+
+def test_scio_data_and_flip_test_reach_the_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_train(backbone: Path, out: Path, cfg: Any, resume: bool = False) -> None:
+        seen["cfg"] = cfg
+
+    monkeypatch.setattr(training.train_scio, "train_scio", fake_train)
+    argv = ["scio", "--backbone", "b.pt", "--out", "o", "--preset", "cpu-testbed"]
+    assert cli_train.run(_parse(argv)) == 0
+    assert (seen["cfg"].data, seen["cfg"].flip_test) == ("", False)  # the preset's
+    assert cli_train.run(_parse([*argv, "--data", "fresh", "--flip-test"])) == 0
+    assert (seen["cfg"].data, seen["cfg"].flip_test) == ("fresh", True)
