@@ -733,6 +733,11 @@ def gather_rows(x: F32, index: I64) -> F32:
     return out
 
 
+# The input of Φ / Γ-context graphs that take each person's feature map once: each row's person
+# (`RowFeatures.index`; training.onnx_export.gather_features_by_person writes it)
+PERSON_INDEX = "person_index"
+
+
 @dataclass(frozen=True)
 class RowFeatures:
     """The feature maps of (person, group) rows, without a copy per row: `persons` (N, C, h, w)

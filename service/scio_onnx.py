@@ -21,14 +21,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.scio_search import RowFeatures
+from models.scio_search import PERSON_INDEX, RowFeatures
 from service.runtime import OnnxModel
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
-
-
-PERSON_INDEX = "person_index"
 
 
 def _maps(x: npt.NDArray[np.floating]) -> F32:

@@ -274,9 +274,9 @@ def rewrite_checked(
     import onnx
     import onnxruntime as ort
 
+    from models.scio_search import PERSON_INDEX
     from training.onnx_export import (
         PARITY_RTOL,
-        PERSON_INDEX,
         ParityError,
         fold_sum_batchnorm,
         gather_features_by_person,

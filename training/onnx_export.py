@@ -18,6 +18,7 @@ import onnx
 import torch
 from torch import nn
 
+from models.scio_search import PERSON_INDEX
 from models.zoo import Backbone
 
 log = logging.getLogger(__name__)
@@ -197,9 +198,6 @@ def fold_sum_batchnorm(model: onnx.ModelProto) -> int:
         del graph.initializer[:]
         graph.initializer.extend(keep)
     return folded
-
-
-PERSON_INDEX = "person_index"  # Φ / Γ-context input: each row's person (models.scio_search)
 
 
 def gather_features_by_person(model: onnx.ModelProto) -> bool:

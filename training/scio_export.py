@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from models.scio_nets import ScioNet, context_names, export_onnx
+from models.scio_search import PERSON_INDEX
 from training.onnx_export import (
     OPSET,
-    PERSON_INDEX,
     check_parity,
     fold_sum_batchnorm_file,
     gather_features_by_person_file,
