@@ -95,10 +95,7 @@ def main() -> int:
         i: np.asarray(Image.open(args.images / coco.images[i].file_name).convert("RGB"))
         for i in ids
     }
-    gts = {
-        i: [p for p in coco.persons(i) if not p.iscrowd and p.keypoints[:, 2].max() > 0]
-        for i in ids
-    }
+    gts = {i: coco.labelled_persons(i) for i in ids}
     persons = sum(len(g) for g in gts.values())
 
     def tally(counts: dict[str, int], image_id: int, answers: list[Any]) -> None:

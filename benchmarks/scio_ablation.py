@@ -48,7 +48,9 @@ from training.evaluate import (  # noqa: E402
     EvalOptions,
     bootstrap_ap,
     evaluate_variants,
+    load_rgb,
     scio_config_for,
+    xyxy,
 )
 
 log = logging.getLogger("scio_ablation")
@@ -244,7 +246,6 @@ def cost(
     """Per-person times on this CPU, from warm sessions over the first `images` images: the
     chosen (shipped) settings, the best searching settings, and descent and grid variants.
     `precision`: the backbone graph (auto: as the service runs it on the CPU)."""
-    from PIL import Image
 
     from training.data.coco import CocoKeypoints
 
@@ -253,13 +254,11 @@ def cost(
     coco = CocoKeypoints(split / "person_keypoints.json", b.manifest.spec)
     items = []
     for image_id in coco.image_ids[:images]:
-        ps = [p for p in coco.persons(image_id) if not p.iscrowd and p.keypoints[:, 2].max() > 0]
+        ps = coco.labelled_persons(image_id)
         if not ps:
             continue
-        xywh = np.stack([p.bbox_xywh for p in ps])
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-        with Image.open(split / "images" / coco.images[image_id].file_name) as im:
-            items.append((np.asarray(im.convert("RGB")), PoseOptions(boxes=boxes)))
+        boxes = xyxy(np.stack([p.bbox_xywh for p in ps]))
+        items.append((load_rgb(split / "images", coco.images[image_id]), PoseOptions(boxes=boxes)))
     pipe.estimate_many(items[:2])  # warm-up
     bp = pipe.backbone_pass(items)
     n = len(bp.persons.item)

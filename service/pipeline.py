@@ -336,12 +336,27 @@ class PosePipeline:
             out[sel] = warp_affine(items[i][0], mats[sel], self.codec.input_hw)
         return out
 
+    def network_input(
+        self, items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]]
+    ) -> npt.NDArray[np.float32]:
+        """The backbone's input for the items' persons as `backbone_pass` makes it (their crops,
+        then the mirrored copies of those that run the flip test), without running it: what an
+        INT8 copy is calibrated on (training.quantize)."""
+        persons = self._persons(items)
+        flip = np.array([self.flips(items[i][1].flip) for i in persons.item], dtype=bool)
+        return self._network_input(self._crops(items, persons), flip)
+
+    def _network_input(
+        self, crops: npt.NDArray[np.uint8], flip: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.float32]:
+        return with_mirrored(to_network_input(crops, self.norm), flip)
+
     def _backbone(
         self, crops: npt.NDArray[np.uint8], flip: npt.NDArray[np.bool_]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Heatmaps (N, K, h, w), flip-averaged where asked, and features (N, C, h, w)."""
         n = len(crops)
-        x = with_mirrored(to_network_input(crops, self.norm), flip)
+        x = self._network_input(crops, flip)
         hms, feats = [], []
         for start in range(0, len(x), self.max_batch):
             out = self.pose.run(image=x[start : start + self.max_batch])

@@ -225,12 +225,10 @@ def rebundle(
                 changes.append(f"{role}: {', '.join(done) or 'nothing to rewrite'} "
                                f"(relative difference {diff:.1e})")  # fmt: skip
         if int8_data is not None:
+            from training.data.sources import coco_folder
             from training.quantize import network_inputs, quantize_pose
 
-            ann, images = int8_data / "person_keypoints.json", int8_data / "images"
-            for p in (ann, images):
-                if not p.exists():
-                    raise ValueError(f"--int8: {p} does not exist")
+            ann, images = coco_folder(int8_data)
             inputs = network_inputs(bundle_dir, ann, images, limit=int8_images)
             sources[POSE_INT8] = Path(tmp) / "pose_int8.onnx"
             report = quantize_pose(sources[POSE], sources[POSE_INT8], inputs)

@@ -141,7 +141,7 @@ def evaluate_variants(
                     oks_nms_threshold=OKS_THRE,
                     official=official,
                 )
-            items.append((_load(Path(images_dir), coco.images[image_id]), o))
+            items.append((load_rgb(Path(images_dir), coco.images[image_id]), o))
         t = time.perf_counter()
         bp = pipe.backbone_pass(items)
         shared = time.perf_counter() - t
@@ -203,7 +203,7 @@ def provenance_evaluation(result_files: list[Path]) -> dict[str, Any]:
     return out
 
 
-def _load(images_dir: Path, im: ImageRecord) -> npt.NDArray[np.uint8]:
+def load_rgb(images_dir: Path, im: ImageRecord) -> npt.NDArray[np.uint8]:
     with Image.open(images_dir / im.file_name) as img:
         return np.asarray(img.convert("RGB"))
 
@@ -220,7 +220,7 @@ def _person_boxes(
     dets = load_detections(source, set(image_ids))
     for image_id, rows in dets.items():
         xywh = np.stack([b for b, _ in rows])
-        out[image_id] = (_xyxy(xywh), np.array([s for _, s in rows]))
+        out[image_id] = (xyxy(xywh), np.array([s for _, s in rows]))
     return out
 
 
@@ -238,7 +238,7 @@ def gt_persons(
         if persons:
             im = coco.images[image_id]
             xywh = clean_gt_boxes(np.stack([p.bbox_xywh for p in persons]), (im.height, im.width))
-            out[image_id] = (_xyxy(xywh), persons)
+            out[image_id] = (xyxy(xywh), persons)
     return out
 
 
@@ -304,7 +304,8 @@ def bootstrap_ap(
     return out
 
 
-def _xyxy(xywh: F64) -> F64:
+def xyxy(xywh: F64) -> F64:
+    """Boxes (n, 4) x, y, w, h -> x1, y1, x2, y2."""
     return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
 
 
@@ -374,7 +375,7 @@ def match_predictions(
     ground-truth person they overlap most (OKS > 0)."""
     matches: list[Match] = []
     for image_id, persons in predictions.items():
-        gts = [p for p in coco.persons(image_id) if not p.iscrowd and p.keypoints[:, 2].max() > 0]
+        gts = coco.labelled_persons(image_id)
         taken: dict[int, PersonPose] = {}
         for pred in sorted(persons, key=lambda q: -q.score):
             free = [i for i in range(len(gts)) if i not in taken]

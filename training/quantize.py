@@ -16,7 +16,6 @@ heatmap peak stays within one heatmap pixel).
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -46,35 +45,24 @@ class QuantizationReport:
 def network_inputs(
     bundle_dir: Path, ann: Path, images: Path, limit: int | None = None
 ) -> list[npt.NDArray[np.float32]]:
-    """Per image, the backbone's input for its annotated persons, as the service makes it (GT
-    boxes; with the mirrored crops where the bundle runs the flip test)."""
-    from PIL import Image
-
+    """Per image, the backbone's input for its annotated persons (their boxes as annotated), as
+    the service makes it (with the mirrored crops where the bundle runs the flip test)."""
     from models.bundle import load_bundle
-    from models.preprocess import to_network_input
-    from service.pipeline import PosePipeline, with_mirrored
+    from service.pipeline import PosePipeline
     from service.results import PoseOptions
+    from training.data.coco import CocoKeypoints
+    from training.evaluate import load_rgb, xyxy
 
     pipe = PosePipeline(load_bundle(bundle_dir), device="cpu", precision="fp32")
-    data = json.loads(ann.read_text())
-    boxes: dict[int, list[list[float]]] = {}
-    for a in data.get("annotations", []):
-        if a.get("iscrowd", 0) or a.get("num_keypoints", 1) == 0:
-            continue
-        x, y, w, h = a["bbox"]
-        if w > 0 and h > 0:
-            boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+    coco = CocoKeypoints(ann, pipe.spec)
     out = []
-    for im in data["images"]:
-        if im["id"] not in boxes:
+    for image_id in coco.image_ids:
+        ps = coco.labelled_persons(image_id)
+        if not ps:
             continue
-        with Image.open(images / im["file_name"]) as img:
-            image = np.asarray(img.convert("RGB"))
-        items = [(image, PoseOptions(boxes=np.asarray(boxes[im["id"]], np.float64)))]
-        persons = pipe._persons(items)
-        crops = pipe._crops(items, persons)
-        flip = np.full(len(crops), pipe.flips(None), dtype=bool)
-        out.append(with_mirrored(to_network_input(crops, pipe.norm), flip))
+        boxes = xyxy(np.stack([p.bbox_xywh for p in ps]))
+        image = load_rgb(images, coco.images[image_id])
+        out.append(pipe.network_input([(image, PoseOptions(boxes=boxes))]))
         if limit is not None and len(out) >= limit:
             break
     if not out:

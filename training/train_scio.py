@@ -41,7 +41,7 @@ from models.scio_search import grid_offsets
 from models.zoo import Backbone, build_backbone
 from training.config import BackboneTrainConfig, ScioTrainConfig, from_dict, to_plain
 from training.data.coco import CocoKeypoints
-from training.data.sources import resolve_data
+from training.data.sources import coco_folder, resolve_data
 from training.data.topdown import TopDownDataset
 from training.progress import progress
 from training.train_backbone import codec_for, normalization_of
@@ -431,25 +431,10 @@ def net_config(
     return net if groups is None else replace(net, groups=groups)
 
 
-def scio_data(folder: str | Path) -> tuple[Path, Path]:
-    """The annotation file and image folder of a COCO-format folder (`scio-pose synth`'s layout:
-    person_keypoints.json beside images/) that Φ and Γ train on instead of the backbone's own
-    training data."""
-    root = Path(folder)
-    ann, images = root / "person_keypoints.json", root / "images"
-    for p in (ann, images):
-        if not p.exists():
-            raise FileNotFoundError(
-                f"{p} does not exist: the SCIO training data must be a folder with "
-                "person_keypoints.json and images/ (e.g. from `scio-pose synth`)"
-            )
-    return ann, images
-
-
 def train_scio(
     backbone_ckpt: str | Path, out_dir: str | Path, cfg: ScioTrainConfig, resume: bool = False
 ) -> dict[str, Any]:
-    fresh = scio_data(cfg.data) if cfg.data else None  # checked before anything is written
+    fresh = coco_folder(cfg.data) if cfg.data else None  # checked before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

@@ -110,6 +110,11 @@ class CocoKeypoints:
         """Every person annotation of the image, crowd regions included."""
         return list(self._persons.get(image_id, []))
 
+    def labelled_persons(self, image_id: int) -> list[PersonAnn]:
+        """The image's non-crowd persons with at least one labelled keypoint, boxes as
+        annotated (no cleaning), in annotation order."""
+        return [p for p in self.persons(image_id) if not p.iscrowd and p.keypoints[:, 2].max() > 0]
+
     def training_instances(self, official: bool = False) -> list[tuple[ImageRecord, PersonAnn]]:
         """Non-crowd persons with at least one labelled keypoint and a usable cleaned box, in
         image-id then annotation order. `official`: exactly the official code's filter

@@ -67,3 +67,17 @@ def resolve_data(data: DataConfig, cache: Path, is_main: bool = True) -> Dataset
                 "(see `scio-pose train backbone --help`)"
             )
     return paths
+
+
+def coco_folder(folder: str | Path) -> tuple[Path, Path]:
+    """The annotation file and image folder of a COCO-format folder in `scio-pose synth`'s layout
+    (person_keypoints.json beside images/), checked to exist."""
+    root = Path(folder)
+    ann, images = root / "person_keypoints.json", root / "images"
+    for p in (ann, images):
+        if not p.exists():
+            raise FileNotFoundError(
+                f"{p} does not exist: expected a folder with person_keypoints.json and images/ "
+                "(e.g. from `scio-pose synth`)"
+            )
+    return ann, images
