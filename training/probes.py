@@ -264,17 +264,18 @@ def _probe_rows(
     # the diagnostics (Rows): the same predictions against the true A; then Γ given the true
     # B and C too, at the true D and at the start
     at_start = 1 + int(np.argmin(np.linalg.norm(lattice, axis=-1)))
+    two = np.repeat(np.arange(n), 2)
+    truth_start = pred[:, [0, at_start]].reshape(2 * n, *hw)  # Γ's Â at the true D, the start
     target_a = render_gaussians(true_a, hw, sigma)
-    loss_ta = self_constraint_loss(target_a[r], pred.reshape(n * m, *hw), score).reshape(n, m)
+    loss_ta = self_constraint_loss(target_a[two], truth_start, score).reshape(n, 2)
     clean_a = render_gaussians(bp.coords[person, a], hw, sigma)
-    loss_ca = self_constraint_loss(clean_a[r], pred.reshape(n * m, *hw), score).reshape(n, m)
+    loss_ca = self_constraint_loss(clean_a[two], truth_start, score).reshape(n, 2)
     ctx_t = pipe.verifier.context(
         render_gaussians(gt_hm[person, b], hw, sigma),
         render_gaussians(gt_hm[person, c], hw, sigma),
         bp.features[person],
         gidx,
     )
-    two = np.repeat(np.arange(n), 2)
     both = np.stack([true_d, start], 1).reshape(-1, 2)
     pred_t = pipe.verifier.head(ctx_t, two, render_gaussians(both, hw, sigma))
     loss_tabc = self_constraint_loss(target_a[two], pred_t, score).reshape(n, 2)
@@ -324,9 +325,9 @@ def _probe_rows(
         rows.loss_start.append(float(res.loss_before[idx[i]]))
         rows.loss_end.append(float(res.loss_after[idx[i]]))
         rows.loss_truth_clean_a.append(float(loss_ca[i, 0]))
-        rows.loss_start_clean_a.append(float(loss_ca[i, at_start]))
+        rows.loss_start_clean_a.append(float(loss_ca[i, 1]))
         rows.loss_truth_true_a.append(float(loss_ta[i, 0]))
-        rows.loss_start_true_a.append(float(loss_ta[i, at_start]))
+        rows.loss_start_true_a.append(float(loss_ta[i, 1]))
         rows.loss_truth_true_abc.append(float(loss_tabc[i, 0]))
         rows.loss_start_true_abc.append(float(loss_tabc[i, 1]))
         rows.spearman.append(spearman(lat_loss[i], dist[i]))
