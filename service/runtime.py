@@ -62,16 +62,12 @@ def cpu_has_int8_dot() -> bool:
 def runs_on_cpu(device: str) -> bool:
     """Whether `device` resolves to the CPU in this onnxruntime build (`choose_providers`'s
     choice, without its warnings)."""
-    available = set(ort.get_available_providers())
-    if device == "cpu":
-        return True
-    if device == "tensorrt" and "TensorrtExecutionProvider" in available:
-        return False
-    return "CUDAExecutionProvider" not in available
+    return choose_providers(device, warn=False) == ["CPUExecutionProvider"]
 
 
-def choose_providers(device: str) -> list[str | tuple[str, dict[str, Any]]]:
-    """The provider list for `device`, falling back to the CPU when a provider is missing."""
+def choose_providers(device: str, warn: bool = True) -> list[str | tuple[str, dict[str, Any]]]:
+    """The provider list for `device`, falling back to the CPU when a provider is missing (and
+    saying so, with `warn`)."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
     available = set(ort.get_available_providers())
@@ -88,14 +84,15 @@ def choose_providers(device: str) -> list[str | tuple[str, dict[str, Any]]]:
             if "CUDAExecutionProvider" in available:
                 chain.append(cuda)
             return [*chain, "CPUExecutionProvider"]
-        log.warning(
-            "device=tensorrt but this onnxruntime has no TensorRT provider; using %s",
-            "CUDA" if "CUDAExecutionProvider" in available else "the CPU",
-        )
+        if warn:
+            log.warning(
+                "device=tensorrt but this onnxruntime has no TensorRT provider; using %s",
+                "CUDA" if "CUDAExecutionProvider" in available else "the CPU",
+            )
         device = "cuda"
     if "CUDAExecutionProvider" in available:
         return [cuda, "CPUExecutionProvider"]
-    if device == "cuda":
+    if device == "cuda" and warn:
         log.warning("device=cuda but this onnxruntime has no CUDA provider; using the CPU")
     return ["CPUExecutionProvider"]
 
