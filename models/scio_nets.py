@@ -57,6 +57,11 @@ class ScioNetConfig:
     # f) are average-pooled to half resolution first and its finest level is skipped. At most
     # head_start_level (the head reads ctx from there on).
     context_start_level: int = 0
+    # How a context that starts above level 0 reaches it: "pool" average-pools H_B, H_C and f
+    # (2^level x 2^level) before a 3x3 / 1x1 stem; "strided" lets the stem itself stride: a
+    # (2k x 2k, stride k) conv over the heatmaps and a (k x k, stride k) conv over f, k = 2^level,
+    # so the sub-pixel detail that pooling averages away reaches the context, at the same cost.
+    context_stem: str = "pool"
 
     def __post_init__(self) -> None:
         if len(self.context_widths) != len(self.head_widths) or len(self.head_widths) < 2:
@@ -65,6 +70,8 @@ class ScioNetConfig:
             raise ValueError("head_start_level must leave the head at least two levels")
         if not 0 <= self.context_start_level <= self.head_start_level:
             raise ValueError("context_start_level must be in [0, head_start_level]")
+        if self.context_stem not in ("pool", "strided"):
+            raise ValueError(f"context_stem must be 'pool' or 'strided', not {self.context_stem!r}")
         if not 0.0 <= self.feature_dropout <= 1.0:
             raise ValueError(f"feature_dropout must be in [0, 1], got {self.feature_dropout}")
         if not self.groups or self.context_blocks < 1:
@@ -113,8 +120,14 @@ class ContextNet(nn.Module):
         # levels below `first` are not built: the inputs are pooled to level `first` instead
         self.first = config.context_start_level
         cw, hw = config.context_widths[self.first :], config.head_widths
-        self.stem_heatmaps = nn.Conv2d(2, cw[0], 3, 1, 1, bias=False)
-        self.stem_features = nn.Conv2d(config.feature_channels, cw[0], 1, bias=False)
+        self.strided = self.first > 0 and config.context_stem == "strided"
+        if self.strided:
+            k = 2**self.first
+            self.stem_heatmaps = nn.Conv2d(2, cw[0], 2 * k, k, k // 2, bias=False)
+            self.stem_features = nn.Conv2d(config.feature_channels, cw[0], k, k, bias=False)
+        else:
+            self.stem_heatmaps = nn.Conv2d(2, cw[0], 3, 1, 1, bias=False)
+            self.stem_features = nn.Conv2d(config.feature_channels, cw[0], 1, bias=False)
         self.stem_bn = nn.BatchNorm2d(cw[0])
         self.down = nn.ModuleList(_conv_bn(cw[lv - 1], cw[lv], 2) for lv in range(1, len(cw)))
         # One embedding per level, added as a per-channel bias before the ReLU: the group can
@@ -141,7 +154,13 @@ class ContextNet(nn.Module):
             keep = torch.rand(f.shape[0], 1, 1, 1, device=f.device) >= self.feature_dropout
             f = f * keep.to(f.dtype)
         hh = torch.cat([h1, h2], dim=1)
-        if self.first:
+        if self.strided:
+            k = 2**self.first  # zero rows/columns up to a multiple of k: ceil(H/k) outputs, as
+            pad_h, pad_w = -hh.shape[-2] % k, -hh.shape[-1] % k  # the head's avg_pool gives
+            if pad_h or pad_w:
+                hh = functional.pad(hh, (0, pad_w, 0, pad_h))
+                f = functional.pad(f, (0, pad_w, 0, pad_h))
+        elif self.first:
             k = 2**self.first  # the head's avg_pool of its candidate, so the sizes agree
             hh = functional.avg_pool2d(hh, k, k, ceil_mode=True)
             f = functional.avg_pool2d(f, k, k, ceil_mode=True)
@@ -276,6 +295,8 @@ def export_onnx(
         with torch.no_grad(), warnings.catch_warnings():
             # The legacy (TorchScript) exporter is the one we use on purpose.
             warnings.filterwarnings("ignore", "You are using the legacy", DeprecationWarning)
+            # the strided stem's padding test reads the heatmap size, fixed in the graph
+            warnings.filterwarnings("ignore", "Converting a tensor to a Python boolean")
             ctx = net.context(h1, h2, feats, group)
             torch.onnx.export(
                 ContextGraph(net),

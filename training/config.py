@@ -204,6 +204,7 @@ class ScioTrainConfig:
     head_start_level: int = 1  # 1: Γ/Φ heads at half resolution (see models/scio_nets.py)
     # 1: Γ/Φ contexts pool their inputs to half resolution first (models/scio_nets.py)
     context_start_level: int = 0
+    context_stem: str = "pool"  # "strided": see models/scio_nets.py
     gamma_feature_dropout: float = 0.3  # P(Γ sees no f for a sample), so it must use D
     phi_feature_dropout: float = 0.0
     passes: int = 2  # augmented passes over the training persons for the cached backbone outputs

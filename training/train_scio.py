@@ -427,6 +427,7 @@ def net_config(
         context_blocks=cfg.context_blocks,
         head_start_level=cfg.head_start_level,
         context_start_level=cfg.context_start_level,
+        context_stem=cfg.context_stem,
     )
     return net if groups is None else replace(net, groups=groups)
 

@@ -144,9 +144,12 @@ def test_full_feature_dropout_makes_the_net_blind_to_f_in_training_and_inference
 
 
 HALF = replace(CONFIG, head_start_level=1, context_start_level=1)
+STRIDED = replace(HALF, context_stem="strided")
 
 
-@pytest.mark.parametrize("config", [CONFIG, HALF], ids=["full", "context-at-half"])
+@pytest.mark.parametrize(
+    "config", [CONFIG, HALF, STRIDED], ids=["full", "context-at-half", "strided-stem"]
+)
 def test_onnx_context_and_head_match_torch(tmp_path: Path, config: ScioNetConfig) -> None:
     net = _net(config)
     export_onnx(net, tmp_path / "ctx.onnx", tmp_path / "head.onnx", (64, 48))
@@ -246,3 +249,38 @@ def test_a_context_that_starts_at_half_resolution() -> None:
     assert context_names(half) == context_names(base) == ["ctx1", "ctx2", "ctx3"]
     with pytest.raises(ValueError, match="context_start_level"):
         replace(base, context_start_level=2)  # beyond the head's first level
+
+
+def test_a_strided_context_stem_keeps_the_detail_pooling_loses() -> None:
+    """context_stem="strided": the context starts at half resolution as with pooling (same ctx
+    shapes, about the same MACs), but its stem strides over the full-resolution maps, so a swap
+    of two pixels within one 2x2 cell (invisible after pooling) changes the context; odd sizes
+    are padded to ceil(H/2) x ceil(W/2), the sizes the head pools its candidate to."""
+    base = ScioNetConfig(
+        feature_channels=8, context_widths=(8, 12, 16, 24), head_widths=(4, 8, 8, 12),
+        head_start_level=1, context_start_level=1,
+    )  # fmt: skip
+    strided = replace(base, context_stem="strided")
+    torch.manual_seed(0)
+    pool_net, net = ScioNet(base).eval(), ScioNet(strided).eval()
+    h1, h2 = torch.rand(2, 1, 32, 24), torch.rand(2, 1, 32, 24)
+    f = torch.randn(2, 8, 32, 24)
+    g = torch.tensor([0, 3])
+    with torch.no_grad():
+        ctx = net.context(h1, h2, f, g)
+        assert [c.shape for c in ctx] == [c.shape for c in pool_net.context(h1, h2, f, g)]
+        swapped = h1.clone()
+        swapped[:, :, 0, 0], swapped[:, :, 0, 1] = h1[:, :, 0, 1], h1[:, :, 0, 0]
+        assert not torch.allclose(net.context(swapped, h2, f, g)[0], ctx[0], atol=1e-6)
+        f_swapped = f.clone()
+        f_swapped[:, :, 4, 4], f_swapped[:, :, 5, 5] = f[:, :, 5, 5], f[:, :, 4, 4]
+        assert not torch.allclose(net.context(h1, h2, f_swapped, g)[0], ctx[0], atol=1e-6)
+        odd = net.context(h1[:, :, :31, :23], h2[:, :, :31, :23], f[:, :, :31, :23], g)
+        assert [tuple(c.shape[-2:]) for c in odd] == [(16, 12), (8, 6), (4, 3)]
+        out = net.head(odd, torch.rand(2, 1, 31, 23))
+        assert out.shape == (2, 1, 31, 23)
+    macs_pool = count_conv_macs(pool_net, lambda: pool_net.context(h1, h2, f, g))
+    macs = count_conv_macs(net, lambda: net.context(h1, h2, f, g))
+    assert macs < 1.2 * macs_pool
+    with pytest.raises(ValueError, match="context_stem"):
+        replace(base, context_stem="avg")
