@@ -55,6 +55,7 @@ from training.progress import progress
 
 log = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
 OKS_CORRECT = 0.5  # an OKS term at or above this counts as a correct keypoint
 GAIN_STEP = 2.0  # heatmap px that D is displaced by to measure Γ's gain
 
@@ -339,6 +340,45 @@ def _probe_rows(
         rows.confidence.append(float(res.confidence[idx[i]]))
         rows.conf_inputs.append(res.confidence_inputs[idx[i]])
         rows.oks.append(float(oks[i]))
+
+
+def mirror_pair_stats(
+    heatmaps: F32,
+    coords: F64,
+    truth: F64,
+    labelled: npt.NDArray[np.bool_],
+    pairs: Sequence[tuple[int, int]],
+    min_apart: float = 2.0,
+) -> list[dict[str, float]]:
+    """Whether a backbone tells the two sides of each left/right pair apart, per pair (l, r):
+    over the persons with both labelled, the median Pearson correlation of the two heatmaps
+    (1: the same map for both sides), and, among those whose two true points are at least
+    `min_apart` heatmap px apart, the share decoded within 1 px of each other (both sides on
+    one spot: at most one can be right). heatmaps (N, K, h, w); coords, truth (N, K, 2) heatmap
+    px; labelled (N, K)."""
+    out = []
+    for left, right in pairs:
+        both = labelled[:, left] & labelled[:, right]
+        a = heatmaps[both, left].reshape(int(both.sum()), -1).astype(np.float64)
+        b = heatmaps[both, right].reshape(int(both.sum()), -1).astype(np.float64)
+        a -= a.mean(1, keepdims=True)
+        b -= b.mean(1, keepdims=True)
+        denom = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+        corr = (a * b).sum(1) / np.where(denom > 0, denom, np.inf)
+        apart_px = np.linalg.norm(truth[both, left] - truth[both, right], axis=-1)
+        decoded_px = np.linalg.norm(coords[both, left] - coords[both, right], axis=-1)
+        apart = apart_px >= min_apart
+        together = float(np.mean(decoded_px[apart] < 1.0)) if apart.any() else float("nan")
+        out.append(
+            {
+                "persons": int(both.sum()),
+                "heatmap_correlation": float(np.median(corr)) if len(corr) else float("nan"),
+                "apart": int(apart.sum()),
+                "true_distance_px": float(np.median(apart_px)) if len(corr) else float("nan"),
+                "together": together,
+            }
+        )
+    return out
 
 
 def logistic_fit(x: F64, y: F64, l2: float = 1e-2) -> F64:
@@ -749,6 +789,7 @@ __all__ = [
     "fit_confidence",
     "logistic_fit",
     "markdown_table",
+    "mirror_pair_stats",
     "probe",
     "rank",
     "spearman",

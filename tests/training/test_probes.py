@@ -5,7 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from training.probes import Rows, auroc, rank, spearman, summarise
+from models.codec import render_gaussians
+from training.probes import Rows, auroc, mirror_pair_stats, rank, spearman, summarise
 
 
 def test_rank_averages_ties() -> None:
@@ -307,3 +308,31 @@ def test_probe_targets_judge_each_groups_anchor_against_its_distal_keypoint() ->
     assert t["arm: median error of A <= half that of the backbone's D"]
     assert not t["leg: median error of A <= half that of the backbone's D"]
     assert not any(k.startswith("x:") for k in t)
+
+
+def test_mirror_pair_stats_tells_a_collapsed_pair_from_a_separated_one() -> None:
+    """Keypoints 0/1 collapsed (both maps the same two bumps, both decoded on the larger one),
+    2/3 separated (each its own bump, decoded apart); person 2 has keypoint 3 unlabelled and
+    person 1 has its 0/1 truths 1 px apart (not counted among the apart ones)."""
+    hw = (16, 12)
+    truth = np.zeros((3, 4, 2))
+    truth[:, 0], truth[:, 1] = [3.0, 4.0], [8.0, 11.0]
+    truth[1, 1] = [4.0, 4.0]
+    truth[:, 2], truth[:, 3] = [2.0, 3.0], [9.0, 12.0]
+    heat = np.zeros((3, 4, *hw), np.float32)
+    for n in range(3):
+        bumps = render_gaussians(truth[n, :2], hw, 1.5)
+        heat[n, 0] = heat[n, 1] = bumps[0] + 0.7 * bumps[1]
+        heat[n, 2:] = render_gaussians(truth[n, 2:], hw, 1.5)
+    coords = truth.copy()
+    coords[:, 1] = coords[:, 0]  # the collapsed pair: both decoded on the larger bump
+    labelled = np.ones((3, 4), bool)
+    labelled[2, 3] = False
+    collapsed, separated = mirror_pair_stats(heat, coords, truth, labelled, [(0, 1), (2, 3)])
+    assert (collapsed["persons"], collapsed["apart"]) == (3, 2)
+    assert collapsed["heatmap_correlation"] == pytest.approx(1.0)
+    assert collapsed["together"] == 1.0
+    assert (separated["persons"], separated["apart"]) == (2, 2)
+    assert separated["heatmap_correlation"] < 0.1
+    assert separated["together"] == 0.0
+    assert separated["true_distance_px"] == pytest.approx(np.hypot(7, 9))
