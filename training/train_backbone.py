@@ -505,6 +505,17 @@ def _report(
     return m
 
 
+def map_correlation(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation of each pair of maps: (N, h, w), (N, h, w) -> (N,) (0 where a map is
+    flat)."""
+    a = a.flatten(1).float()
+    b = b.flatten(1).float()
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    denom = (a.square().sum(1) * b.square().sum(1)).sqrt()
+    return (a * b).sum(1) / denom.clamp_min(1e-12)
+
+
 @torch.no_grad()
 def _validate(
     model: Backbone,
@@ -522,6 +533,8 @@ def _validate(
     loss, acc, n = 0.0, 0.0, 0
     results: dict[int, list[PersonPose]] = {}
     codec = val.codec
+    pairs = val.spec.flip_pairs
+    pair_corr: list[list[Tensor]] = [[] for _ in pairs]
     for batch in loader:
         x = batch["image"].to(device)
         heatmaps, _ = model(x)
@@ -530,6 +543,9 @@ def _validate(
         loss += float(criterion(heatmaps.float(), target, weight)) * len(x)
         acc += pck_accuracy(heatmaps, target, weight) * len(x)
         n += len(x)
+        for j, (left, right) in enumerate(pairs):
+            both = (weight[:, left] > 0) & (weight[:, right] > 0)
+            pair_corr[j].append(map_correlation(heatmaps[both, left], heatmaps[both, right]))
         hm = heatmaps.float().cpu().numpy()
         coords, maxvals = codec.decode(hm)
         kp = heatmap_to_image(
@@ -541,7 +557,17 @@ def _validate(
             k = np.concatenate([kp[i], maxvals[i][:, None]], axis=1)
             pose = PersonPose(no_box, 1.0, float(scores[i]), k, [])
             results.setdefault(int(batch["image_id"][i]), []).append(pose)
-    out = {"val_loss": loss / max(n, 1), "val_acc": acc / max(n, 1)}
+    out: dict[str, Any] = {"val_loss": loss / max(n, 1), "val_acc": acc / max(n, 1)}
+    # the left/right pair whose two heatmaps are most alike (median over persons): near 1, the
+    # network has stopped telling the sides apart (benchmarks/mirror_pairs.py; stop 36: the
+    # shipped backbone's ankles at 1.000, every other pair of it at most 0.90)
+    medians = [
+        float(torch.cat(c).median()) if sum(map(len, c)) else float("nan") for c in pair_corr
+    ]
+    if medians and not all(np.isnan(medians)):
+        worst = int(np.nanargmax(medians))
+        out["val_lr_corr"] = medians[worst]
+        out["val_lr_corr_pair"] = val.spec.keypoint_names[pairs[worst][0]].removeprefix("left_")
     if paths.val_ann is not None and results:
         from training.evaluate import coco_stats, to_coco_results
 
@@ -630,6 +656,7 @@ __all__ = [
     "codec_for",
     "fitted_samples",
     "logged_samples",
+    "map_correlation",
     "pck_accuracy",
     "train_backbone",
 ]
