@@ -58,7 +58,16 @@ def main() -> int:
         "points": [
             {
                 k: r.get(k)
-                for k in ("samples", "val_AP", "val_AP50", "val_acc", "samples_per_s", "lr")
+                for k in (
+                    "samples",
+                    "val_AP",
+                    "val_AP50",
+                    "val_acc",
+                    "samples_per_s",
+                    "lr",
+                    "val_lr_corr",
+                    "val_lr_corr_pair",
+                )
             }
             for r in points
         ],
@@ -73,11 +82,21 @@ def main() -> int:
         "| samples | AP | AP50 | PCK@0.5 | samples/s | learning rate |",
         "|---|---|---|---|---|---|",
     ]
-    lines += [
-        f"| {r['samples']} | {100 * r['val_AP']:.1f} | {100 * r['val_AP50']:.1f} | "
-        f"{r['val_acc']:.3f} | {r['samples_per_s']:.1f} | {r.get('lr', float('nan')):.2g} |"
-        for r in points
-    ]
+    # runs logged since stop 36 also say which left/right pair's heatmaps are most alike (near
+    # 1: the network no longer tells those two sides apart; benchmarks/mirror_pairs.py)
+    pairs = any("val_lr_corr" in r for r in points)
+    if pairs:
+        lines[-2] += " most alike left/right pair (corr.) |"
+        lines[-1] += "---|"
+    for r in points:
+        line = (
+            f"| {r['samples']} | {100 * r['val_AP']:.1f} | {100 * r['val_AP50']:.1f} | "
+            f"{r['val_acc']:.3f} | {r['samples_per_s']:.1f} | {r.get('lr', float('nan')):.2g} |"
+        )
+        if pairs:
+            corr = r.get("val_lr_corr")
+            line += f" {r['val_lr_corr_pair']} ({corr:.3f}) |" if corr is not None else " – |"
+        lines.append(line)
     write_results(args.name, report, "\n".join(lines) + "\n")
     return 0
 
