@@ -25,13 +25,12 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import git_commit, machine, md_header, write_results  # noqa: E402
 from benchmarks.scio_ablation import SPLITS, make_split, split_arguments  # noqa: E402
 from models.bundle import POSE, load_bundle  # noqa: E402
-from models.geometry import affine_matrices, heatmap_to_image, transform_points  # noqa: E402
+from models.geometry import heatmap_to_image  # noqa: E402
 from models.scio_search import refine  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
-from service.results import PoseOptions  # noqa: E402
 from training.data.coco import CocoKeypoints  # noqa: E402
-from training.evaluate import gt_persons, load_rgb, oks_terms  # noqa: E402
-from training.probes import OKS_CORRECT, mirror_pair_stats  # noqa: E402
+from training.evaluate import oks_terms  # noqa: E402
+from training.probes import OKS_CORRECT, gt_batches, mirror_pair_stats  # noqa: E402
 
 F64 = npt.NDArray[np.float64]
 
@@ -53,28 +52,16 @@ def final_layer_difference(pose_onnx: Path, pairs: list[tuple[int, int]]) -> lis
     return [float(np.linalg.norm(w[a] - w[b]) / np.linalg.norm(w[a])) for a, b in pairs]
 
 
-def collect(pipe: PosePipeline, split: Path, batch: int = 16) -> dict[str, npt.NDArray[Any]]:
-    """Heatmaps, decoded and served positions (heatmap px), the truth (heatmap and image px),
-    which keypoints are labelled inside the crop, and the OKS terms of both decodings."""
+def collect(pipe: PosePipeline, split: Path) -> dict[str, npt.NDArray[Any]]:
+    """Heatmaps, decoded and served positions (heatmap px), the truth (heatmap px), which
+    keypoints are labelled inside the crop, and the OKS terms of both decodings."""
     spec = pipe.spec
     hw = pipe.codec.heatmap_hw
     coco = CocoKeypoints(split / "person_keypoints.json", spec)
     keys = ("heat", "coords", "truth", "ok", "base", "served")
     parts: dict[str, list[Any]] = {k: [] for k in keys}
-    ids = coco.image_ids
-    for i in range(0, len(ids), batch):
-        items, anns = [], []
-        for image_id, (boxes, persons) in gt_persons(coco, ids[i : i + batch]).items():
-            image = load_rgb(split / "images", coco.images[image_id])
-            items.append((image, PoseOptions(refine=True, boxes=boxes)))
-            anns.extend(persons)
-        if not items:
-            continue
-        bp = pipe.backbone_pass(items)
-        p = bp.persons
-        gt = np.stack([a.keypoints for a in anns])
-        truth = transform_points(gt[:, :, :2], affine_matrices(p.centers, p.scales, None, hw))
-        inside = (truth >= 0).all(-1) & (truth[..., 0] <= hw[1] - 1) & (truth[..., 1] <= hw[0] - 1)
+    for b in gt_batches(pipe, coco, coco.image_ids, split / "images", desc="mirror pairs"):
+        bp, p = b.bp, b.bp.persons
         served = bp.coords.astype(np.float64).copy()
         if pipe.verifier is not None:
             res = refine(
@@ -83,15 +70,15 @@ def collect(pipe: PosePipeline, split: Path, batch: int = 16) -> dict[str, npt.N
                 sigma=pipe.codec.sigma, flip_index=spec.flip_index,
             )  # fmt: skip
             served[res.person, np.array([g.d for g in spec.groups])[res.group]] = res.end
-        area = np.array([max(a.area, 1.0) for a in anns])[:, None]
+        area = np.array([max(a.area, 1.0) for a in b.anns])[:, None]
         sigmas = spec.sigmas_array[None]
         parts["heat"].append(bp.heatmaps)
         parts["coords"].append(bp.coords.astype(np.float64))
-        parts["truth"].append(truth)
-        parts["ok"].append((gt[:, :, 2] > 0) & inside)
+        parts["truth"].append(b.truth)
+        parts["ok"].append(b.ok)
         for key, pos in (("base", bp.coords.astype(np.float64)), ("served", served)):
             img = heatmap_to_image(pos, p.centers, p.scales, hw)
-            parts[key].append(oks_terms(img, gt[:, :, :2], area, sigmas))
+            parts[key].append(oks_terms(img, b.gt[:, :, :2], area, sigmas))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 

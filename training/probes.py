@@ -26,7 +26,7 @@ Everything is per group and overall. Heatmap pixels throughout, except where sai
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,55 @@ def auroc(score: npt.ArrayLike, positive: npt.ArrayLike) -> float:
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+@dataclass
+class GtBatch:
+    """One batch of images through the backbone with ground-truth boxes, and the truth in the
+    crops' heatmap pixels."""
+
+    bp: Any  # PosePipeline.backbone_pass's result
+    anns: list[PersonAnn]  # one per person of bp, in order
+    item_image: list[int]  # the image id of each item (image) of the batch
+    gt: F64  # (N, K, 3) labelled keypoints, image pixels
+    truth: F64  # (N, K, 2) the same in heatmap pixels of each person's crop
+    ok: npt.NDArray[np.bool_]  # (N, K) labelled and inside the crop
+
+
+def gt_batches(
+    pipe: PosePipeline,
+    coco: CocoKeypoints,
+    ids: Sequence[int],
+    images_dir: str | Path,
+    batch_images: int = 16,
+    desc: str = "images",
+) -> Iterator[GtBatch]:
+    """The backbone (flip test as the bundle's default) over `ids` in batches of images, with the
+    ground-truth boxes `evaluate --boxes gt` uses, every box one person."""
+    hw = pipe.codec.heatmap_hw
+    chunks = [ids[i : i + batch_images] for i in range(0, len(ids), batch_images)]
+    for chunk in progress(chunks, desc=desc):
+        items, anns, item_image = [], [], []
+        for image_id, (boxes, persons) in gt_persons(coco, list(chunk)).items():
+            item_image.append(image_id)
+            with Image.open(Path(images_dir) / coco.images[image_id].file_name) as img:
+                image = np.asarray(img.convert("RGB"))
+            items.append((image, PoseOptions(refine=True, boxes=boxes)))
+            anns.extend(persons)
+        if not items:
+            continue
+        bp = pipe.backbone_pass(items)
+        p = bp.persons
+        assert len(p.item) == len(anns), "every ground-truth box must give one person"
+        gt = np.stack([a.keypoints for a in anns])  # (N, K, 3) image pixels
+        truth = transform_points(gt[:, :, :2], affine_matrices(p.centers, p.scales, None, hw))
+        inside = (
+            (truth[..., 0] >= 0)
+            & (truth[..., 0] <= hw[1] - 1)
+            & (truth[..., 1] >= 0)
+            & (truth[..., 1] <= hw[0] - 1)
+        )
+        yield GtBatch(bp, anns, item_image, gt, truth, (gt[:, :, 2] > 0) & inside)
+
+
 def probe(
     pipe: PosePipeline,
     ann_file: str | Path,
@@ -165,35 +214,12 @@ def probe(
     cfg = search or pipe.scio_config
     coco = CocoKeypoints(ann_file, spec)
     ids = coco.image_ids[:limit] if limit else coco.image_ids
-    hw = pipe.codec.heatmap_hw
     sigma = pipe.codec.sigma
     lattice = grid_offsets(lattice_radius, 1.0)
     rows = Rows()
-    chunks = [ids[i : i + batch_images] for i in range(0, len(ids), batch_images)]
-    for chunk in progress(chunks, desc="probes"):
-        items, anns, item_image = [], [], []
-        for image_id, (boxes, persons) in gt_persons(coco, chunk).items():
-            item_image.append(image_id)
-            with Image.open(Path(images_dir) / coco.images[image_id].file_name) as img:
-                image = np.asarray(img.convert("RGB"))
-            items.append((image, PoseOptions(refine=True, boxes=boxes)))
-            anns.extend(persons)
-        if not items:
-            continue
-        bp = pipe.backbone_pass(items)
+    for b in gt_batches(pipe, coco, ids, images_dir, batch_images, desc="probes"):
+        bp, gt, gt_hm, ok, anns = b.bp, b.gt, b.truth, b.ok, b.anns
         p = bp.persons
-        assert len(p.item) == len(anns), "every ground-truth box must give one person"
-        mats = affine_matrices(p.centers, p.scales, None, hw)
-        gt = np.stack([a.keypoints for a in anns])  # (N, K, 3) image pixels
-        gt_hm = transform_points(gt[:, :, :2], mats)
-        labelled = gt[:, :, 2] > 0
-        inside = (
-            (gt_hm[..., 0] >= 0)
-            & (gt_hm[..., 0] <= hw[1] - 1)
-            & (gt_hm[..., 1] >= 0)
-            & (gt_hm[..., 1] <= hw[0] - 1)
-        )
-        ok = labelled & inside
         res = refine(
             bp.heatmaps,
             bp.features,
@@ -212,7 +238,7 @@ def probe(
         keep = ok[res.person, ga] & ok[res.person, gd]
         if not keep.any():
             continue
-        image_ids = np.asarray(item_image)[p.item]
+        image_ids = np.asarray(b.item_image)[p.item]
         _probe_rows(pipe, bp, res, keep, gt_hm, gt, anns, lattice, rows, cfg.score, image_ids, ok)
     out = summarise(rows, [g.name for g in groups])
     out["_rows"] = rows  # for fit_acceptance; dropped before writing
@@ -787,6 +813,7 @@ __all__ = [
     "auroc",
     "fit_acceptance",
     "fit_confidence",
+    "gt_batches",
     "logistic_fit",
     "markdown_table",
     "mirror_pair_stats",
