@@ -217,6 +217,17 @@ def test_a_head_that_starts_at_half_resolution() -> None:
         ScioNetConfig(head_widths=(4, 8), context_widths=(8, 8), head_start_level=1)
 
 
+def _two_nets(a: ScioNetConfig, b: ScioNetConfig) -> tuple[ScioNet, ScioNet]:
+    torch.manual_seed(0)
+    return ScioNet(a).eval(), ScioNet(b).eval()
+
+
+def _small_inputs() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """H_B, H_C (2, 1, 32, 24), f (2, 8, 32, 24) and two groups."""
+    h1, h2 = torch.rand(2, 1, 32, 24), torch.rand(2, 1, 32, 24)
+    return h1, h2, torch.randn(2, 8, 32, 24), torch.tensor([0, 3])
+
+
 def test_a_context_that_starts_at_half_resolution() -> None:
     """context_start_level=1: the context pools its inputs and skips its finest level; the head
     reads the same ctx shapes as with a full-resolution context, for a fraction of the MACs, and
@@ -226,11 +237,7 @@ def test_a_context_that_starts_at_half_resolution() -> None:
         head_start_level=1,
     )  # fmt: skip
     half = replace(base, context_start_level=1)
-    torch.manual_seed(0)
-    full_net, half_net = ScioNet(base).eval(), ScioNet(half).eval()
-    h1, h2 = torch.rand(2, 1, 32, 24), torch.rand(2, 1, 32, 24)
-    f = torch.randn(2, 8, 32, 24)
-    g = torch.tensor([0, 3])
+    full_net, half_net, (h1, h2, f, g) = *_two_nets(base, half), _small_inputs()
     with torch.no_grad():
         ctx = half_net.context(h1, h2, f, g)
         assert [c.shape for c in ctx] == [c.shape for c in full_net.context(h1, h2, f, g)]
@@ -261,11 +268,7 @@ def test_a_strided_context_stem_keeps_the_detail_pooling_loses() -> None:
         head_start_level=1, context_start_level=1,
     )  # fmt: skip
     strided = replace(base, context_stem="strided")
-    torch.manual_seed(0)
-    pool_net, net = ScioNet(base).eval(), ScioNet(strided).eval()
-    h1, h2 = torch.rand(2, 1, 32, 24), torch.rand(2, 1, 32, 24)
-    f = torch.randn(2, 8, 32, 24)
-    g = torch.tensor([0, 3])
+    pool_net, net, (h1, h2, f, g) = *_two_nets(base, strided), _small_inputs()
     with torch.no_grad():
         ctx = net.context(h1, h2, f, g)
         assert [c.shape for c in ctx] == [c.shape for c in pool_net.context(h1, h2, f, g)]
