@@ -276,6 +276,18 @@ def decode_dark(
     return coords.reshape(*lead, 2), maxval.reshape(lead)
 
 
+def map_correlation(a: Array, b: Array) -> npt.NDArray[np.float64]:
+    """Pearson correlation of each pair of maps, (N, h, w) and (N, h, w) -> (N,), 0 where a map
+    is flat: near 1 for a left/right keypoint pair, the network gives both sides one map."""
+    x = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    y = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    x = x - x.mean(1, keepdims=True)
+    y = y - y.mean(1, keepdims=True)
+    denom = np.sqrt((x * x).sum(1) * (y * y).sum(1))
+    out: npt.NDArray[np.float64] = (x * y).sum(1) / np.where(denom > 0, denom, np.inf)
+    return out
+
+
 def flip_back(heatmaps: Array, flip_index: npt.NDArray[np.intp], shift: bool = True) -> FloatArray:
     """Undo a horizontal flip of the input on its heatmaps (official flip test, §5): mirror the
     width axis, swap left/right channels, and with `shift` move everything one heatmap pixel to

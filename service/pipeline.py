@@ -41,6 +41,7 @@ from service.detector import PersonDetector
 from service.results import PersonPose, PoseOptions, PoseResult, RefinedKeypoint
 from service.runtime import OnnxModel, cpu_has_int8_dot, runs_on_cpu, usable_cores
 from service.scio_onnx import OnnxPredictor, OnnxVerifier
+from service.settings import PRECISIONS
 
 log = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
@@ -527,9 +528,6 @@ def _finite_or_none(values: F64, rows: int) -> list[float | None]:
     """values[:rows] as floats, None where not finite or missing (an array shorter than rows)."""
     v = np.asarray(values, dtype=np.float64)[:rows].tolist()
     return [x if math.isfinite(x) else None for x in v] + [None] * (rows - len(v))
-
-
-PRECISIONS = ("auto", "fp32", "int8")
 
 
 def backbone_precision(bundle: Bundle, device: str, precision: str) -> str:

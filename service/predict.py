@@ -41,7 +41,7 @@ DEFAULT_MAX_PIXELS = 40_000_000  # as the service's SCIO_MAX_PIXELS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from service.settings import DEFAULT_BUNDLE
+    from service.settings import DEFAULT_BUNDLE, PRECISION_HELP, PRECISIONS
 
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders, videos")
     p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="model bundle folder")
@@ -92,13 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch", type=int, default=4, help="images or frames per pipeline call")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "tensorrt"], default="auto")
-    p.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "int8"],
-        default="auto",
-        help="backbone graph: auto = the bundle's INT8 copy where the backbone runs on a CPU "
-        "with 8-bit dot products (VNNI, AMX, Arm), else float",
-    )
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: its default)")
     p.add_argument(
         "--max-pixels",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,6 +23,12 @@ _FORMAT_ALIASES = {"jpg": "jpeg"}
 
 Device = Literal["auto", "cuda", "tensorrt", "cpu"]
 Precision = Literal["auto", "fp32", "int8"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+# the same choice on the command line (`predict`, `evaluate`)
+PRECISION_HELP = (
+    "backbone graph: auto = the bundle's INT8 copy where the backbone runs on a CPU with 8-bit "
+    "dot products (VNNI, AMX, Arm), as the service does, else float"
+)
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 

@@ -10,6 +10,8 @@ HELP = "COCO keypoint evaluation of a bundle (the same pipeline the service runs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from service.settings import PRECISION_HELP, PRECISIONS
+
     parser.description = (
         "Run the bundle's pipeline on every image of a COCO-format annotation file and report "
         "pycocotools' keypoint table (xtcocotools' crowd table for CrowdPose bundles) and the "
@@ -32,14 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="flip test (one-pixel shift); default: the bundle's (bundle.json pose.flip_test)",
     )
     parser.add_argument("--device", default="cpu", choices=["auto", "cuda", "tensorrt", "cpu"])
-    parser.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "int8"],
-        help="backbone graph: auto = the bundle's INT8 copy where the backbone runs on a CPU with "
-        "8-bit dot products (VNNI, AMX, Arm) "
-        "(as the service does), else float",
-    )
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     parser.add_argument(
         "--protocol",
         default="service",

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from models.codec import decode_dark, render_gaussians
+from models.codec import decode_dark, map_correlation, render_gaussians
 from models.geometry import affine_matrices, heatmap_to_image, transform_points
 from models.keypoints import ScioGroup
 from models.scio_search import (
@@ -195,6 +195,26 @@ def gt_batches(
         yield GtBatch(bp, anns, item_image, gt, truth, (gt[:, :, 2] > 0) & inside)
 
 
+def refine_pass(pipe: PosePipeline, bp: Any, search: ScioSearchConfig | None = None) -> Any:
+    """SCIO's `refine` over a backbone pass's persons as the pipeline runs it (its networks,
+    decoding, sigma and flip pairs), at `search` (default: the bundle's settings), with every
+    field of the result (positions in heatmap pixels; the service's answers are built from it)."""
+    assert pipe.verifier is not None, "the bundle has no SCIO networks"
+    return refine(
+        bp.heatmaps,
+        bp.features,
+        bp.coords,
+        bp.scores,
+        pipe.spec.groups,
+        pipe.verifier,
+        search or pipe.scio_config,
+        phi=pipe.predictor,
+        decode=pipe.bundle.manifest.pose.decode,
+        sigma=pipe.codec.sigma,
+        flip_index=pipe.spec.flip_index,
+    )
+
+
 def probe(
     pipe: PosePipeline,
     ann_file: str | Path,
@@ -214,25 +234,12 @@ def probe(
     cfg = search or pipe.scio_config
     coco = CocoKeypoints(ann_file, spec)
     ids = coco.image_ids[:limit] if limit else coco.image_ids
-    sigma = pipe.codec.sigma
     lattice = grid_offsets(lattice_radius, 1.0)
     rows = Rows()
     for b in gt_batches(pipe, coco, ids, images_dir, batch_images, desc="probes"):
         bp, gt, gt_hm, ok, anns = b.bp, b.gt, b.truth, b.ok, b.anns
         p = bp.persons
-        res = refine(
-            bp.heatmaps,
-            bp.features,
-            bp.coords,
-            bp.scores,
-            groups,
-            pipe.verifier,
-            cfg,
-            phi=pipe.predictor,
-            decode=pipe.bundle.manifest.pose.decode,
-            sigma=sigma,
-            flip_index=spec.flip_index,
-        )
+        res = refine_pass(pipe, bp, cfg)
         ga = np.array([g.a for g in groups], dtype=np.intp)[res.group]
         gd = np.array([g.d for g in groups], dtype=np.intp)[res.group]
         keep = ok[res.person, ga] & ok[res.person, gd]
@@ -385,12 +392,7 @@ def mirror_pair_stats(
     out = []
     for left, right in pairs:
         both = labelled[:, left] & labelled[:, right]
-        a = heatmaps[both, left].reshape(int(both.sum()), -1).astype(np.float64)
-        b = heatmaps[both, right].reshape(int(both.sum()), -1).astype(np.float64)
-        a -= a.mean(1, keepdims=True)
-        b -= b.mean(1, keepdims=True)
-        denom = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-        corr = (a * b).sum(1) / np.where(denom > 0, denom, np.inf)
+        corr = map_correlation(heatmaps[both, left], heatmaps[both, right])
         apart_px = np.linalg.norm(truth[both, left] - truth[both, right], axis=-1)
         decoded_px = np.linalg.norm(coords[both, left] - coords[both, right], axis=-1)
         apart = apart_px >= min_apart
@@ -819,6 +821,7 @@ __all__ = [
     "mirror_pair_stats",
     "probe",
     "rank",
+    "refine_pass",
     "spearman",
     "summarise",
 ]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -33,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 from models.checkpoint import atomic_save, load_weights, read_checkpoint, save_checkpoint
-from models.codec import HeatmapCodec, decode_argmax
+from models.codec import HeatmapCodec, decode_argmax, map_correlation
 from models.geometry import heatmap_to_image
 from models.keypoints import get_spec
 from models.postprocess import rescore
@@ -505,17 +506,6 @@ def _report(
     return m
 
 
-def map_correlation(a: Tensor, b: Tensor) -> Tensor:
-    """Pearson correlation of each pair of maps: (N, h, w), (N, h, w) -> (N,) (0 where a map is
-    flat)."""
-    a = a.flatten(1).float()
-    b = b.flatten(1).float()
-    a = a - a.mean(1, keepdim=True)
-    b = b - b.mean(1, keepdim=True)
-    denom = (a.square().sum(1) * b.square().sum(1)).sqrt()
-    return (a * b).sum(1) / denom.clamp_min(1e-12)
-
-
 @torch.no_grad()
 def _validate(
     model: Backbone,
@@ -534,7 +524,7 @@ def _validate(
     results: dict[int, list[PersonPose]] = {}
     codec = val.codec
     pairs = val.spec.flip_pairs
-    pair_corr: list[list[Tensor]] = [[] for _ in pairs]
+    pair_corr: list[list[npt.NDArray[np.float64]]] = [[] for _ in pairs]
     for batch in loader:
         x = batch["image"].to(device)
         heatmaps, _ = model(x)
@@ -543,10 +533,11 @@ def _validate(
         loss += float(criterion(heatmaps.float(), target, weight)) * len(x)
         acc += pck_accuracy(heatmaps, target, weight) * len(x)
         n += len(x)
-        for j, (left, right) in enumerate(pairs):
-            both = (weight[:, left] > 0) & (weight[:, right] > 0)
-            pair_corr[j].append(map_correlation(heatmaps[both, left], heatmaps[both, right]))
         hm = heatmaps.float().cpu().numpy()
+        labelled = (weight > 0).cpu().numpy()
+        for j, (left, right) in enumerate(pairs):
+            both = labelled[:, left] & labelled[:, right]
+            pair_corr[j].append(map_correlation(hm[both, left], hm[both, right]))
         coords, maxvals = codec.decode(hm)
         kp = heatmap_to_image(
             coords, batch["center"].numpy(), batch["scale"].numpy(), codec.heatmap_hw
@@ -562,7 +553,7 @@ def _validate(
     # network has stopped telling the sides apart (benchmarks/mirror_pairs.py; stop 36: the
     # shipped backbone's ankles at 1.000, every other pair of it at most 0.90)
     medians = [
-        float(torch.cat(c).median()) if sum(map(len, c)) else float("nan") for c in pair_corr
+        float(np.median(np.concatenate(c))) if sum(map(len, c)) else float("nan") for c in pair_corr
     ]
     if medians and not all(np.isnan(medians)):
         worst = int(np.nanargmax(medians))
@@ -656,7 +647,6 @@ __all__ = [
     "codec_for",
     "fitted_samples",
     "logged_samples",
-    "map_correlation",
     "pck_accuracy",
     "train_backbone",
 ]

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
 
 from models.checkpoint import atomic_save, read_checkpoint, save_checkpoint
-from models.codec import decode_argmax
+from models.codec import decode_argmax, fuse_flip
 from models.keypoints import KeypointSpec, get_spec, proximal_groups
 from models.scio_nets import ScioNet, ScioNetConfig
 from models.scio_search import grid_offsets
@@ -79,7 +79,6 @@ def collect_outputs(
     flipped back, left/right swapped, shifted one pixel with `flip_shift`, averaged); the features
     stay the unmirrored crop's, as the service passes them to Φ and Γ."""
     backbone.eval()
-    swap = None if flip_index is None else torch.as_tensor(flip_index, dtype=torch.long)
     h, w = dataset.codec.heatmap_hw
     stride = torch.as_tensor(dataset.codec.stride_xy, dtype=torch.float32)
     # Written into preallocated tensors: concatenating a list of batches would hold the cache
@@ -92,11 +91,11 @@ def collect_outputs(
         loader = DataLoader(dataset, batch_size=batch_size, sampler=SequentialSampler(dataset))
         for batch in progress(loader, desc=f"{desc} (pass {p + 1}/{passes})"):
             heat, f = backbone(batch["image"])
-            if swap is not None:
-                back = backbone(batch["image"].flip(-1))[0][:, swap].flip(-1)
-                if flip_shift:
-                    back[..., 1:] = back[..., :-1].clone()
-                heat = 0.5 * (heat + back)
+            if flip_index is not None:
+                mirrored = backbone(batch["image"].flip(-1))[0]
+                heat = torch.from_numpy(
+                    fuse_flip(heat.numpy(), mirrored.numpy(), flip_index, flip_shift)
+                )
             j = batch["joints"] / stride  # input pixels -> heatmap pixels
             inside = (
                 (j[..., 0] >= 0) & (j[..., 0] <= w - 1) & (j[..., 1] >= 0) & (j[..., 1] <= h - 1)

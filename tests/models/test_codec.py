@@ -257,3 +257,20 @@ def test_render_gaussians_peak_and_shape() -> None:
     assert g.shape == (1, 2, 16, 12)
     assert g[0, 0, 4, 3] == pytest.approx(1.0)
     assert g[0, 1].max() < 1.0
+
+
+def test_map_correlation_tells_one_map_from_two() -> None:
+    """Left/right collapse as the training's validation and benchmarks/mirror_pairs measure it:
+    a map against itself 1, against its mirror image (a bump elsewhere) near 0 or below, a flat
+    map 0."""
+    from models.codec import map_correlation
+
+    ys, xs = np.meshgrid(np.arange(16.0), np.arange(12.0), indexing="ij")
+    bump = np.exp(-((xs - 3) ** 2 + (ys - 5) ** 2) / 4)[None]
+    other = np.exp(-((xs - 8) ** 2 + (ys - 11) ** 2) / 4)[None]
+    a = np.concatenate([bump, bump, bump])
+    b = np.concatenate([bump, other, np.zeros((1, 16, 12))])
+    c = map_correlation(a, b)
+    assert c[0] == pytest.approx(1.0)
+    assert c[1] < 0.05
+    assert c[2] == 0
