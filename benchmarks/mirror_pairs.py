@@ -26,11 +26,10 @@ from benchmarks._common import git_commit, machine, md_header, write_results  # 
 from benchmarks.scio_ablation import SPLITS, make_split, split_arguments  # noqa: E402
 from models.bundle import POSE, load_bundle  # noqa: E402
 from models.geometry import heatmap_to_image  # noqa: E402
-from models.scio_search import refine  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
 from training.data.coco import CocoKeypoints  # noqa: E402
 from training.evaluate import oks_terms  # noqa: E402
-from training.probes import OKS_CORRECT, gt_batches, mirror_pair_stats  # noqa: E402
+from training.probes import OKS_CORRECT, gt_batches, mirror_pair_stats, refine_pass  # noqa: E402
 
 F64 = npt.NDArray[np.float64]
 
@@ -64,11 +63,7 @@ def collect(pipe: PosePipeline, split: Path) -> dict[str, npt.NDArray[Any]]:
         bp, p = b.bp, b.bp.persons
         served = bp.coords.astype(np.float64).copy()
         if pipe.verifier is not None:
-            res = refine(
-                bp.heatmaps, bp.features, bp.coords, bp.scores, spec.groups, pipe.verifier,
-                pipe.scio_config, phi=pipe.predictor, decode=pipe.bundle.manifest.pose.decode,
-                sigma=pipe.codec.sigma, flip_index=spec.flip_index,
-            )  # fmt: skip
+            res = refine_pass(pipe, bp)
             served[res.person, np.array([g.d for g in spec.groups])[res.group]] = res.end
         area = np.array([max(a.area, 1.0) for a in b.anns])[:, None]
         sigmas = spec.sigmas_array[None]
