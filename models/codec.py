@@ -60,6 +60,21 @@ class HeatmapCodec:
             return _encode_unbiased(kp, vis, self.heatmap_hw, self.sigma)
         return _encode_official(kp, vis, self.heatmap_hw, self.sigma)
 
+    def encode_limbs(
+        self, keypoints: Array, weight: Array, edges: tuple[tuple[int, int], ...]
+    ) -> tuple[FloatArray, FloatArray]:
+        """Limb targets for one person: per edge (i, j), a Gaussian of each heatmap pixel's
+        distance to the segment from keypoint i to keypoint j (peak 1 along it, the keypoints'
+        sigma). keypoints: (K, 2) in input pixels; weight: (K,) as `encode` returns it, so an
+        edge counts only where both ends do. Returns (E, h, w) float32 and weights (E,)."""
+        kp = np.asarray(keypoints, dtype=np.float64) / self.stride_xy
+        w = np.asarray(weight, dtype=np.float32)
+        idx = np.asarray(edges, dtype=np.intp).reshape(-1, 2)
+        maps = render_segments(kp[idx[:, 0]], kp[idx[:, 1]], self.heatmap_hw, self.sigma)
+        limb_w = (w[idx[:, 0]] * w[idx[:, 1]]).astype(np.float32)
+        maps *= (limb_w > 0)[:, None, None]
+        return maps, limb_w
+
     def decode(
         self, heatmaps: Array, method: str = "argmax"
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
@@ -84,6 +99,24 @@ def render_gaussians(centers: Array, heatmap_hw: tuple[int, int], sigma: float) 
     gx = np.exp(-((xs - c[..., 0:1]) ** 2) / (2 * sigma**2)).astype(np.float32)  # (..., w)
     gy = np.exp(-((ys - c[..., 1:2]) ** 2) / (2 * sigma**2)).astype(np.float32)  # (..., h)
     out: FloatArray = gy[..., :, None] * gx[..., None, :]  # the product in float32
+    return out
+
+
+def render_segments(
+    starts: Array, ends: Array, heatmap_hw: tuple[int, int], sigma: float
+) -> FloatArray:
+    """(E, 2), (E, 2) heatmap coordinates -> (E, h, w) float32: exp(-d^2 / 2 sigma^2) with d a
+    pixel's distance to the segment from start to end (a Gaussian where the two coincide)."""
+    a = np.asarray(starts, dtype=np.float64).reshape(-1, 1, 1, 2)
+    b = np.asarray(ends, dtype=np.float64).reshape(-1, 1, 1, 2)
+    h, w = heatmap_hw
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    p = np.stack([xs, ys], -1)[None]  # (1, h, w, 2)
+    ab = b - a
+    length2 = (ab**2).sum(-1)
+    t = np.clip(((p - a) * ab).sum(-1) / np.maximum(length2, 1e-12), 0.0, 1.0)
+    d2 = ((p - (a + t[..., None] * ab)) ** 2).sum(-1)
+    out: FloatArray = np.exp(-d2 / (2 * sigma**2)).astype(np.float32)
     return out
 
 

@@ -75,6 +75,19 @@ class KeypointSpec:
         return perm
 
     @property
+    def sided_edges(self) -> tuple[tuple[int, int], ...]:
+        """Skeleton edges that belong to one side: those the left/right flip maps onto another
+        edge (a shin, a forearm, nose to one eye), not those it maps onto themselves (hip to
+        hip, shoulder to shoulder)."""
+        perm = self.flip_index
+        out = []
+        for i, j in self.skeleton:
+            mirrored = {int(perm[i]), int(perm[j])}
+            if mirrored != {i, j}:
+                out.append((i, j))
+        return tuple(out)
+
+    @property
     def sigmas_array(self) -> npt.NDArray[np.float64]:
         return np.asarray(self.sigmas, dtype=np.float64)
 

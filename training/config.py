@@ -96,6 +96,13 @@ class BackboneTrainConfig:
     # The model's weights and the input batches in channels-last (NHWC) memory, the layout
     # oneDNN's fast convolutions use on CPUs (measured in benchmarks/results/train_throughput_*).
     channels_last: bool = False
+    # An auxiliary training loss: a separate head on the backbone's features predicts, for
+    # every skeleton edge that belongs to one side (shin, thigh, forearm, ...), a map of the
+    # segment between its two keypoints, weighted this much against the keypoint loss. The
+    # head is dropped from the trained model (it never reaches the bundle); its purpose is
+    # features that know which side a limb is on, so that left and right ankles do not share
+    # one map (benchmarks/results/mirror_pairs.md). 0: off.
+    limb_loss_weight: float = 0.0
 
 
 _COCO = DataConfig(

@@ -110,6 +110,45 @@ def codec_for(cfg: BackboneTrainConfig) -> HeatmapCodec:
     )
 
 
+class LimbHead(nn.Module):
+    """The auxiliary limb head (`limb_loss_weight`): one convolution from the backbone's
+    features to a map per one-sided skeleton edge, beside the keypoint head. Training only."""
+
+    def __init__(self, model: Backbone, n_edges: int) -> None:
+        super().__init__()
+        k = model.config.final_conv_kernel
+        self.conv = nn.Conv2d(model.feature_channels, n_edges, k, 1, k // 2)
+        nn.init.normal_(self.conv.weight, std=0.001)  # as the official final layer
+        assert self.conv.bias is not None
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, features: Tensor) -> Tensor:
+        out: Tensor = self.conv(features)
+        return out
+
+
+class WithLimbs(nn.Module):
+    """A backbone and its limb head as one module (one optimizer, one DDP wrapper)."""
+
+    def __init__(self, model: Backbone, head: LimbHead) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        heatmaps, features = self.model(x)
+        return heatmaps, self.head(features.to(self.head.conv.weight.dtype))
+
+
+def limb_edges(cfg: BackboneTrainConfig) -> tuple[tuple[int, int], ...]:
+    """The skeleton edges the limb loss trains (none when it is off)."""
+    if cfg.limb_loss_weight < 0:
+        raise ValueError(f"limb_loss_weight must be >= 0, got {cfg.limb_loss_weight}")
+    if cfg.limb_loss_weight == 0:
+        return ()
+    return get_spec(cfg.data.spec).sided_edges
+
+
 def normalization_of(model: Backbone) -> Normalization:
     c = model.config
     return Normalization(c.mean, c.std, c.color_order)
@@ -199,7 +238,13 @@ def make_datasets(
     codec = codec_for(cfg)
     norm = normalization_of(model)
     train = TopDownDataset(
-        CocoKeypoints(paths.train_ann, spec), paths.train_images, codec, norm, cfg.augment, cfg.seed
+        CocoKeypoints(paths.train_ann, spec),
+        paths.train_images,
+        codec,
+        norm,
+        cfg.augment,
+        cfg.seed,
+        limbs=limb_edges(cfg),
     )
     val = None
     if paths.val_ann is not None and paths.val_images is not None:
@@ -313,6 +358,7 @@ def train_backbone(
     """
     out = Path(out_dir)
     t_start = time.perf_counter()
+    limb_edges(cfg)  # a bad limb_loss_weight fails here, before anything is written
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     with distributed() as d:
@@ -326,21 +372,26 @@ def train_backbone(
             model = model.to(memory_format=torch.channels_last)
         train, val = make_datasets(cfg, paths, model)
         sched = Schedule.of(cfg, len(train), d.world)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        trained: nn.Module = model
+        limb_head: LimbHead | None = None
+        if train.limbs:
+            limb_head = LimbHead(model, len(train.limbs)).to(device)
+            trained = WithLimbs(model, limb_head)
+        optimizer = torch.optim.Adam(trained.parameters(), lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, sched.lr_scale)
         state = RunState()
         if resume and (out / "train_state.pt").exists():
-            state = _resume(out, model, optimizer, scheduler)
+            state = _resume(out, model, optimizer, scheduler, limb_head)
             log.info(
                 "resumed at step %d (%d samples, %.0f s of training so far)",
                 state.step,
                 state.step * sched.step_samples,
                 state.wall_seconds,
             )
-        net: nn.Module = model
+        net: nn.Module = trained
         if d.world > 1:
             net = DistributedDataParallel(
-                model, device_ids=[d.local_rank] if device.type == "cuda" else None
+                trained, device_ids=[d.local_rank] if device.type == "cuda" else None
             )
         criterion = JointsMSELoss()
         flops = _model_flops(model, cfg)
@@ -365,7 +416,7 @@ def train_backbone(
         else:
             metrics = _run_steps(
                 cfg, sched, net, model, train, val, paths, criterion, optimizer, scheduler,
-                state, device, d, out, flops, t_start, time_budget_s,
+                state, device, d, out, flops, t_start, time_budget_s, limb_head,
             )  # fmt: skip
         if d.world > 1:
             metrics["ddp_consistent"] = _params_agree(model)
@@ -393,6 +444,7 @@ class RunState:
     wall_seconds: float = 0.0  # training wall time over all sittings (not validation)
     loss_sum: float = 0.0  # since the last report
     loss_count: int = 0
+    limb_loss_sum: float = 0.0  # the auxiliary limb loss alone, since the last report
 
 
 def _run_steps(
@@ -413,6 +465,7 @@ def _run_steps(
     flops: float,
     t_start: float,
     time_budget_s: float | None,
+    limb_head: LimbHead | None = None,
 ) -> dict[str, Any]:
     loader = stream_loader(cfg, train, d, state.step)
     amp = _autocast(cfg, device)
@@ -438,8 +491,15 @@ def _run_steps(
         target = batch["target"].to(device, non_blocking=True)
         weight = batch["target_weight"].to(device, non_blocking=True)
         with amp:
-            heatmaps, _ = net(x)
+            heatmaps, second = net(x)
         loss = criterion(heatmaps.float(), target, weight)
+        keypoint_loss = float(loss.item())
+        if limb_head is not None:
+            limbs = batch["limbs"].to(device, non_blocking=True)
+            limb_weight = batch["limb_weight"].to(device, non_blocking=True)
+            limb_loss = criterion(second.float(), limbs, limb_weight)
+            state.limb_loss_sum += float(limb_loss.item())
+            loss = loss + cfg.limb_loss_weight * limb_loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {state.step + 1}")
         optimizer.zero_grad(set_to_none=True)
@@ -447,7 +507,7 @@ def _run_steps(
         optimizer.step()
         scheduler.step()
         state.step += 1
-        state.loss_sum += float(loss.item())
+        state.loss_sum += keypoint_loss  # the keypoint loss, comparable with runs without limbs
         state.loss_count += 1
         state.wall_seconds += time.perf_counter() - t0
         samples_report += sched.step_samples
@@ -467,7 +527,7 @@ def _run_steps(
             if stopped:
                 metrics["stopped"] = stopped
             if d.main:
-                _save(out, cfg, model, optimizer, scheduler, metrics, state)
+                _save(out, cfg, model, optimizer, scheduler, metrics, state, limb_head)
             t_report, samples_report = time.perf_counter(), 0
         if stopped:
             log.info(
@@ -502,7 +562,9 @@ def _report(
         "samples_per_s": rate,
         "gflops": rate * flops / 1e9,
     }
-    state.loss_sum, state.loss_count = 0.0, 0
+    if state.limb_loss_sum:
+        m["train_limb_loss"] = state.limb_loss_sum / max(state.loss_count, 1)
+    state.loss_sum, state.loss_count, state.limb_loss_sum = 0.0, 0, 0.0
     return m
 
 
@@ -575,6 +637,7 @@ def _save(
     scheduler: Any,
     metrics: dict[str, Any],
     state: RunState,
+    limb_head: LimbHead | None = None,
 ) -> None:
     score = metrics.get("val_AP", metrics.get("val_acc"))
     new_best = score is not None and float(score) > state.best
@@ -595,6 +658,8 @@ def _save(
             # the global generators too, for any library code that draws from them
             "numpy_rng": np.random.get_state(legacy=False),  # noqa: NPY002
             "python_rng": random.getstate(),
+            **({"limb_head": limb_head.state_dict()} if limb_head is not None else {}),
+            "limb_loss_sum": state.limb_loss_sum,
         },
         out / "train_state.pt",
     )
@@ -609,13 +674,21 @@ def _save(
 
 
 def _resume(
-    out: Path, model: Backbone, optimizer: torch.optim.Optimizer, scheduler: Any
+    out: Path,
+    model: Backbone,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    limb_head: LimbHead | None = None,
 ) -> RunState:
     ckpt = read_checkpoint(out / "last.pt")
     state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=False)
     if int(ckpt.meta.get("step", -1)) != int(state["step"]):
         raise RuntimeError(f"{out}: last.pt and train_state.pt are from different steps")
     model.load_state_dict(ckpt.state_dict, strict=True)
+    if limb_head is not None:
+        if "limb_head" not in state:
+            raise RuntimeError(f"{out}: the run was not trained with a limb loss; cannot resume")
+        limb_head.load_state_dict(state["limb_head"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
@@ -627,6 +700,7 @@ def _resume(
         wall_seconds=float(state["wall_seconds"]),
         loss_sum=float(state["loss_sum"]),
         loss_count=int(state["loss_count"]),
+        limb_loss_sum=float(state.get("limb_loss_sum", 0.0)),
     )
 
 

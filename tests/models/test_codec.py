@@ -12,6 +12,7 @@ from models.codec import (
     fuse_flip,
     gaussian_blur,
     render_gaussians,
+    render_segments,
 )
 from models.keypoints import COCO17
 
@@ -257,6 +258,31 @@ def test_render_gaussians_peak_and_shape() -> None:
     assert g.shape == (1, 2, 16, 12)
     assert g[0, 0, 4, 3] == pytest.approx(1.0)
     assert g[0, 1].max() < 1.0
+
+
+def test_render_segments_is_a_gaussian_of_the_distance_to_the_segment() -> None:
+    sigma = 2.0
+    m = render_segments(np.array([[4.0, 10.0], [6.0, 6.0]]), np.array([[4.0, 30.0], [6.0, 6.0]]),
+                        (40, 20), sigma)  # fmt: skip
+    assert m.shape == (2, 40, 20)
+    assert m[0, 10:31, 4].min() == pytest.approx(1.0)  # along the segment, ends included
+    assert m[0, 20, 7] == pytest.approx(math.exp(-9 / (2 * sigma**2)), rel=1e-6)  # 3 px aside
+    # 4 px past the end
+    assert m[0, 34, 4] == pytest.approx(math.exp(-16 / (2 * sigma**2)), rel=1e-6)
+    # a segment of zero length is the keypoint's own Gaussian
+    np.testing.assert_allclose(m[1], render_gaussians(np.array([6.0, 6.0]), (40, 20), sigma),
+                               rtol=1e-6, atol=1e-7)  # fmt: skip
+
+
+def test_limb_targets_need_both_ends() -> None:
+    codec = HeatmapCodec.for_input((128, 96), unbiased=True)
+    kp = np.array([[20.0, 20.0], [20.0, 60.0], [500.0, 60.0]])  # the third outside the crop
+    _, wt = codec.encode(kp, np.array([2, 2, 2]))
+    maps, limb_w = codec.encode_limbs(kp, wt, ((0, 1), (1, 2)))
+    assert limb_w.tolist() == [1.0, 0.0]
+    assert maps[1].max() == 0.0
+    assert maps[0].max() == pytest.approx(1.0)
+    assert maps[0, 10, 5] == pytest.approx(1.0)  # heatmap (5, 10): input (20, 40), mid-shin
 
 
 def test_map_correlation_tells_one_map_from_two() -> None:

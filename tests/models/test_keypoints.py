@@ -57,6 +57,23 @@ def test_flip_index_swaps_left_and_right_names(spec: KeypointSpec) -> None:
 
 
 @pytest.mark.parametrize("spec", [COCO17, CROWDPOSE14])
+def test_sided_edges_are_the_skeleton_minus_the_edges_across(spec: KeypointSpec) -> None:
+    """The limb loss's edges: one side's limbs only. The flip maps the set onto itself, each
+    edge onto its partner on the other side, never onto itself."""
+    perm = spec.flip_index
+    edges = spec.sided_edges
+    across = [e for e in spec.skeleton if e not in edges]
+    assert {frozenset(e) for e in edges} == {frozenset(int(perm[i]) for i in e) for e in edges}
+    assert all({int(perm[i]) for i in e} != set(e) for e in edges)
+    assert all({int(perm[i]) for i in e} == set(e) for e in across)
+    if spec is COCO17:
+        names = {tuple(spec.keypoint_names[i] for i in e) for e in across}
+        assert names == {("left_hip", "right_hip"), ("left_shoulder", "right_shoulder"),
+                         ("left_eye", "right_eye")}  # fmt: skip
+        assert (spec.index("left_ankle"), spec.index("left_knee")) in edges
+
+
+@pytest.mark.parametrize("spec", [COCO17, CROWDPOSE14])
 def test_sigmas_are_symmetric_and_in_range(spec: KeypointSpec) -> None:
     s = spec.sigmas_array
     assert len(s) == spec.num_keypoints

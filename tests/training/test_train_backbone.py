@@ -244,3 +244,46 @@ def test_fitted_samples_end_with_the_time_left(tmp_path: Path) -> None:
     assert fitted_samples(20000, 28000, 600.0, 6900.0, 32) == 117216
     with pytest.raises(ValueError, match="must have trained"):
         fitted_samples(28000, 28000, 600.0, 6900.0, 32)
+
+
+def test_limb_loss_trains_a_head_that_never_reaches_the_model(tmp_path: Path) -> None:
+    """The auxiliary limb loss (`limb_loss_weight`): logged beside the keypoint loss, its head
+    saved for resuming (sittings end exactly as one run) but not in the model, whose keys are
+    those of a run without it; a run without the head cannot be resumed with it."""
+    torch.set_num_threads(1)
+    over = _tiny(
+        train_samples=48,
+        report_every=16,
+        warmup_samples=0,
+        augment={"flip_prob": 0.5},
+        limb_loss_weight=1.0,
+    )
+    cfg = merge(PRESETS["cpu-small"], over)
+    train_backbone(cfg, tmp_path / "whole")
+    while train_backbone(cfg, tmp_path / "parts", resume=True, time_budget_s=1e-9).get("stopped"):
+        pass
+    a = read_checkpoint(tmp_path / "whole" / "final.pt")
+    b = read_checkpoint(tmp_path / "parts" / "final.pt")
+    for k, v in a.state_dict.items():
+        assert torch.equal(v, b.state_dict[k]), k
+    sa = torch.load(tmp_path / "whole" / "train_state.pt", weights_only=False)
+    sb = torch.load(tmp_path / "parts" / "train_state.pt", weights_only=False)
+    for k, v in sa["limb_head"].items():
+        assert torch.equal(v, sb["limb_head"][k]), k
+    assert sa["limb_head"]["conv.weight"].shape[0] == 16  # COCO's one-sided skeleton edges
+    rows = [json.loads(x) for x in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    assert all(r["train_limb_loss"] > 0 for r in rows)
+
+    plain = merge(PRESETS["cpu-small"], {**over, "limb_loss_weight": 0.0})
+    train_backbone(plain, tmp_path / "plain")
+    c = read_checkpoint(tmp_path / "plain" / "final.pt")
+    assert set(c.state_dict) == set(a.state_dict)
+    assert not torch.equal(c.state_dict["final_layer.weight"], a.state_dict["final_layer.weight"])
+    assert "train_limb_loss" not in json.loads(
+        (tmp_path / "plain" / "log.jsonl").read_text().splitlines()[0]
+    )
+    longer = merge(PRESETS["cpu-small"], {**over, "train_samples": 64})
+    with pytest.raises(RuntimeError, match="limb loss"):
+        train_backbone(longer, tmp_path / "plain", resume=True)
+    with pytest.raises(ValueError, match="limb_loss_weight"):
+        train_backbone(merge(plain, {"limb_loss_weight": -1.0}), tmp_path / "bad")

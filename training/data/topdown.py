@@ -46,6 +46,7 @@ class TopDownDataset(Dataset[dict[str, Any]]):
         norm: Normalization,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        limbs: tuple[tuple[int, int], ...] = (),
     ) -> None:
         self.coco = coco
         self.spec: KeypointSpec = coco.spec
@@ -54,6 +55,7 @@ class TopDownDataset(Dataset[dict[str, Any]]):
         self.norm = norm
         self.augment = augment
         self.seed = seed
+        self.limbs = limbs  # skeleton edges whose limb targets each sample carries too
         self.epoch = 0
         self.instances: list[tuple[ImageRecord, PersonAnn]] = coco.training_instances()
         names = self.spec.keypoint_names
@@ -92,7 +94,15 @@ class TopDownDataset(Dataset[dict[str, Any]]):
         crop = warp_affine(image, matrix, self.codec.input_hw)
         joints_in = transform_points(joints[None], matrix)[0]
         target, weight = self.codec.encode(joints_in, vis)
+        extra: dict[str, Any] = {}
+        if self.limbs:
+            limb_maps, limb_weight = self.codec.encode_limbs(joints_in, weight, self.limbs)
+            extra = {
+                "limbs": torch.from_numpy(limb_maps),
+                "limb_weight": torch.from_numpy(limb_weight),
+            }
         return {
+            **extra,
             "image": torch.from_numpy(to_network_input(crop, self.norm)[0]),
             "target": torch.from_numpy(target),
             "target_weight": torch.from_numpy(weight),
