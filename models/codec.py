@@ -107,16 +107,15 @@ def render_segments(
 ) -> FloatArray:
     """(E, 2), (E, 2) heatmap coordinates -> (E, h, w) float32: exp(-d^2 / 2 sigma^2) with d a
     pixel's distance to the segment from start to end (a Gaussian where the two coincide)."""
-    a = np.asarray(starts, dtype=np.float64).reshape(-1, 1, 1, 2)
-    b = np.asarray(ends, dtype=np.float64).reshape(-1, 1, 1, 2)
+    a = np.asarray(starts, dtype=np.float32).reshape(-1, 1, 2)
+    ab = np.asarray(ends, dtype=np.float32).reshape(-1, 1, 2) - a
     h, w = heatmap_hw
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    p = np.stack([xs, ys], -1)[None]  # (1, h, w, 2)
-    ab = b - a
-    length2 = (ab**2).sum(-1)
-    t = np.clip(((p - a) * ab).sum(-1) / np.maximum(length2, 1e-12), 0.0, 1.0)
-    d2 = ((p - (a + t[..., None] * ab)) ** 2).sum(-1)
-    out: FloatArray = np.exp(-d2 / (2 * sigma**2)).astype(np.float32)
+    ys, xs = np.divmod(np.arange(h * w, dtype=np.float32), np.float32(w))
+    ap_x, ap_y = xs[None] - a[..., 0], ys[None] - a[..., 1]  # (E, h*w): pixel minus start
+    length2 = np.maximum((ab**2).sum(-1), np.float32(1e-12))  # (E, 1)
+    t = np.clip((ap_x * ab[..., 0] + ap_y * ab[..., 1]) / length2, 0.0, 1.0)
+    d2 = (ap_x - t * ab[..., 0]) ** 2 + (ap_y - t * ab[..., 1]) ** 2
+    out: FloatArray = np.exp(d2 * np.float32(-0.5 / sigma**2)).reshape(-1, h, w)
     return out
 
 
