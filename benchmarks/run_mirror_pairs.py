@@ -36,7 +36,7 @@ def measure(run: Path, persons: int) -> dict[str, Any]:
     from torch.utils.data import DataLoader, SequentialSampler
 
     from models.checkpoint import load_model
-    from models.codec import map_correlation
+    from models.codec import pair_correlations
     from models.keypoints import get_spec
     from training.config import BackboneTrainConfig, from_dict
     from training.data.coco import CocoKeypoints
@@ -82,15 +82,13 @@ def measure(run: Path, persons: int) -> dict[str, Any]:
             heatmaps, features = model(batch["image"])
             hm = heatmaps.float().numpy()
             labelled = batch["target_weight"].numpy() > 0
-            for n, (left, right) in enumerate(spec.flip_pairs):
-                both = labelled[:, left] & labelled[:, right]
-                kp_corr[n].append(map_correlation(hm[both, left], hm[both, right]))
+            for n, corr in enumerate(pair_correlations(hm, labelled, spec.flip_pairs)):
+                kp_corr[n].append(corr)
             if head is not None:
                 maps = head(features).float().numpy()
                 limb_ok = batch["limb_weight"].numpy() > 0
-                for n, (a, b) in enumerate(limb_pairs):
-                    both = limb_ok[:, a] & limb_ok[:, b]
-                    limb_corr[n].append(map_correlation(maps[both, a], maps[both, b]))
+                for n, corr in enumerate(pair_correlations(maps, limb_ok, limb_pairs)):
+                    limb_corr[n].append(corr)
             seen += len(hm)
             if seen >= persons:
                 break

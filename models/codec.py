@@ -9,6 +9,7 @@ Everything here is numpy and works on any number of leading batch dimensions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -317,6 +318,19 @@ def map_correlation(a: Array, b: Array) -> npt.NDArray[np.float64]:
     y = y - y.mean(1, keepdims=True)
     denom = np.sqrt((x * x).sum(1) * (y * y).sum(1))
     out: npt.NDArray[np.float64] = (x * y).sum(1) / np.where(denom > 0, denom, np.inf)
+    return out
+
+
+def pair_correlations(
+    maps: Array, labelled: npt.NDArray[np.bool_], pairs: Sequence[tuple[int, int]]
+) -> list[npt.NDArray[np.float64]]:
+    """For each channel pair (a, b) of (N, C, h, w) maps: `map_correlation` of the two channels
+    over the persons whose `labelled` (N, C) holds for both (the training's left/right check and
+    benchmarks/run_mirror_pairs.py, on keypoint and limb maps)."""
+    out = []
+    for a, b in pairs:
+        both = labelled[:, a] & labelled[:, b]
+        out.append(map_correlation(maps[both, a], maps[both, b]))
     return out
 
 

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 from models.checkpoint import atomic_save, load_weights, read_checkpoint, save_checkpoint
-from models.codec import HeatmapCodec, decode_argmax, map_correlation
+from models.codec import HeatmapCodec, decode_argmax, pair_correlations
 from models.geometry import heatmap_to_image
 from models.keypoints import get_spec
 from models.postprocess import rescore
@@ -137,7 +137,7 @@ class WithLimbs(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         heatmaps, features = self.model(x)
-        return heatmaps, self.head(features.to(self.head.conv.weight.dtype))
+        return heatmaps, self.head(features)
 
 
 def limb_edges(cfg: BackboneTrainConfig) -> tuple[tuple[int, int], ...]:
@@ -597,9 +597,8 @@ def _validate(
         n += len(x)
         hm = heatmaps.float().cpu().numpy()
         labelled = (weight > 0).cpu().numpy()
-        for j, (left, right) in enumerate(pairs):
-            both = labelled[:, left] & labelled[:, right]
-            pair_corr[j].append(map_correlation(hm[both, left], hm[both, right]))
+        for j, corr in enumerate(pair_correlations(hm, labelled, pairs)):
+            pair_corr[j].append(corr)
         coords, maxvals = codec.decode(hm)
         kp = heatmap_to_image(
             coords, batch["center"].numpy(), batch["scale"].numpy(), codec.heatmap_hw
