@@ -86,6 +86,22 @@ class HeatmapCodec:
             return decode_dark(heatmaps, blur_kernel=dark_kernel_size(self.sigma))
         raise ValueError(f"unknown decode method {method!r}; use 'argmax' or 'dark'")
 
+    def refine_at(
+        self, maps: Array, x: npt.NDArray[np.intp], y: npt.NDArray[np.intp], method: str = "argmax"
+    ) -> npt.NDArray[np.float64]:
+        """The sub-pixel position `decode` would give a maximum found at the integer pixel
+        (x, y) of each map (M, h, w) -> (M, 2): for a peak other than the global one (another
+        local maximum), read the same way as the global one is."""
+        flat = np.asarray(maps)
+        x, y = np.asarray(x, dtype=np.intp), np.asarray(y, dtype=np.intp)
+        at = np.stack([x, y], axis=1).astype(np.float64)
+        valid = flat[np.arange(len(flat)), y, x] > 0
+        if method == "argmax":
+            return at + _quarter_step(flat, x, y, valid)
+        if method == "dark":
+            return at + _dark_step(flat, x, y, valid, dark_kernel_size(self.sigma))
+        raise ValueError(f"unknown decode method {method!r}; use 'argmax' or 'dark'")
+
 
 def render_gaussians(centers: Array, heatmap_hw: tuple[int, int], sigma: float) -> FloatArray:
     """Unnormalised Gaussians (peak 1) at sub-pixel heatmap positions.
@@ -186,15 +202,25 @@ def decode_argmax(
     coords = np.stack([x, y], axis=1).astype(np.float64)
     coords[maxval <= 0] = 0.0
     if quarter_shift:
-        rows = np.arange(len(flat))
-        ok = (x > 1) & (x < w - 1) & (y > 1) & (y < h - 1) & (maxval > 0)
-        xr, xl = np.minimum(x + 1, w - 1), np.maximum(x - 1, 0)
-        yd, yu = np.minimum(y + 1, h - 1), np.maximum(y - 1, 0)
-        dx = flat[rows, y, xr].astype(np.float64) - flat[rows, y, xl]
-        dy = flat[rows, yd, x].astype(np.float64) - flat[rows, yu, x]
-        coords[:, 0] += np.where(ok, 0.25 * np.sign(dx), 0.0)
-        coords[:, 1] += np.where(ok, 0.25 * np.sign(dy), 0.0)
+        coords += _quarter_step(flat, x, y, maxval > 0)
     return coords.reshape(*lead, 2), maxval.reshape(lead)
+
+
+def _quarter_step(
+    flat: Array, x: npt.NDArray[np.intp], y: npt.NDArray[np.intp], valid: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float64]:
+    """The official quarter-pixel step (M, 2) at integer positions (x, y) of maps (M, h, w):
+    toward the higher neighbour on each axis, where 1 < x < w-1 and 1 < y < h-1 and `valid`."""
+    m, h, w = flat.shape
+    rows = np.arange(m)
+    ok = (x > 1) & (x < w - 1) & (y > 1) & (y < h - 1) & valid
+    xr, xl = np.minimum(x + 1, w - 1), np.maximum(x - 1, 0)
+    yd, yu = np.minimum(y + 1, h - 1), np.maximum(y - 1, 0)
+    dx = flat[rows, y, xr].astype(np.float64) - flat[rows, y, xl]
+    dy = flat[rows, yd, x].astype(np.float64) - flat[rows, yu, x]
+    return np.stack(
+        [np.where(ok, 0.25 * np.sign(dx), 0.0), np.where(ok, 0.25 * np.sign(dy), 0.0)], axis=1
+    )
 
 
 def dark_kernel_size(sigma: float) -> int:
@@ -281,32 +307,46 @@ def decode_dark(
     x, y, maxval = _argmax(flat)
     coords = np.stack([x, y], axis=1).astype(np.float64)
     coords[maxval <= 0] = 0.0
-    ok = (x > 1) & (x < w - 2) & (y > 1) & (y < h - 2) & (maxval > 0)
-    if ok.any():
-        # the blurred log only where the step reads it: the 5x5 window around each maximum
-        lg = np.log(np.maximum(_blurred_window(flat[ok], x[ok], y[ok], blur_kernel), 1e-10))
-
-        def at(dy: int, dx: int) -> npt.NDArray[np.float64]:
-            v: npt.NDArray[np.float64] = lg[:, 2 + dy, 2 + dx]
-            return v
-
-        c = at(0, 0)
-        dx = 0.5 * (at(0, 1) - at(0, -1))
-        dy = 0.5 * (at(1, 0) - at(-1, 0))
-        dxx = 0.25 * (at(0, 2) - 2 * c + at(0, -2))
-        dyy = 0.25 * (at(2, 0) - 2 * c + at(-2, 0))
-        dxy = 0.25 * (at(1, 1) - at(-1, 1) - at(1, -1) + at(-1, -1))
-        det = dxx * dyy - dxy * dxy
-        good = det != 0
-        safe = np.where(good, det, 1.0)
-        # offset = -H^{-1} g with H = [[dxx, dxy], [dxy, dyy]]
-        ox = -(dyy * dx - dxy * dy) / safe
-        oy = -(-dxy * dx + dxx * dy) / safe
-        sub = coords[ok]
-        sub[:, 0] += np.where(good, ox, 0.0)
-        sub[:, 1] += np.where(good, oy, 0.0)
-        coords[ok] = sub
+    coords += _dark_step(flat, x, y, maxval > 0, blur_kernel)
     return coords.reshape(*lead, 2), maxval.reshape(lead)
+
+
+def _dark_step(
+    flat: Array,
+    x: npt.NDArray[np.intp],
+    y: npt.NDArray[np.intp],
+    valid: npt.NDArray[np.bool_],
+    blur_kernel: int,
+) -> npt.NDArray[np.float64]:
+    """DARK's Newton step (M, 2) at integer positions (x, y) of maps (M, h, w), where
+    1 < x < w-2 and 1 < y < h-2 and `valid`; zero elsewhere."""
+    m, h, w = flat.shape
+    step = np.zeros((m, 2))
+    ok = (x > 1) & (x < w - 2) & (y > 1) & (y < h - 2) & valid
+    if not ok.any():
+        return step
+    # the blurred log only where the step reads it: the 5x5 window around each position
+    lg = np.log(np.maximum(_blurred_window(flat[ok], x[ok], y[ok], blur_kernel), 1e-10))
+
+    def at(dy: int, dx: int) -> npt.NDArray[np.float64]:
+        v: npt.NDArray[np.float64] = lg[:, 2 + dy, 2 + dx]
+        return v
+
+    c = at(0, 0)
+    dx = 0.5 * (at(0, 1) - at(0, -1))
+    dy = 0.5 * (at(1, 0) - at(-1, 0))
+    dxx = 0.25 * (at(0, 2) - 2 * c + at(0, -2))
+    dyy = 0.25 * (at(2, 0) - 2 * c + at(-2, 0))
+    dxy = 0.25 * (at(1, 1) - at(-1, 1) - at(1, -1) + at(-1, -1))
+    det = dxx * dyy - dxy * dxy
+    good = det != 0
+    safe = np.where(good, det, 1.0)
+    # offset = -H^{-1} g with H = [[dxx, dxy], [dxy, dyy]]
+    ox = -(dyy * dx - dxy * dy) / safe
+    oy = -(-dxy * dx + dxx * dy) / safe
+    step[ok, 0] = np.where(good, ox, 0.0)
+    step[ok, 1] = np.where(good, oy, 0.0)
+    return step
 
 
 def map_correlation(a: Array, b: Array) -> npt.NDArray[np.float64]:
