@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from models.keypoints import KeypointSpec
+from models.pairs import PairSplit
 from models.postprocess import OKS_THRE
 
 BUNDLE_FORMAT = "scio-pose-bundle"
@@ -54,6 +55,9 @@ class PoseModelInfo:
     # The flip test by default: what a request that does not say `flip` gets. Chosen when the
     # bundle is built (the SCIO settings are then fitted on flip-averaged heatmaps).
     flip_test: bool = False
+    # Left/right pairs decoded on one spot, split by the joints next to them (models.pairs);
+    # None: decoded as they are. Chosen on a tuning split when the bundle is built.
+    pair_split: PairSplit | None = None
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,10 @@ class BundleManifest:
             "name": self.name,
             "version": self.version,
             "spec": self.spec.to_dict(),
-            "pose": asdict(self.pose),
+            "pose": {
+                **asdict(self.pose),
+                "pair_split": self.pose.pair_split.to_dict() if self.pose.pair_split else None,
+            },
             "detector": asdict(self.detector) if self.detector else None,
             "scio": self.scio,
             "files": {k: asdict(v) for k, v in self.files.items()},
@@ -145,16 +152,20 @@ class BundleManifest:
                 decode=str(p.get("decode", "argmax")),
                 flip_shift=bool(p.get("flip_shift", True)),
                 flip_test=bool(p.get("flip_test", False)),
+                pair_split=PairSplit.from_dict(p["pair_split"]) if p.get("pair_split") else None,
             )
             det = d.get("detector")
             detector = DetectorInfo.from_dict(det) if det else None
             files = {
                 str(k): FileEntry(str(v["path"]), str(v["sha256"])) for k, v in d["files"].items()
             }
+            spec = KeypointSpec.from_dict(d["spec"])
+            if pose.pair_split is not None:
+                pose.pair_split.check(spec)
             return cls(
                 name=str(d["name"]),
                 version=str(d["version"]),
-                spec=KeypointSpec.from_dict(d["spec"]),
+                spec=spec,
                 pose=pose,
                 files=files,
                 detector=detector,

@@ -34,6 +34,7 @@ from models.bundle import (
 )
 from models.codec import HeatmapCodec, fuse_flip
 from models.geometry import affine_matrices, box_to_center_scale, heatmap_to_image, warp_affine
+from models.pairs import PairSplit, split_pairs
 from models.postprocess import OKS_THRE, oks_nms, rescore
 from models.preprocess import Normalization, to_network_input
 from models.scio_search import ScioSearchConfig, SearchResult, refine, wants_phi
@@ -93,6 +94,7 @@ class PosePipeline:
         io_binding: bool | None = None,
         scio_parallel: bool | None = None,
         precision: str = "auto",
+        pair_split: bool | PairSplit = True,
     ) -> None:
         """`scio_config` overrides the bundle's SCIO search settings (evaluation ablations).
         `precision`: which backbone graph runs: "auto" = the bundle's INT8 copy (`pose_int8`)
@@ -101,13 +103,21 @@ class PosePipeline:
         `io_binding`: None = on where the models run on CUDA/TensorRT (`service.runtime`).
         `scio_parallel`: Φ and Γ's context side by side, each on half the threads (they read
         the same inputs and not each other); None = where there are at least two threads and
-        the SCIO settings run Φ."""
+        the SCIO settings run Φ.
+        `pair_split`: left/right pairs decoded on one spot split by their anchors
+        (models.pairs): True = as the bundle says, False = never, or these settings (tuning)."""
         m = bundle.manifest
         self.bundle = bundle
         self.spec = m.spec
         self.max_batch = max_batch
         self.codec = HeatmapCodec(m.pose.input_hw, m.pose.heatmap_hw, m.pose.sigma)
         self.norm = Normalization(m.pose.mean, m.pose.std, m.pose.color_order)
+        self.pair_split = (
+            pair_split if isinstance(pair_split, PairSplit)
+            else m.pose.pair_split if pair_split else None
+        )  # fmt: skip
+        if self.pair_split is not None:
+            self.pair_split.check(self.spec)
         load = partial(
             OnnxModel.load, device=device, intra_op_threads=intra_op_threads, io_binding=io_binding
         )
@@ -196,6 +206,7 @@ class PosePipeline:
             "detector_score_floor": self.detector.info.score_floor if self.detector else None,
             "oks_nms": self.oks_nms,
             "flip_test": m.pose.flip_test,
+            "pair_split": self.pair_split.to_dict() if self.pair_split else None,
             "refine_available": self.refine_available,
             "scio": self.scio_config.to_dict() if self.refine_available else None,
             "providers": self.pose.providers,
@@ -242,7 +253,12 @@ class PosePipeline:
         timings["backbone_ms"] = _ms(t)
 
         t = time.perf_counter()
-        coords, scores = self.codec.decode(heatmaps, self.bundle.manifest.pose.decode)
+        decode = self.bundle.manifest.pose.decode
+        coords, scores = self.codec.decode(heatmaps, decode)
+        if self.pair_split is not None and self.pair_split.pairs:
+            coords, scores, _ = split_pairs(
+                heatmaps, coords, scores, self.pair_split, self.codec, decode
+            )
         timings["decode_heatmaps_ms"] = _ms(t)
         return BackbonePass(persons, heatmaps, features, coords, scores, timings)
 

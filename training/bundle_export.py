@@ -23,6 +23,7 @@ from models.bundle import (
     write_bundle,
 )
 from models.keypoints import KeypointSpec, get_spec
+from models.pairs import PairSplit
 from models.zoo import Backbone
 from training.onnx_export import PARITY_RTOL, backbone_parity, export_backbone, worst_abs
 
@@ -48,6 +49,7 @@ class BundleSpec:
     sigma: float
     decode: str = "argmax"
     flip_test: bool = False  # the flip test by default (a request can still say flip=false)
+    pair_split: PairSplit | None = None  # collapsed left/right pairs split (models.pairs)
     detector_onnx: Path | None = None
     detector_info: DetectorInfo | None = None
     scio: ScioExport | None = None
@@ -121,6 +123,7 @@ def build_bundle(out: str | Path, model: Backbone, b: BundleSpec) -> Bundle:
                 feature_channels=model.feature_channels,
                 decode=b.decode,
                 flip_test=b.flip_test,
+                pair_split=b.pair_split,
             ),
             files={},
             detector=b.detector_info,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from models.bundle import DetectorInfo
+    from models.pairs import PairSplit
 
 HELP = "export trained models into a bundle (ONNX, parity-checked, with provenance)"
 log = logging.getLogger(__name__)
@@ -52,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the detector's, else the official 0.9); with --detector",
     )
     parser.add_argument(
+        "--pair-split",
+        type=Path,
+        help="JSON with the left/right pairs to split where they decode on one spot "
+        "(`benchmarks/pair_split.py --choose`'s file; default: none)",
+    )
+    parser.add_argument(
         "--provenance",
         type=Path,
         action="append",
@@ -75,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         decode=args.decode,
         flip_test=args.flip_test,
         oks_nms=args.oks_nms,
+        pair_split=read_pair_split(args.pair_split) if args.pair_split else None,
         extra=[json.loads(p.read_text()) for p in args.provenance],
         command=args.command_line,
     )
@@ -93,6 +101,7 @@ def export_bundle(
     decode: str = "argmax",
     flip_test: bool = False,
     oks_nms: float | None = None,
+    pair_split: PairSplit | None = None,
     extra: list[dict[str, Any]] | None = None,
     command: str = "",
 ) -> Any:
@@ -111,6 +120,8 @@ def export_bundle(
         raise ValueError("--oks-nms is the detector's setting: it needs --detector")
     model, cfg = load_backbone(backbone)
     spec = get_spec(cfg.data.spec)
+    if pair_split is not None:
+        pair_split.check(spec)
     codec = codec_for(cfg)
     provenance: dict[str, Any] = {
         "backbone": {"checkpoint": str(backbone), "arch": cfg.arch, "data": _data_note(cfg)},
@@ -172,12 +183,24 @@ def export_bundle(
                 sigma=codec.sigma,
                 decode=decode,
                 flip_test=flip_test,
+                pair_split=pair_split,
                 detector_onnx=det_onnx,
                 detector_info=det_info,
                 scio=scio,
                 provenance=provenance,
             ),
         )
+
+
+def read_pair_split(path: Path) -> PairSplit | None:
+    """The settings in a `benchmarks/pair_split.py --choose` file (its `pair_split`, which may
+    be null: no split), or such settings on their own."""
+    from models.pairs import PairSplit
+
+    d = _read_json(path)
+    if "pair_split" in d:
+        d = d["pair_split"]
+    return PairSplit.from_dict(d) if d else None
 
 
 def read_detector_run(detector_dir: Path) -> tuple[Path, DetectorInfo, dict[str, Any]]:

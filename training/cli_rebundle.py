@@ -1,6 +1,7 @@
 """`scio-pose rebundle`: a bundle from another one with some of its parts replaced, for when the
 training runs behind a bundle are gone (or need not run again) and one part changes: another
-detector, refitted SCIO search settings, the SCIO graphs rewritten as `export` now writes them
+detector, refitted SCIO search settings, the left/right pairs split where they decode on one
+spot (models.pairs), the SCIO graphs rewritten as `export` now writes them
 (the context stem's BatchNorm folded; the feature maps taken once per person), or an INT8 copy of
 the backbone added for CPU serving (training.quantize).
 
@@ -21,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 HELP = (
-    "a bundle from another with its detector, SCIO search settings or graphs replaced, or an "
-    "INT8 backbone added"
+    "a bundle from another with its detector, SCIO search settings or graphs or left/right pair "
+    "split replaced, or an INT8 backbone added"
 )
 
 
@@ -47,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--search",
         type=Path,
         help="JSON of SCIO search settings to use instead (e.g. scio_probes --fit's)",
+    )
+    parser.add_argument(
+        "--pair-split",
+        type=Path,
+        help="JSON with the left/right pairs to split where they decode on one spot "
+        "(`benchmarks/pair_split.py --choose`'s file; its null removes the split)",
     )
     parser.add_argument(
         "--fold-batchnorm",
@@ -114,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         args.detector
         or args.int8
         or args.search
+        or args.pair_split
         or args.fold_batchnorm
         or args.person_features
         or args.provenance
@@ -121,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     ):
         print(
             "scio-pose rebundle: nothing to replace (--detector, --int8, --search, "
-            "--fold-batchnorm, --person-features, --evaluation or --provenance)",
+            "--pair-split, --fold-batchnorm, --person-features, --evaluation or --provenance)",
             file=sys.stderr,
         )
         return 2
@@ -134,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             detector_dir=args.detector,
             oks_nms=args.oks_nms,
             search_file=args.search,
+            pair_split_file=args.pair_split,
             fold_batchnorm=args.fold_batchnorm,
             person_features=args.person_features,
             int8_data=args.int8,
@@ -156,6 +165,7 @@ def rebundle(
     detector_dir: Path | None = None,
     oks_nms: float | None = None,
     search_file: Path | None = None,
+    pair_split_file: Path | None = None,
     fold_batchnorm: bool = False,
     person_features: bool = False,
     int8_data: Path | None = None,
@@ -179,7 +189,7 @@ def rebundle(
     )
     from models.scio_search import ScioSearchConfig
     from training.bundle_export import git_commit
-    from training.cli_export import read_detector_run
+    from training.cli_export import read_detector_run, read_pair_split
 
     source = load_bundle(bundle_dir)  # checks every file's sha256
     manifest = source.manifest
@@ -212,6 +222,15 @@ def rebundle(
             search = ScioSearchConfig.from_dict({**wanted, "score": trained}).to_dict()
             manifest = replace(manifest, scio={**manifest.scio, "search": search})  # type: ignore[dict-item]
             changes.append(f"SCIO search settings from {search_file}")
+        if pair_split_file is not None:
+            split = read_pair_split(pair_split_file)
+            if split is not None:
+                split.check(manifest.spec)
+            manifest = replace(manifest, pose=replace(manifest.pose, pair_split=split))
+            changes.append(
+                f"left/right pair split from {pair_split_file}: "
+                + (json.dumps(split.to_dict()) if split else "none")
+            )
         if fold_batchnorm or person_features:
             for role in (GAMMA_CONTEXT, PHI):
                 if role not in sources:

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from models.bundle import (
     write_bundle,
 )
 from models.keypoints import COCO17
+from models.pairs import PairSplit
 
 POSE_INFO = PoseModelInfo(
     arch="hrnet_small",
@@ -65,6 +67,20 @@ def test_round_trip(bundle_dir: Path) -> None:
     assert sorted(p.name for p in bundle_dir.parent.iterdir()) == ["b", "src"]  # no leftovers
 
 
+def test_the_pair_split_round_trips_and_older_bundles_have_none(bundle_dir: Path) -> None:
+    assert load_bundle(bundle_dir).manifest.pose.pair_split is None
+    meta = bundle_dir / "bundle.json"
+    d = json.loads(meta.read_text())
+    assert d["pose"]["pair_split"] is None
+    del d["pose"]["pair_split"]  # as bundles written before it existed
+    meta.write_text(json.dumps(d))
+    assert load_bundle(bundle_dir).manifest.pose.pair_split is None
+    split = PairSplit(((15, 16, 13, 14),), min_second=0.3)
+    m = replace(_manifest(), pose=replace(POSE_INFO, pair_split=split))
+    write_bundle(bundle_dir, m, {POSE: bundle_dir / "pose.onnx"})
+    assert load_bundle(bundle_dir).manifest.pose.pair_split == split
+
+
 def test_rewrite_replaces_the_bundle_whole(bundle_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "src" / "c.onnx").write_bytes(b"new-pose")
     write_bundle(bundle_dir, _manifest(), {POSE: tmp_path / "src" / "c.onnx"})
@@ -98,6 +114,8 @@ def test_tampered_file_fails_the_checksum(bundle_dir: Path) -> None:
         (lambda d: d["files"]["pose"].update(path="nope.onnx"), "missing"),
         (lambda d: d["files"].pop("pose"), "names no 'pose'"),
         (lambda d: d["pose"].pop("sigma"), "malformed"),
+        (lambda d: d["pose"].update(pair_split={"pairs": [[15, 16, 13, 17]]}), "indices must be"),
+        (lambda d: d["pose"].update(pair_split={"pairs": [[15, 16]]}), "four distinct"),
     ],
 )
 def test_bad_manifests_give_clear_errors(bundle_dir: Path, edit, message) -> None:

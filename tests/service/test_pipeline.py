@@ -1,3 +1,4 @@
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -199,3 +200,44 @@ def test_oks_nms_uses_the_bundles_threshold_unless_a_request_gives_one(tmp_path:
         assert seen == [1e-6, 1.0, 0.9]
     finally:
         sp.oks_nms = nms
+
+
+def test_a_collapsed_pair_is_split_as_the_bundle_says(tmp_path: Path) -> None:
+    """The dot model gives every keypoint the same map: with two dots in one box, every left/right
+    pair decodes on the brighter dot. The bundle's pair split (ankles by knees) puts the right
+    ankle on the other dot (the knees, on the first dot too, tie: the first assignment stays);
+    `pair_split=False` and bundles without one decode as before."""
+    from models.bundle import load_bundle
+    from models.pairs import PairSplit
+    from training.cli_rebundle import rebundle
+
+    plain = make_fake_bundle(tmp_path / "plain")
+    choice = tmp_path / "choice.json"
+    split = PairSplit(((15, 16, 13, 14),), min_second=0.3)
+    choice.write_text(json.dumps({"pair_split": split.to_dict()}))
+    rebundle(plain, tmp_path / "split", pair_split_file=choice)
+    img = np.maximum(
+        _dots((300, 300), [(110, 100)], r=9), _dots((300, 300), [(150, 230)], r=9) // 5 * 4
+    )
+    o = PoseOptions(boxes=np.array([[60.0, 40, 200, 280]]))
+    split_pipe = PosePipeline(load_bundle(tmp_path / "split"), device="cpu")
+    assert split_pipe.info["pair_split"] == split.to_dict()
+    kp = split_pipe.estimate(img, o).persons[0].keypoints
+    off = PosePipeline(load_bundle(tmp_path / "split"), device="cpu", pair_split=False)
+    assert off.info["pair_split"] is None
+    before = off.estimate(img, o).persons[0].keypoints
+    tol = _tolerance(o.boxes[0])  # type: ignore[index]
+    assert np.linalg.norm(before[15, :2] - (110, 100)) < tol  # both ankles on the first dot
+    assert np.linalg.norm(before[16, :2] - (110, 100)) < tol
+    np.testing.assert_allclose(kp[15], before[15])
+    assert np.linalg.norm(kp[16, :2] - (150, 230)) < tol  # the right one on the other dot
+    assert kp[16, 2] < before[16, 2]  # scored by its map there: the dimmer dot
+    np.testing.assert_allclose(np.delete(kp, 16, 0), np.delete(before, 16, 0))
+    unsplit = PosePipeline(load_bundle(plain), device="cpu").estimate(img, o).persons[0]
+    np.testing.assert_allclose(unsplit.keypoints, before)
+    # settings passed in are used instead of the bundle's (the tuning benchmark's way)
+    wrists = PairSplit(((9, 10, 7, 8),), min_second=0.3)
+    other = PosePipeline(load_bundle(plain), device="cpu", pair_split=wrists)
+    kw = other.estimate(img, o).persons[0].keypoints
+    assert np.linalg.norm(kw[10, :2] - (150, 230)) < tol
+    np.testing.assert_allclose(kw[16], before[16])

@@ -175,7 +175,33 @@ def test_bad_requests_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "not a bundle" in capsys.readouterr().err
     assert _cli(["--bundle", str(DEMO), "--out", str(out), "--detector", str(tmp_path)]) == 2
     assert "detector.json is missing" in capsys.readouterr().err
+    (tmp_path / "split.json").write_text(json.dumps({"pair_split": {"pairs": [[15, 16, 13, 99]]}}))
+    args = ["--bundle", str(DEMO), "--out", str(out), "--pair-split", str(tmp_path / "split.json")]
+    assert _cli(args) == 2
+    assert "indices must be in [0, 17)" in capsys.readouterr().err
     assert not out.exists()  # nothing half-written
+
+
+def test_the_pair_split_is_set_and_removed(tmp_path: Path) -> None:
+    """--pair-split takes `benchmarks/pair_split.py --choose`'s file; its null removes it."""
+    wanted = {"pairs": [[9, 10, 7, 8]], "min_second": 0.5, "max_apart": 1.0}
+    (tmp_path / "on.json").write_text(json.dumps({"pair_split": wanted, "split": "tune"}))
+    (tmp_path / "off.json").write_text(json.dumps({"pair_split": None, "split": "tune"}))
+    out = tmp_path / "b"
+    assert (
+        _cli(["--bundle", str(DEMO), "--out", str(out), "--pair-split", str(tmp_path / "on.json")])
+        == 0
+    )
+    new = load_bundle(out).manifest
+    assert new.pose.pair_split is not None
+    assert new.pose.pair_split.to_dict() == wanted
+    assert new.files == load_bundle(DEMO).manifest.files  # the models as they were
+    assert (
+        _cli(["--bundle", str(out), "--out", str(out), "--pair-split", str(tmp_path / "off.json")])
+        == 0
+    )
+    assert load_bundle(out).manifest.pose.pair_split is None
+    assert "pair split" in load_bundle(out).manifest.provenance["commands"][-1]["rebundled"][0]
 
 
 def test_evaluation_results_replace_the_provenance_s(unfolded: Path, tmp_path: Path) -> None:

@@ -324,3 +324,18 @@ def test_export_sets_the_detectors_oks_nms_threshold(runs, tmp_path: Path, capsy
     assert main([*args, "--detector", str(det), "--oks-nms", "0"]) == 2
     assert "--oks-nms needs --detector" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_export_records_the_pair_split(runs, tmp_path: Path) -> None:
+    """--pair-split takes `benchmarks/pair_split.py --choose`'s file (its null: no split)."""
+    choice = tmp_path / "choice.json"
+    wanted = {"pairs": [[15, 16, 13, 14]], "min_second": 0.3, "max_apart": 1.0}
+    choice.write_text(json.dumps({"pair_split": wanted, "split": "tune"}))
+    _export(runs["backbone"], runs["scio"], tmp_path / "a", "--pair-split", str(choice))
+    a = load_bundle(tmp_path / "a")
+    assert a.manifest.pose.pair_split is not None
+    assert a.manifest.pose.pair_split.to_dict() == wanted
+    assert PosePipeline(a, device="cpu").info["pair_split"] == wanted
+    choice.write_text(json.dumps({"pair_split": None}))
+    _export(runs["backbone"], runs["scio"], tmp_path / "b", "--pair-split", str(choice))
+    assert load_bundle(tmp_path / "b").manifest.pose.pair_split is None
