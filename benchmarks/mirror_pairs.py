@@ -1,8 +1,9 @@
 """Whether a bundle's backbone tells left from right: for each left/right keypoint pair, how alike
 its two heatmaps are, how alike the two output channels of the final layer are, how often both
 sides are decoded on one spot although the true points lie apart, and each side's accuracy as
-the backbone decodes it and as the service returns it (SCIO refinement at the bundle's
-settings). Ground-truth boxes on a synthetic split, the flip test as the bundle's default.
+the backbone decodes it and as the service returns it (the bundle's pair split of keypoints
+decoded on one spot, models.pairs, then SCIO refinement at the bundle's settings).
+Ground-truth boxes on a synthetic split, the flip test as the bundle's default.
 
     python benchmarks/mirror_pairs.py [--bundle bundles/demo] [--split val] [--images 400]
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from benchmarks._common import git_commit, machine, md_header, write_results  # 
 from benchmarks.scio_ablation import SPLITS, make_split, split_arguments  # noqa: E402
 from models.bundle import POSE, load_bundle  # noqa: E402
 from models.geometry import heatmap_to_image  # noqa: E402
+from models.pairs import PairSplit, split_pairs  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
 from training.data.coco import CocoKeypoints  # noqa: E402
 from training.evaluate import oks_terms  # noqa: E402
@@ -51,9 +54,12 @@ def final_layer_difference(pose_onnx: Path, pairs: list[tuple[int, int]]) -> lis
     return [float(np.linalg.norm(w[a] - w[b]) / np.linalg.norm(w[a])) for a, b in pairs]
 
 
-def collect(pipe: PosePipeline, split: Path) -> dict[str, npt.NDArray[Any]]:
+def collect(
+    pipe: PosePipeline, split: Path, pair_split: PairSplit | None = None
+) -> dict[str, npt.NDArray[Any]]:
     """Heatmaps, decoded and served positions (heatmap px), the truth (heatmap px), which
-    keypoints are labelled inside the crop, and the OKS terms of both decodings."""
+    keypoints are labelled inside the crop, and the OKS terms of both decodings. `pipe` decodes
+    without a pair split; the served positions apply `pair_split` (the bundle's), then SCIO."""
     spec = pipe.spec
     hw = pipe.codec.heatmap_hw
     coco = CocoKeypoints(split / "person_keypoints.json", spec)
@@ -61,9 +67,16 @@ def collect(pipe: PosePipeline, split: Path) -> dict[str, npt.NDArray[Any]]:
     parts: dict[str, list[Any]] = {k: [] for k in keys}
     for b in gt_batches(pipe, coco, coco.image_ids, split / "images", desc="mirror pairs"):
         bp, p = b.bp, b.bp.persons
-        served = bp.coords.astype(np.float64).copy()
+        as_served = bp
+        if pair_split is not None:
+            decode = pipe.bundle.manifest.pose.decode
+            coords, scores, _ = split_pairs(
+                bp.heatmaps, bp.coords, bp.scores, pair_split, pipe.codec, decode
+            )
+            as_served = replace(bp, coords=coords, scores=scores)
+        served = as_served.coords.astype(np.float64).copy()
         if pipe.verifier is not None:
-            res = refine_pass(pipe, bp)
+            res = refine_pass(pipe, as_served)
             served[res.person, np.array([g.d for g in spec.groups])[res.group]] = res.end
         area = np.array([max(a.area, 1.0) for a in b.anns])[:, None]
         sigmas = spec.sigmas_array[None]
@@ -82,11 +95,12 @@ def main() -> int:
     split_arguments(ap, split="val", name="mirror_pairs")
     args = ap.parse_args()
     split = make_split(args.work, args.split, args.images)
-    pipe = PosePipeline(load_bundle(args.bundle), device="cpu")
+    bundle = load_bundle(args.bundle)
+    pipe = PosePipeline(bundle, device="cpu", pair_split=False)  # the backbone's own decoding
     spec = pipe.spec
     pairs = [(int(a), int(b)) for a, b in spec.flip_pairs]
     names = spec.keypoint_names
-    data = collect(pipe, split)
+    data = collect(pipe, split, bundle.manifest.pose.pair_split)
     stats = mirror_pair_stats(data["heat"], data["coords"], data["truth"], data["ok"], pairs)
     weights = final_layer_difference(pipe.bundle.path(POSE), pairs)  # type: ignore[arg-type]
     rows: list[dict[str, Any]] = []
@@ -149,7 +163,8 @@ def main() -> int:
         "apart, the share whose two decoded points are within 1 px; then how many of those have "
         "exactly one side right (OKS term >= 0.5).",
         "- accuracy: share of labelled points with OKS term >= 0.5, as decoded by the backbone "
-        "and as the service returns them (SCIO at the bundle's settings).",
+        "(no pair split) and as the service returns them (the bundle's pair split, then SCIO at "
+        "the bundle's settings).",
     ]
     write_results(args.name, report, "\n".join(lines) + "\n")
     return 0
