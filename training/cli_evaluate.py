@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="flip test (one-pixel shift); default: the bundle's (bundle.json pose.flip_test)",
     )
+    parser.add_argument(
+        "--pair-split",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="split left/right pairs decoded on one spot as the bundle says (bundle.json "
+        "pose.pair_split; --no-pair-split: the backbone's own decoding)",
+    )
     parser.add_argument("--device", default="cpu", choices=["auto", "cuda", "tensorrt", "cpu"])
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     parser.add_argument(
@@ -72,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             limit=args.limit,
             protocol=args.protocol,
+            pair_split=args.pair_split,
             keep_refinements=args.dump_refinements is not None,
         ),
     )

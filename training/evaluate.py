@@ -62,6 +62,9 @@ class EvalOptions:
     # clipped to the image, OKS-NMS ties broken as its argsort does; "service": as /pose answers
     # (clipped keypoints), but with the official OKS-NMS threshold (see the module's docstring)
     protocol: str = "service"
+    # the bundle's left/right pair split (bundle.json pose.pair_split, models.pairs) after
+    # decoding; False: the backbone's own decoding (what the split adds)
+    pair_split: bool = True
 
 
 def scio_config_for(mode: str, bundle_config: ScioSearchConfig) -> ScioSearchConfig:
@@ -78,7 +81,12 @@ def evaluate(
     """One evaluation, `opts.refine` choosing the ablation row."""
     if opts.refine not in REFINE_MODES:
         raise ValueError(f"refine must be one of {REFINE_MODES}, not {opts.refine!r}")
-    pipe = PosePipeline(load_bundle(bundle_path), device=opts.device, precision=opts.precision)
+    pipe = PosePipeline(
+        load_bundle(bundle_path),
+        device=opts.device,
+        precision=opts.precision,
+        pair_split=opts.pair_split,
+    )
     scio_cfg = None
     if opts.refine != "none":
         if not pipe.refine_available:
@@ -100,7 +108,10 @@ def evaluate_variants(
     so the rows of an ablation differ only by what SCIO does. `pipe`: the bundle's pipeline, if
     the caller has one already."""
     pipe = pipe or PosePipeline(
-        load_bundle(bundle_path), device=opts.device, precision=opts.precision
+        load_bundle(bundle_path),
+        device=opts.device,
+        precision=opts.precision,
+        pair_split=opts.pair_split,
     )
     bundle = pipe.bundle
     spec = bundle.manifest.spec
@@ -168,6 +179,7 @@ def evaluate_variants(
             "protocol": opts.protocol,
             "refine": name,
             "flip": pipe.flips(opts.flip),
+            "pair_split": pipe.pair_split.to_dict() if pipe.pair_split else None,
             "scio_config": cfg.to_dict() if cfg else None,
             "images": len(image_ids),
             "persons": int(sum(len(p) for p in preds.values())),

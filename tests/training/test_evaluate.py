@@ -314,3 +314,24 @@ def test_pose_answers_classifies_found_duplicate_and_unmatched_in_score_order() 
     )
     assert classify(oks) == ["found", "found", "duplicate", "none"]
     assert classify(np.zeros((2, 0))) == ["none", "none"]  # an image without labelled persons
+
+
+def test_evaluate_applies_the_bundles_pair_split_unless_told_not_to(tmp_path: Path) -> None:
+    from training.cli_rebundle import rebundle
+
+    plain = make_fake_bundle(tmp_path / "plain")
+    wanted = {"pairs": [[15, 16, 13, 14]], "min_second": 0.3, "max_apart": 1.0}
+    (tmp_path / "split.json").write_text(json.dumps({"pair_split": wanted}))
+    rebundle(plain, tmp_path / "split", pair_split_file=tmp_path / "split.json")
+    args = [
+        "evaluate",
+        "--bundle",
+        str(tmp_path / "split"),
+        "--ann",
+        str(MINI / "person_keypoints.json"),
+    ]
+    args += ["--images", str(MINI / "images"), "--limit", "2"]
+    assert main([*args, "--out", str(tmp_path / "on.json")]) == 0
+    assert main([*args, "--no-pair-split", "--out", str(tmp_path / "off.json")]) == 0
+    assert json.loads((tmp_path / "on.json").read_text())["pair_split"] == wanted
+    assert json.loads((tmp_path / "off.json").read_text())["pair_split"] is None
