@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from models.codec import HeatmapCodec
 from models.keypoints import KeypointSpec
-from models.scio_search import _max3x3
+from models.scio_search import max3x3
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -97,7 +97,7 @@ def second_peak(
     gx, gy = top % w, top // w
     ys, xs = np.divmod(np.arange(h * w), w)
     near = (xs[None] - gx[:, None]) ** 2 + (ys[None] - gy[:, None]) ** 2 < min_distance**2
-    local = (maps >= _max3x3(maps)).reshape(m, -1) & (flat > 0) & ~near
+    local = (maps >= max3x3(maps)).reshape(m, -1) & (flat > 0) & ~near
     masked = np.where(local, flat, -np.inf)
     best = np.argmax(masked, axis=1) if m else np.zeros(0, np.intp)
     val = masked[np.arange(m), best]
