@@ -130,8 +130,8 @@ def main() -> int:
             best = (together, PairSplit(pairs=gaining, min_second=t))
     chosen = best[1]
     # the split that matters here against none, paired over images: the bundle's, where it has
-    # one (a held-out report), else the one this split chose
-    compared = pipe.bundle.manifest.pose.pair_split or chosen
+    # one (a held-out report), else the one the tuning split chose (never one chosen held out)
+    compared = pipe.bundle.manifest.pose.pair_split or (chosen if args.split == "tune" else None)
     bootstrap = None
     if compared is not None:
         bootstrap = bootstrap_ap(
