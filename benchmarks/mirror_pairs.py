@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from benchmarks._common import git_commit, machine, md_header, write_results  # 
 from benchmarks.scio_ablation import SPLITS, make_split, split_arguments  # noqa: E402
 from models.bundle import POSE, load_bundle  # noqa: E402
 from models.geometry import heatmap_to_image  # noqa: E402
-from models.pairs import PairSplit, split_pairs  # noqa: E402
+from models.pairs import PairSplit  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
 from training.data.coco import CocoKeypoints  # noqa: E402
 from training.evaluate import oks_terms  # noqa: E402
@@ -67,13 +66,7 @@ def collect(
     parts: dict[str, list[Any]] = {k: [] for k in keys}
     for b in gt_batches(pipe, coco, coco.image_ids, split / "images", desc="mirror pairs"):
         bp, p = b.bp, b.bp.persons
-        as_served = bp
-        if pair_split is not None:
-            decode = pipe.bundle.manifest.pose.decode
-            coords, scores, _ = split_pairs(
-                bp.heatmaps, bp.coords, bp.scores, pair_split, pipe.codec, decode
-            )
-            as_served = replace(bp, coords=coords, scores=scores)
+        as_served = pipe.with_pair_split(bp, pair_split)
         served = as_served.coords.astype(np.float64).copy()
         if pipe.verifier is not None:
             res = refine_pass(pipe, as_served)

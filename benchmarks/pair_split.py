@@ -47,18 +47,17 @@ def main() -> int:
 
     from models.bundle import load_bundle
     from models.keypoints import KeypointSpec
-    from models.pairs import Pair, PairSplit, candidate_pairs, split_pairs
-    from models.postprocess import OKS_THRE
+    from models.pairs import Pair, PairSplit, candidate_pairs
     from service.pipeline import PosePipeline
-    from service.results import PoseOptions
     from training.data.coco import CocoKeypoints
     from training.evaluate import (
+        EvalOptions,
         bootstrap_ap,
         coco_stats,
-        gt_persons,
+        eval_items,
         keypoint_accuracy,
-        load_rgb,
         match_predictions,
+        person_boxes,
         to_coco_results,
     )
     from training.progress import progress
@@ -70,36 +69,22 @@ def main() -> int:
     coco = CocoKeypoints(ann, spec)
     ids = coco.image_ids
     # one backbone pass over the split, kept without the feature maps (SCIO stays off)
+    # as `scio-pose evaluate --boxes gt` asks the pipeline (AP's OKS-NMS threshold)
+    opts, boxes = EvalOptions(), person_boxes(coco, ids, "gt")
     passes = []
     chunks = [ids[i : i + args.batch_images] for i in range(0, len(ids), args.batch_images)]
     for chunk in progress(chunks, desc="backbone"):
-        items, chunk_ids = [], []
-        for image_id, (boxes, _) in gt_persons(coco, list(chunk)).items():
-            o = PoseOptions(
-                refine=False,
-                boxes=boxes,
-                box_scores=np.ones(len(boxes)),
-                oks_nms=True,
-                oks_nms_threshold=OKS_THRE,  # AP's protocol, as `scio-pose evaluate`
-            )
-            items.append((load_rgb(split / "images", coco.images[image_id]), o))
-            chunk_ids.append(image_id)
-        if items:
-            bp = pipe.backbone_pass(items)
-            passes.append((chunk_ids, items, replace(bp, features=bp.features[:0])))
-    decode = pipe.bundle.manifest.pose.decode
+        items = eval_items(coco, list(chunk), split / "images", opts, boxes)
+        bp = pipe.backbone_pass(items)
+        passes.append((chunk, items, replace(bp, features=bp.features[:0])))
 
     def score(settings: PairSplit | None) -> dict[str, Any]:
         preds: dict[int, Any] = {}
         split_count = 0
         for chunk_ids, items, bp in passes:
-            if settings is not None and settings.pairs:
-                coords, scores, moved = split_pairs(
-                    bp.heatmaps, bp.coords, bp.scores, settings, pipe.codec, decode
-                )
-                split_count += int(moved.sum())
-                bp = replace(bp, coords=coords, scores=scores)
-            for image_id, res in zip(chunk_ids, pipe.finish(items, bp), strict=True):
+            split_bp = pipe.with_pair_split(bp, settings)
+            split_count += int(np.sum(np.any(split_bp.coords != bp.coords, axis=-1)))
+            for image_id, res in zip(chunk_ids, pipe.finish(items, split_bp), strict=True):
                 preds[image_id] = res.persons
         results = to_coco_results(preds)
         stats = coco_stats(ann, results, spec, ids)

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from models.codec import HeatmapCodec
 from models.keypoints import KeypointSpec
-from models.scio_search import max3x3
+from models.scio_search import local_maxima
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -84,27 +84,6 @@ def candidate_pairs(spec: KeypointSpec) -> tuple[Pair, ...]:
     )
 
 
-def second_peak(
-    maps: F32, min_distance: float = 2.0
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], F64, F64]:
-    """Each map's highest local maximum (3x3, the centre included) at least `min_distance` px
-    from its global maximum, (M, h, w) -> x, y (M,) and its value (M,; 0 where there is none,
-    or where it is not above 0), and the global maximum's value (M,)."""
-    m, h, w = maps.shape
-    flat = maps.reshape(m, -1)
-    top = np.argmax(flat, axis=1)
-    peak = flat[np.arange(m), top].astype(np.float64)
-    gx, gy = top % w, top // w
-    ys, xs = np.divmod(np.arange(h * w), w)
-    near = (xs[None] - gx[:, None]) ** 2 + (ys[None] - gy[:, None]) ** 2 < min_distance**2
-    local = (maps >= max3x3(maps)).reshape(m, -1) & (flat > 0) & ~near
-    masked = np.where(local, flat, -np.inf)
-    best = np.argmax(masked, axis=1) if m else np.zeros(0, np.intp)
-    val = masked[np.arange(m), best]
-    val = np.where(np.isfinite(val), val, 0.0).astype(np.float64)
-    return best % w, best // w, val, peak
-
-
 def split_pairs(
     heatmaps: F32,
     coords: F64,
@@ -127,11 +106,13 @@ def split_pairs(
         both = 0.5 * (
             heatmaps[rows, left].astype(np.float32) + heatmaps[rows, right].astype(np.float32)
         )
-        x, y, val, peak = second_peak(both)
-        has = (val > split.min_second * peak) & (peak > 0)
-        rows, x, y, both = rows[has], x[has], y[has], both[has]
+        pos, val = local_maxima(both, 1)  # the highest one 2 px or more from the peak
+        peak = both.reshape(len(rows), -1).max(axis=1)
+        has = (val[:, 0] > split.min_second * peak) & (peak > 0)
+        rows, pos, both = rows[has], pos[has, 0], both[has]
         if len(rows) == 0:
             continue
+        x, y = pos[:, 0].astype(np.intp), pos[:, 1].astype(np.intp)
         second = codec.refine_at(both, x, y, decode)
         first = 0.5 * (coords[rows, left] + coords[rows, right])
         a_l, a_r = coords[rows, al], coords[rows, ar]

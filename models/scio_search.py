@@ -872,7 +872,7 @@ def local_maxima(heat: F32, count: int, min_distance: float = 2.0) -> tuple[F64,
     if m == 0 or count <= 0:
         return pos, val
     heat = np.asarray(heat, dtype=np.float32)
-    peak = (heat >= max3x3(heat)) & (heat > 0)
+    peak = (heat >= _max3x3(heat)) & (heat > 0)
     # float32 keeps every height exactly, so the order is the same as in float64
     flat = np.where(peak, heat, np.float32(-np.inf)).reshape(m, -1)
     pool = min(_PEAK_POOL, flat.shape[1])
@@ -911,7 +911,7 @@ _PEAK_POOL = 16  # local maxima of one map looked at, highest first
 _CV_CHANNELS = 512  # OpenCV's most channels per image
 
 
-def max3x3(heat: F32) -> F32:
+def _max3x3(heat: F32) -> F32:
     """Each pixel's 3x3 neighbourhood maximum, the centre included (M, h, w), by OpenCV's
     dilation of the maps as the channels of one image. A replicated border leaves every
     maximum as it is with the outside ignored (the edge pixel is in the neighbourhood)."""

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -253,14 +253,23 @@ class PosePipeline:
         timings["backbone_ms"] = _ms(t)
 
         t = time.perf_counter()
-        decode = self.bundle.manifest.pose.decode
-        coords, scores = self.codec.decode(heatmaps, decode)
-        if self.pair_split is not None and self.pair_split.pairs:
-            coords, scores, _ = split_pairs(
-                heatmaps, coords, scores, self.pair_split, self.codec, decode
-            )
+        coords, scores = self.codec.decode(heatmaps, self.bundle.manifest.pose.decode)
+        bp = self.with_pair_split(
+            BackbonePass(persons, heatmaps, features, coords, scores, timings), self.pair_split
+        )
         timings["decode_heatmaps_ms"] = _ms(t)
-        return BackbonePass(persons, heatmaps, features, coords, scores, timings)
+        return bp
+
+    def with_pair_split(self, bp: BackbonePass, split: PairSplit | None) -> BackbonePass:
+        """`bp` with `split` applied to its decoded keypoints (models.pairs; None or no pairs:
+        `bp` itself): what `backbone_pass` does with the pipeline's own settings, for passes
+        decoded without them (tuning and benchmarks)."""
+        if split is None or not split.pairs:
+            return bp
+        coords, scores, _ = split_pairs(
+            bp.heatmaps, bp.coords, bp.scores, split, self.codec, self.bundle.manifest.pose.decode
+        )
+        return replace(bp, coords=coords, scores=scores)
 
     def finish(
         self,

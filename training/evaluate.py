@@ -123,7 +123,7 @@ def evaluate_variants(
         raise ValueError("--boxes detector: the bundle has no detector")
     official = opts.protocol == "official"
     boxes = (
-        _person_boxes(coco, image_ids, opts.boxes, official) if opts.boxes != "detector" else None
+        person_boxes(coco, image_ids, opts.boxes, official) if opts.boxes != "detector" else None
     )
     predictions: dict[str, dict[int, list[PersonPose]]] = {v: {} for v in variants}
     seconds = dict.fromkeys(variants, 0.0)
@@ -131,28 +131,7 @@ def evaluate_variants(
         image_ids[i : i + opts.batch_images] for i in range(0, len(image_ids), opts.batch_images)
     ]
     for chunk in progress(chunks, desc="evaluate"):
-        items = []
-        for image_id in chunk:
-            if boxes is None:  # the service's path: the bundle's detector finds the persons
-                o = PoseOptions(
-                    refine=False,
-                    flip=opts.flip,
-                    oks_nms=True,
-                    oks_nms_threshold=OKS_THRE,  # AP's protocol, not the bundle's
-                    official=official,
-                )
-            else:
-                b, s = boxes.get(image_id, (np.zeros((0, 4)), np.zeros(0)))
-                o = PoseOptions(
-                    refine=False,
-                    flip=opts.flip,
-                    boxes=b,
-                    box_scores=s,
-                    oks_nms=True,
-                    oks_nms_threshold=OKS_THRE,
-                    official=official,
-                )
-            items.append((load_rgb(Path(images_dir), coco.images[image_id]), o))
+        items = eval_items(coco, chunk, Path(images_dir), opts, boxes)
         t = time.perf_counter()
         bp = pipe.backbone_pass(items)
         shared = time.perf_counter() - t
@@ -220,7 +199,43 @@ def load_rgb(images_dir: Path, im: ImageRecord) -> npt.NDArray[np.uint8]:
         return np.asarray(img.convert("RGB"))
 
 
-def _person_boxes(
+def eval_items(
+    coco: CocoKeypoints,
+    image_ids: list[int],
+    images_dir: Path,
+    opts: EvalOptions,
+    boxes: dict[int, tuple[F64, F64]] | None,
+) -> list[tuple[npt.NDArray[np.uint8], PoseOptions]]:
+    """The pipeline's items for `image_ids` as an evaluation asks for them: refinement off (the
+    variants switch it), AP's OKS-NMS threshold, the given `boxes` (`person_boxes`) or, with
+    None, the bundle's detector."""
+    official = opts.protocol == "official"
+    items = []
+    for image_id in image_ids:
+        if boxes is None:  # the service's path: the bundle's detector finds the persons
+            o = PoseOptions(
+                refine=False,
+                flip=opts.flip,
+                oks_nms=True,
+                oks_nms_threshold=OKS_THRE,  # AP's protocol, not the bundle's
+                official=official,
+            )
+        else:
+            b, s = boxes.get(image_id, (np.zeros((0, 4)), np.zeros(0)))
+            o = PoseOptions(
+                refine=False,
+                flip=opts.flip,
+                boxes=b,
+                box_scores=s,
+                oks_nms=True,
+                oks_nms_threshold=OKS_THRE,
+                official=official,
+            )
+        items.append((load_rgb(images_dir, coco.images[image_id]), o))
+    return items
+
+
+def person_boxes(
     coco: CocoKeypoints, image_ids: list[int], source: str, official: bool = False
 ) -> dict[int, tuple[F64, F64]]:
     """{image_id: (boxes x1y1x2y2 (n, 4), scores (n,))}."""
