@@ -16,13 +16,16 @@ pycocotools' on the same answers (AP ranks answers by score, so it gains from ke
 `scio-pose evaluate` uses the official 0.9). Writes benchmarks/results/NAME.{json,md} (default
 pose_answers).
 
-A second table varies the detector's box score threshold instead (the request's
-`detector_threshold`), at the bundle's OKS-NMS threshold: what lowering it below the bundle's
-default buys and costs in answers.
+Every person is answered in these two tables whatever its score. A second table varies the
+detector's box score threshold instead (the request's `detector_threshold`), at the bundle's
+OKS-NMS threshold: what lowering it below the bundle's default buys and costs in answers. A third
+drops the answers whose person score (box score × mean keypoint score) is below a minimum (the
+request's `min_score`), at the chosen OKS-NMS threshold.
 
-`--choose FILE` (the build, on its tuning split) writes the threshold a bundle should ship to
-FILE: each person answered once, as many persons as possible, i.e. the highest threshold among
-those with the fewest duplicates (none, where one has none).
+`--choose FILE` (the build, on its tuning split) writes what a bundle should ship to FILE: the
+OKS-NMS threshold, each person answered once and as many persons as possible, i.e. the highest
+threshold among those with the fewest duplicates (none, where one has none); and the minimum
+person score with the highest F1 (the lowest of equals), the bundle's `min_person_score`.
 """
 
 from __future__ import annotations
@@ -43,9 +46,11 @@ from benchmarks._common import git_commit, machine, md_header, write_results  # 
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DETECTOR_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+MIN_SCORES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 MATCH_OKS = 0.5
 CHUNK = 8  # images per pipeline call
 CHOICE_RULE = "the highest threshold among those with the fewest duplicates"
+MIN_SCORE_RULE = "the minimum person score with the highest F1, the lowest of equals"
 
 
 def classify(oks: np.ndarray) -> list[str]:
@@ -63,6 +68,23 @@ def classify(oks: np.ndarray) -> list[str]:
         else:
             out.append("none")
     return out
+
+
+def count_above(scored: dict[int, list[tuple[float, str]]], minimum: float) -> dict[str, int]:
+    """found / duplicate / none among the answers scoring at least `minimum`, from each image's
+    answers in score order with their classes (`classify`). The classification is greedy in
+    score order, so dropping the answers below a minimum leaves the others' classes as they are."""
+    counts = {"found": 0, "duplicate": 0, "none": 0}
+    for answers in scored.values():
+        for score, kind in answers:
+            counts[kind] += score >= minimum
+    return counts
+
+
+def choose_min_score(rows: list[dict[str, Any]]) -> float:
+    """The minimum person score to ship: the highest F1, the lowest of equals."""
+    best = max(r["f1"] for r in rows)
+    return float(min(r["min_score"] for r in rows if r["f1"] == best))
 
 
 def main() -> int:
@@ -98,24 +120,28 @@ def main() -> int:
     gts = {i: coco.labelled_persons(i) for i in ids}
     persons = sum(len(g) for g in gts.values())
 
-    def tally(counts: dict[str, int], image_id: int, answers: list[Any]) -> None:
+    kinds: dict[float, dict[int, list[str]]] = {t: {} for t in thresholds}
+
+    def tally(counts: dict[str, int], image_id: int, answers: list[Any]) -> list[str]:
         """Count one image's answers (in score order) as found / duplicate / none."""
         gt = gts[image_id]
         oks = np.array(
             [[person_oks(p.keypoints, person, sigmas) for person in gt] for p in answers]
         ).reshape(len(answers), len(gt))
-        for kind in classify(oks):
+        out = classify(oks)
+        for kind in out:
             counts[kind] += 1
+        return out
 
     for start in progress(range(0, len(ids), CHUNK), desc="answers"):
         chunk = ids[start : start + CHUNK]
-        items = [(images[i], PoseOptions()) for i in chunk]
+        items = [(images[i], PoseOptions(min_score=0.0)) for i in chunk]
         bp = pipe.backbone_pass(items)
         for t in thresholds:
             answers = pipe.finish([(im, replace(o, oks_nms_threshold=t)) for im, o in items], bp)
             for image_id, answer in zip(chunk, answers, strict=True):
                 results[t][image_id] = answer.persons
-                tally(counts[t], image_id, answer.persons)
+                kinds[t][image_id] = tally(counts[t], image_id, answer.persons)
 
     def row(key: str, value: float, c: dict[str, int], res: dict[int, Any]) -> dict[str, Any]:
         n_answers = sum(c.values())
@@ -142,7 +168,7 @@ def main() -> int:
         by_image: dict[int, Any] = {}
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
-            opts = PoseOptions(detector_threshold=d)
+            opts = PoseOptions(detector_threshold=d, min_score=0.0)
             answers = pipe.estimate_many([(images[i], opts) for i in chunk])
             for image_id, r in zip(chunk, answers, strict=True):
                 by_image[image_id] = r.persons
@@ -150,6 +176,15 @@ def main() -> int:
         det_rows.append(row("detector_threshold", d, c, by_image))
     fewest = min(r["duplicates"] for r in rows)
     chosen = max(r["oks_nms"] for r in rows if r["duplicates"] == fewest)
+    scored = {
+        i: [(p.score, k) for p, k in zip(persons_, kinds[chosen][i], strict=True)]
+        for i, persons_ in results[chosen].items()
+    }
+    min_rows = []
+    for m in MIN_SCORES:
+        kept = {i: [p for p in persons_ if p.score >= m] for i, persons_ in results[chosen].items()}
+        min_rows.append(row("min_score", m, count_above(scored, m), kept))
+    min_score = choose_min_score(min_rows)
     bundle = args.bundle.relative_to(ROOT) if args.bundle.is_relative_to(ROOT) else args.bundle
     report: dict[str, Any] = {
         "command": "python benchmarks/pose_answers.py " + " ".join(sys.argv[1:]),
@@ -161,15 +196,26 @@ def main() -> int:
         "images": len(ids),
         "persons": persons,
         "rows": rows,
-        "chosen": {"oks_nms": chosen, "rule": CHOICE_RULE},
+        "chosen": {
+            "oks_nms": chosen,
+            "rule": CHOICE_RULE,
+            "min_person_score": min_score,
+            "min_person_score_rule": MIN_SCORE_RULE,
+        },
+        "bundle_min_person_score": pipe.min_person_score,
         "bundle_detector_threshold": default_thr,
         "detector_rows": det_rows,
+        "min_score_rows": min_rows,
     }
-    lines = md_header(f"What /pose answers, by OKS-NMS and detector threshold ({bundle})", report)
+    lines = md_header(
+        f"What /pose answers, by OKS-NMS, detector threshold and minimum person score ({bundle})",
+        report,
+    )
     lines += [
         "",
         f"{persons} labelled persons in {len(ids)} images of `{args.ann}`; the bundle's detector "
-        f"and defaults; the bundle's OKS-NMS threshold: {pipe.oks_nms}. Found: an answer with "
+        f"and defaults, except that every person is answered whatever its score (in the first two "
+        f"tables); the bundle's OKS-NMS threshold: {pipe.oks_nms}. Found: an answer with "
         f"OKS >= {MATCH_OKS} to a person not yet found; duplicate: one to a person already found.",
         "",
         *_table("OKS-NMS", "oks_nms", rows, pipe.oks_nms),
@@ -180,6 +226,13 @@ def main() -> int:
         f"the bundle's {pipe.oks_nms}:",
         "",
         *_table("detector threshold", "detector_threshold", det_rows, default_thr),
+        "",
+        f"By the minimum person score (a request's `min_score`; the bundle's "
+        f"`min_person_score`: {pipe.min_person_score:g}), OKS-NMS at the chosen {chosen:g}:",
+        "",
+        *_table("min person score", "min_score", min_rows, pipe.min_person_score),
+        "",
+        f"Chosen by the same build ({MIN_SCORE_RULE}): {min_score:g}.",
         "",
     ]
     write_results(args.name, report, "\n".join(lines))

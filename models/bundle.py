@@ -72,10 +72,19 @@ class DetectorInfo:
     # the official code's 0.9 unless the bundle's build chose another for its detector, whose
     # duplicate boxes on one person it removes. `scio-pose evaluate` uses 0.9 (AP's protocol).
     oks_nms: float = OKS_THRE
+    # Persons the detector found whose person score (box score × mean keypoint score above 0.2,
+    # models.postprocess.rescore) is below this are not answered; a request's `min_score`
+    # overrides it, and persons in caller-given boxes are answered whatever their score. Chosen
+    # on a tuning split when the bundle is built (benchmarks/pose_answers.py --choose); 0: all.
+    min_person_score: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.oks_nms <= 1.0:
             raise ValueError(f"the OKS-NMS threshold must be in (0, 1], not {self.oks_nms}")
+        if not 0.0 <= self.min_person_score <= 1.0:
+            raise ValueError(
+                f"the minimum person score must be in [0, 1], not {self.min_person_score}"
+            )
         if not 0.0 <= self.score_floor <= self.score_threshold <= 1.0:
             raise ValueError(
                 "need 0 <= score_floor <= score_threshold <= 1, not "
@@ -92,6 +101,7 @@ class DetectorInfo:
             # bundle.json's, else the confidence a training run's detector.json exported with
             score_floor=float(d.get("score_floor", (d.get("export") or {}).get("conf", 0.0))),
             oks_nms=float(d.get("oks_nms", OKS_THRE)),
+            min_person_score=float(d.get("min_person_score", 0.0)),
         )
 
 

@@ -131,6 +131,7 @@ class PosePipeline:
         )
         # OKS-NMS between persons: the bundle's detector setting, else the official value
         self.oks_nms = m.detector.oks_nms if m.detector is not None else OKS_THRE
+        self.min_person_score = m.detector.min_person_score if m.detector is not None else 0.0
         self.verifier: OnnxVerifier | None = None
         self.predictor: OnnxPredictor | None = None
         self.scio_config = scio_config or ScioSearchConfig()
@@ -205,6 +206,7 @@ class PosePipeline:
             "detector_threshold": self.detector.info.score_threshold if self.detector else None,
             "detector_score_floor": self.detector.info.score_floor if self.detector else None,
             "oks_nms": self.oks_nms,
+            "min_person_score": self.min_person_score if self.detector else None,
             "flip_test": m.pose.flip_test,
             "pair_split": self.pair_split.to_dict() if self.pair_split else None,
             "refine_available": self.refine_available,
@@ -484,7 +486,10 @@ class PosePipeline:
                     official_order=o.official,
                 )
                 sel = sel[keep]
-            sel = sel[scores[sel] >= o.min_score]
+            floor = o.min_score
+            if floor is None:  # the bundle's for the persons its detector found
+                floor = self.min_person_score if o.boxes is None else 0.0
+            sel = sel[scores[sel] >= floor]
             sel = sel[np.argsort(-scores[sel], kind="stable")]
             if o.max_persons is not None:
                 sel = sel[: o.max_persons]

@@ -74,7 +74,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "a name is the source as reported or the file's own name (a video frame: "
         '"name#index"); [] means nobody; sources not in the file use the detector',
     )
-    p.add_argument("--min-score", type=float, default=0.0, help="drop persons scoring below")
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="drop persons scoring below this (box score x mean keypoint score); default: the "
+        "bundle's for the persons its detector finds (bundle.json detector.min_person_score), 0 "
+        "for given boxes",
+    )
     p.add_argument("--max-persons", type=int, default=None, help="keep the best N persons")
     p.add_argument(
         "--detector-threshold",
@@ -196,7 +203,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--batch must be at least 1"
     if args.max_persons is not None and args.max_persons < 1:
         return "--max-persons must be at least 1"
-    if not 0.0 <= args.min_score <= 1.0:
+    if args.min_score is not None and not 0.0 <= args.min_score <= 1.0:
         return "--min-score must lie in [0, 1]"
     if args.oks_nms is not None and not 0.0 < args.oks_nms <= 1.0:
         return "--oks-nms must lie in (0, 1]"

@@ -26,7 +26,9 @@ class PoseOptions:
     flip: bool | None = None
     boxes: npt.NDArray[np.float64] | None = None  # (N, 4) person boxes; skips the detector
     box_scores: npt.NDArray[np.float64] | None = None  # (N,) scores of `boxes`; default 1.0
-    min_score: float = 0.0  # drop persons whose score is below this
+    # drop persons whose score is below this; None: the bundle's (DetectorInfo.min_person_score)
+    # for the persons its detector found, 0 for caller-given boxes
+    min_score: float | None = None
     # the detector's box score threshold; None: the bundle's (DetectorInfo.score_threshold).
     # The exported model returns no box below its own floor (DetectorInfo.score_floor).
     detector_threshold: float | None = None

@@ -48,7 +48,14 @@ class _CommonParams(BaseModel):
         description="flip test (average with the mirrored crop); omitted: the bundle's default "
         "(GET /info: bundle.flip_test)",
     )
-    min_score: float = Field(0.0, ge=0.0, le=1.0, description="drop persons scoring below this")
+    min_score: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="drop persons scoring below this (score: box score × mean keypoint score); "
+        "omitted: the bundle's for the persons its detector finds (GET /info: "
+        "bundle.min_person_score), 0 with boxes",
+    )
     detector_threshold: float | None = Field(
         None,
         ge=0.0,

@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the detector's, else the official 0.9); with --detector",
     )
     parser.add_argument(
+        "--min-person-score",
+        type=float,
+        help="persons the detector finds scoring below this are not answered unless a request "
+        "says otherwise (default 0: all); with --detector",
+    )
+    parser.add_argument(
         "--pair-split",
         type=Path,
         help="JSON with the left/right pairs to split where they decode on one spot "
@@ -71,6 +77,14 @@ def run(args: argparse.Namespace) -> int:
     if args.oks_nms is not None and (args.detector is None or not 0 < args.oks_nms <= 1):
         print("scio-pose export: --oks-nms needs --detector and a value in (0, 1]", file=sys.stderr)
         return 2
+    if args.min_person_score is not None and (
+        args.detector is None or not 0 <= args.min_person_score <= 1
+    ):
+        print(
+            "scio-pose export: --min-person-score needs --detector and a value in [0, 1]",
+            file=sys.stderr,
+        )
+        return 2
     bundle = export_bundle(
         backbone=args.backbone,
         out=args.out,
@@ -82,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         decode=args.decode,
         flip_test=args.flip_test,
         oks_nms=args.oks_nms,
+        min_person_score=args.min_person_score,
         pair_split=read_pair_split(args.pair_split) if args.pair_split else None,
         extra=[json.loads(p.read_text()) for p in args.provenance],
         command=args.command_line,
@@ -102,6 +117,7 @@ def export_bundle(
     flip_test: bool = False,
     oks_nms: float | None = None,
     pair_split: PairSplit | None = None,
+    min_person_score: float | None = None,
     extra: list[dict[str, Any]] | None = None,
     command: str = "",
 ) -> Any:
@@ -118,6 +134,8 @@ def export_bundle(
 
     if oks_nms is not None and detector_dir is None:
         raise ValueError("--oks-nms is the detector's setting: it needs --detector")
+    if min_person_score is not None and detector_dir is None:
+        raise ValueError("--min-person-score is the detector's setting: it needs --detector")
     model, cfg = load_backbone(backbone)
     spec = get_spec(cfg.data.spec)
     if pair_split is not None:
@@ -170,6 +188,8 @@ def export_bundle(
             det_onnx, det_info, provenance["detector"] = read_detector_run(detector_dir)
             if oks_nms is not None:
                 det_info = replace(det_info, oks_nms=oks_nms)
+            if min_person_score is not None:
+                det_info = replace(det_info, min_person_score=min_person_score)
         for e in extra or []:
             provenance.update(e)
         return build_bundle(

@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --detector: the OKS-NMS threshold (default: the source bundle's)",
     )
     parser.add_argument(
+        "--min-person-score",
+        type=float,
+        help="persons the detector finds scoring below this are not answered unless a request "
+        "says otherwise (bundle.json detector.min_person_score; `benchmarks/pose_answers.py "
+        "--choose`'s; default: the source bundle's)",
+    )
+    parser.add_argument(
         "--search",
         type=Path,
         help="JSON of SCIO search settings to use instead (e.g. scio_probes --fit's)",
@@ -114,11 +121,15 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.min_person_score is not None and not 0 <= args.min_person_score <= 1:
+        print("scio-pose rebundle: --min-person-score must lie in [0, 1]", file=sys.stderr)
+        return 2
     if args.int8_images < 4:
         print("scio-pose rebundle: --int8-images must be at least 4", file=sys.stderr)
         return 2
     if not (
         args.detector
+        or args.min_person_score is not None
         or args.int8
         or args.search
         or args.pair_split
@@ -128,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         or args.evaluation
     ):
         print(
-            "scio-pose rebundle: nothing to replace (--detector, --int8, --search, "
+            "scio-pose rebundle: nothing to replace (--detector, --min-person-score, --int8, "
+            "--search, "
             "--pair-split, --fold-batchnorm, --person-features, --evaluation or --provenance)",
             file=sys.stderr,
         )
@@ -141,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             detector_dir=args.detector,
             oks_nms=args.oks_nms,
+            min_person_score=args.min_person_score,
             search_file=args.search,
             pair_split_file=args.pair_split,
             fold_batchnorm=args.fold_batchnorm,
@@ -164,6 +177,7 @@ def rebundle(
     out: Path,
     detector_dir: Path | None = None,
     oks_nms: float | None = None,
+    min_person_score: float | None = None,
     search_file: Path | None = None,
     pair_split_file: Path | None = None,
     fold_batchnorm: bool = False,
@@ -206,9 +220,18 @@ def rebundle(
             )
             if keep is not None:
                 info = replace(info, oks_nms=keep)
+            if manifest.detector is not None:
+                info = replace(info, min_person_score=manifest.detector.min_person_score)
             manifest = replace(manifest, detector=info)
             sources[DETECTOR] = onnx_path
             changes.append(f"detector from {detector_dir} (OKS-NMS {info.oks_nms})")
+        if min_person_score is not None:
+            if manifest.detector is None:
+                raise ValueError(f"{bundle_dir} has no detector: --min-person-score needs one")
+            manifest = replace(
+                manifest, detector=replace(manifest.detector, min_person_score=min_person_score)
+            )
+            changes.append(f"minimum person score {min_person_score:g}")
         no_scio = manifest.scio is None or GAMMA_CONTEXT not in manifest.files
         if (search_file is not None or fold_batchnorm or person_features) and no_scio:
             raise ValueError(f"{bundle_dir} has no SCIO networks")

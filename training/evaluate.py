@@ -207,8 +207,8 @@ def eval_items(
     boxes: dict[int, tuple[F64, F64]] | None,
 ) -> list[tuple[npt.NDArray[np.uint8], PoseOptions]]:
     """The pipeline's items for `image_ids` as an evaluation asks for them: refinement off (the
-    variants switch it), AP's OKS-NMS threshold, the given `boxes` (`person_boxes`) or, with
-    None, the bundle's detector."""
+    variants switch it), AP's OKS-NMS threshold, every person whatever its score, the given
+    `boxes` (`person_boxes`) or, with None, the bundle's detector."""
     official = opts.protocol == "official"
     items = []
     for image_id in image_ids:
@@ -218,6 +218,7 @@ def eval_items(
                 flip=opts.flip,
                 oks_nms=True,
                 oks_nms_threshold=OKS_THRE,  # AP's protocol, not the bundle's
+                min_score=0.0,  # AP ranks every answer: none is dropped by its score
                 official=official,
             )
         else:

@@ -143,6 +143,15 @@ def test_the_detector_oks_nms_threshold_defaults_to_the_official_one_and_is_chec
             DetectorInfo(input_hw=(256, 256), oks_nms=bad)
 
 
+def test_the_minimum_person_score_defaults_to_answering_everyone_and_is_checked() -> None:
+    assert DetectorInfo.from_dict({"input_hw": [256, 256]}).min_person_score == 0.0  # older
+    saved = {"input_hw": [256, 256], "min_person_score": 0.15}
+    assert DetectorInfo.from_dict(saved).min_person_score == 0.15
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="minimum person score"):
+            DetectorInfo(input_hw=(256, 256), min_person_score=bad)
+
+
 def test_the_detector_score_floor_comes_from_the_export_and_is_checked() -> None:
     assert DetectorInfo.from_dict({"input_hw": [256, 256]}).score_floor == 0.0  # older bundles
     run = {"input_hw": [256, 256], "export": {"conf": 0.05, "iou": 0.8}}  # detector.json

@@ -71,7 +71,7 @@ class FakeEstimator:
         h, w = image.shape[:2]
         boxes = options.boxes if options.boxes is not None else self._boxes(h, w)
         persons = [self._person(box, rank) for rank, box in enumerate(boxes)]
-        persons = [p for p in persons if p.score >= options.min_score]
+        persons = [p for p in persons if p.score >= (options.min_score or 0.0)]
         if options.max_persons is not None:
             persons = persons[: options.max_persons]
         refined = options.refine and self.refine_available

@@ -99,6 +99,7 @@ def make_fake_bundle(
     scio_settings: dict[str, Any] | None = None,
     flip_test: bool = False,
     oks_nms: float = 0.9,
+    min_person_score: float = 0.0,
 ) -> Path:
     """The dot pose model (features: 2 channels), optionally a fixed detector and SCIO files."""
     work = root.parent / f"{root.name}-src"
@@ -123,7 +124,12 @@ def make_fake_bundle(
             flip_test=flip_test,
         ),
         files={},
-        detector=DetectorInfo(input_hw=detector_hw, score_threshold=0.3, oks_nms=oks_nms),
+        detector=DetectorInfo(
+            input_hw=detector_hw,
+            score_threshold=0.3,
+            oks_nms=oks_nms,
+            min_person_score=min_person_score,
+        ),
         scio=scio_settings,
         provenance={"test": True},
     )

@@ -202,6 +202,34 @@ def test_oks_nms_uses_the_bundles_threshold_unless_a_request_gives_one(tmp_path:
         sp.oks_nms = nms
 
 
+def test_the_bundles_minimum_person_score_drops_detected_persons_only(tmp_path: Path) -> None:
+    """Two detected persons (boxes scoring 0.45 and 0.31, each on its own dot): a bundle whose
+    minimum person score lies between their person scores answers the better one only, unless
+    the request gives its own `min_score`; persons in caller-given boxes are all answered (the
+    dot model's keypoint scores are about 2, so the person scores are about 0.9 and 0.6)."""
+    rows = np.array([[40, 60, 120, 260, 0.45, 0], [160, 60, 240, 260, 0.31, 0]], np.float32)
+    # letterbox r = 0.5, 40 px pad on top; dots large enough to show in the 400-px-tall crops
+    img = _dots((480, 640), [(160, 240), (400, 240)], r=15)
+    everyone = PosePipeline.from_path(
+        make_fake_bundle(tmp_path / "all", detector_rows=rows), device="cpu"
+    )
+    scores = sorted(p.score for p in everyone.estimate(img, PoseOptions()).persons)
+    assert len(scores) == 2
+    assert 0 < scores[0] < scores[1] < 1
+    floor = (scores[0] + scores[1]) / 2
+    strict = PosePipeline.from_path(
+        make_fake_bundle(tmp_path / "strict", detector_rows=rows, min_person_score=floor),
+        device="cpu",
+    )
+    assert (strict.info["min_person_score"], everyone.info["min_person_score"]) == (floor, 0.0)
+    answered = strict.estimate(img, PoseOptions()).persons
+    assert [p.score for p in answered] == pytest.approx([scores[1]])
+    assert len(strict.estimate(img, PoseOptions(min_score=0.0)).persons) == 2
+    assert strict.estimate(img, PoseOptions(min_score=1.0)).persons == []
+    boxes = np.array([[80.0, 40, 240, 440], [320, 40, 480, 440]])  # the same boxes, given
+    assert len(strict.estimate(img, PoseOptions(boxes=boxes)).persons) == 2
+
+
 def test_a_collapsed_pair_is_split_as_the_bundle_says(tmp_path: Path) -> None:
     """The dot model gives every keypoint the same map: with two dots in one box, every left/right
     pair decodes on the brighter dot. The bundle's pair split (ankles by knees) puts the right

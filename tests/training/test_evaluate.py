@@ -300,6 +300,31 @@ def test_evaluate_uses_the_official_oks_nms_whatever_the_bundle_sets(
     assert set(seen) == {0.9}
 
 
+def test_evaluate_answers_every_detected_person_whatever_the_bundles_minimum_score(
+    tmp_path: Path,
+) -> None:
+    """AP ranks every answer: a bundle whose minimum person score /pose would apply to all its
+    detections (1.0) still has its detected person evaluated."""
+    rows = np.array([[40, 60, 120, 260, 0.9, 0]], np.float32)
+    bundle = make_fake_bundle(tmp_path / "bundle", detector_rows=rows, min_person_score=1.0)
+    opts = EvalOptions(boxes="detector", limit=2)
+    r = evaluate(bundle, MINI / "person_keypoints.json", MINI / "images", opts)
+    assert r["persons"] == 2  # the fixed detector's one box in each image
+
+
+def test_pose_answers_chooses_the_minimum_person_score_with_the_best_f1() -> None:
+    from benchmarks.pose_answers import choose_min_score, count_above
+
+    # one image's answers in score order: (person score, class)
+    scored = {1: [(0.9, "found"), (0.5, "found"), (0.12, "none"), (0.08, "found")], 2: []}
+    scored[2] = [(0.7, "duplicate"), (0.11, "none")]
+    assert count_above(scored, 0.0) == {"found": 3, "duplicate": 1, "none": 2}
+    assert count_above(scored, 0.1) == {"found": 2, "duplicate": 1, "none": 2}
+    assert count_above(scored, 0.15) == {"found": 2, "duplicate": 1, "none": 0}
+    rows = [{"min_score": m, "f1": f} for m, f in ((0.0, 0.7), (0.1, 0.8), (0.15, 0.8), (0.2, 0.6))]
+    assert choose_min_score(rows) == 0.1  # the lowest of the best
+
+
 def test_pose_answers_classifies_found_duplicate_and_unmatched_in_score_order() -> None:
     from benchmarks.pose_answers import classify
 

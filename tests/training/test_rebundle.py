@@ -115,6 +115,25 @@ def test_rebundle_replaces_what_it_is_given_and_copies_the_rest(
     assert len(new.provenance["commands"]) == len(src.provenance["commands"]) + 1
 
 
+def test_rebundle_sets_the_minimum_person_score_and_keeps_it_with_a_new_detector(
+    unfolded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "new"
+    assert _cli(["--bundle", str(unfolded), "--out", str(out), "--min-person-score", "0.15"]) == 0
+    new = load_bundle(out).manifest
+    assert new.detector is not None
+    assert new.detector.min_person_score == 0.15
+    assert new.files == load_bundle(unfolded).manifest.files  # nothing else changed
+    again = tmp_path / "again"
+    assert _cli(["--bundle", str(out), "--out", str(again), "--detector",
+                 str(_detector_run(tmp_path))]) == 0  # fmt: skip
+    assert load_bundle(again).manifest.detector.min_person_score == 0.15  # type: ignore[union-attr]
+    bad = ["--bundle", str(unfolded), "--out", str(tmp_path / "bad"), "--min-person-score", "2"]
+    assert _cli(bad) == 2
+    assert "--min-person-score must lie in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_rewritten_graphs_answer_as_before(unfolded: Path, tmp_path: Path) -> None:
     """The whole SCIO refinement on the rewritten graphs (folded stem, features per person)
     equals the source bundle's."""

@@ -313,16 +313,22 @@ def test_export_sets_the_detectors_oks_nms_threshold(runs, tmp_path: Path, capsy
     (det / "detector.json").write_text(json.dumps({"input_hw": [320, 320]}))
     _export(runs["backbone"], runs["scio"], tmp_path / "a", "--detector", str(det))
     assert load_bundle(tmp_path / "a").manifest.detector.oks_nms == 0.9  # the official default
+    assert load_bundle(tmp_path / "a").manifest.detector.min_person_score == 0.0
     _export(
-        runs["backbone"], runs["scio"], tmp_path / "b", "--detector", str(det), "--oks-nms", "0.6"
-    )
+        runs["backbone"], runs["scio"], tmp_path / "b", "--detector", str(det), "--oks-nms", "0.6",
+        "--min-person-score", "0.15",
+    )  # fmt: skip
     b = load_bundle(tmp_path / "b")
-    assert b.manifest.detector.oks_nms == 0.6
+    assert (b.manifest.detector.oks_nms, b.manifest.detector.min_person_score) == (0.6, 0.15)
     assert PosePipeline(b, device="cpu").oks_nms == 0.6
+    assert PosePipeline(b, device="cpu").min_person_score == 0.15
     args = ["export", "--backbone", str(runs["backbone"]), "--out", str(tmp_path / "c")]
     assert main([*args, "--oks-nms", "0.6"]) == 2  # no detector
     assert main([*args, "--detector", str(det), "--oks-nms", "0"]) == 2
     assert "--oks-nms needs --detector" in capsys.readouterr().err
+    assert main([*args, "--min-person-score", "0.1"]) == 2  # no detector
+    assert main([*args, "--detector", str(det), "--min-person-score", "1.5"]) == 2
+    assert "--min-person-score needs --detector" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
 
