@@ -232,7 +232,8 @@ def main() -> int:
         "",
         *_table("min person score", "min_score", min_rows, pipe.min_person_score),
         "",
-        f"Chosen by the same build ({MIN_SCORE_RULE}): {min_score:g}.",
+        f"Chosen by the rule a build applies to its tuning split ({MIN_SCORE_RULE}): "
+        f"{min_score:g}.",
         "",
     ]
     write_results(args.name, report, "\n".join(lines))
