@@ -33,7 +33,9 @@ PHI = "scio_phi"  # Φ, whole
 # `pose` quantized to INT8 (training.quantize): what the service runs where the backbone runs on
 # the CPU, unless told otherwise (service.pipeline's `precision`)
 POSE_INT8 = "pose_int8"
-ROLES = (POSE, DETECTOR, GAMMA_CONTEXT, GAMMA_HEAD, PHI, POSE_INT8)
+# `detector` quantized to INT8 (training.quantize): run with `pose_int8`, where that runs
+DETECTOR_INT8 = "detector_int8"
+ROLES = (POSE, DETECTOR, GAMMA_CONTEXT, GAMMA_HEAD, PHI, POSE_INT8, DETECTOR_INT8)
 
 
 class BundleError(ValueError):
@@ -254,6 +256,8 @@ def write_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         files: dict[str, FileEntry] = {}
+        if DETECTOR_INT8 in sources and DETECTOR not in sources:
+            raise BundleError("an INT8 detector (detector_int8) needs its float detector")
         for role, src in sources.items():
             if role not in ROLES:
                 raise BundleError(f"unknown bundle file role {role!r}; roles are {ROLES}")

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from models.bundle import (
     DETECTOR,
+    DETECTOR_INT8,
     GAMMA_CONTEXT,
     GAMMA_HEAD,
     PHI,
@@ -99,7 +100,8 @@ class PosePipeline:
         """`scio_config` overrides the bundle's SCIO search settings (evaluation ablations).
         `precision`: which backbone graph runs: "auto" = the bundle's INT8 copy (`pose_int8`)
         where the backbone runs on a CPU with 8-bit dot products and the bundle has one, else
-        the float graph; "fp32" or "int8" to choose (`backbone_precision`).
+        the float graph; "fp32" or "int8" to choose (`backbone_precision`). The detector's INT8
+        copy (`detector_int8`), where the bundle has one, runs with the INT8 backbone.
         `io_binding`: None = on where the models run on CUDA/TensorRT (`service.runtime`).
         `scio_parallel`: Φ and Γ's context side by side, each on half the threads (they read
         the same inputs and not each other); None = where there are at least two threads and
@@ -123,7 +125,10 @@ class PosePipeline:
         )
         self.precision = backbone_precision(bundle, device, precision)
         self.pose = load(_req(bundle.path(POSE_INT8 if self.precision == "int8" else POSE)))
-        det_path = bundle.path(DETECTOR)
+        # the detector's INT8 copy runs beside the INT8 backbone, where the bundle has one
+        int8_det = self.precision == "int8" and bundle.path(DETECTOR_INT8) is not None
+        self.detector_precision = "int8" if int8_det else "fp32"
+        det_path = bundle.path(DETECTOR_INT8 if int8_det else DETECTOR)
         self.detector = (
             PersonDetector(load(det_path), m.detector)
             if det_path is not None and m.detector is not None
@@ -213,6 +218,7 @@ class PosePipeline:
             "scio": self.scio_config.to_dict() if self.refine_available else None,
             "providers": self.pose.providers,
             "precision": self.precision,
+            "detector_precision": self.detector_precision if self.detector else None,
             "provenance": m.provenance,
         }
 

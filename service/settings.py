@@ -26,8 +26,8 @@ Precision = Literal["auto", "fp32", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 # the same choice on the command line (`predict`, `evaluate`)
 PRECISION_HELP = (
-    "backbone graph: auto = the bundle's INT8 copy where the backbone runs on a CPU with 8-bit "
-    "dot products (VNNI, AMX, Arm), as the service does, else float"
+    "backbone (and detector) graph: auto = the bundle's INT8 copies where the backbone runs on a "
+    "CPU with 8-bit dot products (VNNI, AMX, Arm), as the service does, else float"
 )
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     device: Device = "auto"  # ONNX Runtime execution provider choice
     intra_op_threads: Annotated[int, Field(ge=0)] = 0  # ONNX Runtime threads; 0 = its default
     # backbone graph: auto = the bundle's INT8 copy where it runs on the CPU (if it has one),
-    # else float; fp32 / int8 to choose (service.pipeline.backbone_precision)
+    # else float; fp32 / int8 to choose (service.pipeline.backbone_precision); the detector's
+    # INT8 copy, where the bundle has one, runs with the INT8 backbone
     precision: Precision = "auto"
 
     # what a request may carry

@@ -2,8 +2,9 @@
 training runs behind a bundle are gone (or need not run again) and one part changes: another
 detector, refitted SCIO search settings, the left/right pairs split where they decode on one
 spot (models.pairs), the SCIO graphs rewritten as `export` now writes them
-(the context stem's BatchNorm folded; the feature maps taken once per person), or an INT8 copy of
-the backbone added for CPU serving (training.quantize).
+(the context stem's BatchNorm folded; the feature maps taken once per person), or INT8 copies of
+the backbone and the detector added for CPU serving (training.quantize). A new detector drops
+the old one's INT8 copy (unless `--int8` makes a new one).
 
 Every file not replaced is copied byte for byte (its sha256 re-checked on the way in). The
 provenance keeps the source bundle's record and gains one `commands` entry for this step (the
@@ -80,11 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--int8",
         type=Path,
         metavar="DATA",
-        help="add an INT8 copy of the backbone (pose_int8.onnx, which the service runs where "
-        "the backbone runs on a CPU with 8-bit dot products), calibrated on the annotated "
-        "persons of this COCO-format folder (person_keypoints.json, images/; e.g. a tuning "
-        "split from `scio-pose synth`) and checked against the float backbone on a quarter of "
-        "its images",
+        help="add INT8 copies of the backbone and of the detector (pose_int8.onnx and "
+        "detector_int8.onnx, which the service runs where the backbone runs on a CPU with 8-bit "
+        "dot products), calibrated on this COCO-format folder (person_keypoints.json, images/; "
+        "e.g. a tuning split from `scio-pose synth`): the backbone on its annotated persons, the "
+        "detector on its images; each checked against its float graph on a quarter of them",
     )
     parser.add_argument(
         "--int8-images",
@@ -194,6 +195,7 @@ def rebundle(
 
     from models.bundle import (
         DETECTOR,
+        DETECTOR_INT8,
         GAMMA_CONTEXT,
         PHI,
         POSE,
@@ -224,6 +226,9 @@ def rebundle(
                 info = replace(info, min_person_score=manifest.detector.min_person_score)
             manifest = replace(manifest, detector=info)
             sources[DETECTOR] = onnx_path
+            if sources.pop(DETECTOR_INT8, None) is not None and int8_data is None:
+                provenance.pop("int8_detector", None)
+                changes.append("the old detector's INT8 copy dropped")
             changes.append(f"detector from {detector_dir} (OKS-NMS {info.oks_nms})")
         if min_person_score is not None:
             if manifest.detector is None:
@@ -281,6 +286,12 @@ def rebundle(
                 f"{report.peak_within_1px:.3f}, heatmaps differ by up to "
                 f"{report.heatmaps_rel_diff:.3f} of their scale)"
             )
+            if DETECTOR in sources and manifest.detector is not None:
+                changes.append(
+                    _int8_detector(
+                        sources, manifest.detector, images, int8_images, Path(tmp), provenance
+                    )
+                )
         for e in extra or []:
             provenance.update(e)
             changes.append(f"provenance: {', '.join(sorted(e))} replaced")
@@ -296,6 +307,38 @@ def rebundle(
         manifest = replace(manifest, provenance=provenance)
         write_bundle(out, manifest, sources)
     return changes
+
+
+def _int8_detector(
+    sources: dict[str, Path],
+    info: Any,
+    images: Path,
+    limit: int,
+    tmp: Path,
+    provenance: dict[str, Any],
+) -> str:
+    """Add the detector's INT8 copy to `sources` (training.quantize); what changed, one line.
+    A detector that is not an ultralytics export stays float only."""
+    from models.bundle import DETECTOR, DETECTOR_INT8
+    from training.quantize import detector_inputs, quantize_detector
+
+    inputs = detector_inputs(images, info.input_hw, limit=limit)
+    try:
+        report = quantize_detector(
+            sources[DETECTOR], tmp / "detector_int8.onnx", inputs, info.score_threshold
+        )
+    except ValueError as e:
+        sources.pop(DETECTOR_INT8, None)
+        provenance.pop("int8_detector", None)
+        return f"no INT8 detector: {e}"
+    sources[DETECTOR_INT8] = tmp / "detector_int8.onnx"
+    provenance["int8_detector"] = {"data": str(images), **report.to_dict()}
+    return (
+        f"INT8 detector calibrated on {report.calibration_images} images of {images} (check on "
+        f"{report.check_images}: {report.boxes_kept:.3f} of the float graph's "
+        f"{report.boxes_checked} boxes at {info.score_threshold:g} kept with IoU >= 0.9, scores "
+        f"within {report.max_score_diff:.3f})"
+    )
 
 
 def rewrite_checked(

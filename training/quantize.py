@@ -1,4 +1,5 @@
-"""INT8 backbone for CPU serving: ONNX Runtime's static quantization of a bundle's `pose.onnx`.
+"""INT8 backbone and detector for CPU serving: ONNX Runtime's static quantization of a bundle's
+`pose.onnx` and `detector.onnx`.
 
 The backbone dominates a multi-person request on the CPU (each person's crop, twice with the
 flip test). Its INT8 copy (`pose_int8.onnx`, QDQ format: weights int8 per output channel,
@@ -12,6 +13,14 @@ mirrored copies where the bundle runs the flip test. Every fourth image is kept 
 calibration and used for the check that follows: the INT8 graph's heatmaps and features against
 the float graph's (largest difference relative to each output's scale, and how often the
 heatmap peak stays within one heatmap pixel).
+
+The detector's INT8 copy (`detector_int8.onnx`) quantizes the network: its convolutions and the
+activations between them, the detection head's convolutions included. What follows them stays
+float: the head's box decoding (the distribution-focal integral, anchors, strides) and the NMS
+that ultralytics' export appends, whose coordinates and scores 8 bits would coarsen for nothing.
+It is calibrated on the images of the same folder, letterboxed as the service does, and checked
+on every fourth: of the float graph's boxes at the service's score threshold, the share that the
+INT8 graph returns too (a box overlapping it with IoU >= 0.9), and how far the scores move.
 """
 
 from __future__ import annotations
@@ -164,3 +173,178 @@ def compare(
         "peak_within_1px": float((dist < 1.5).mean()),
         "peak_equal": float((dist == 0).mean()),
     }
+
+
+@dataclass(frozen=True)
+class DetectorQuantizationReport:
+    calibration_images: int
+    check_images: int
+    network_nodes: int  # left to the quantizer (module doc)
+    float_nodes: int  # the box decoding and NMS
+    boxes_checked: int  # the float graph's boxes at the score threshold, on the check images
+    boxes_kept: float  # share of them the INT8 graph returns with IoU >= 0.9
+    median_iou: float
+    max_score_diff: float  # over the kept boxes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def detector_inputs(
+    images: Path, input_hw: tuple[int, int], limit: int | None = None
+) -> list[npt.NDArray[np.float32]]:
+    """The detector's input (1, 3, h, w) for each image of a folder (sorted by name), letterboxed
+    as the service does (service.detector)."""
+    from PIL import Image
+
+    from service.detector import letterbox
+
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    out = []
+    for f in files[:limit]:
+        with Image.open(f) as img:
+            rgb = np.asarray(img.convert("RGB"))
+        padded, _, _ = letterbox(rgb, input_hw)
+        out.append(padded[None].transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0))
+    if not out:
+        raise ValueError(f"{images}: no images to calibrate the detector on")
+    return out
+
+
+def detector_float_nodes(model: Any) -> list[str]:
+    """Nodes of an ultralytics detector export that stay float: everything outside the network
+    (`/model/...`: the NMS the export appends), the distribution-focal integral (`dfl`) and the
+    head's other non-convolution nodes (the box decoding). The head is the network's last
+    module (`/model/model.N/`)."""
+    import re
+
+    names = [n.name for n in model.graph.node]
+    modules = [int(m.group(1)) for n in names if (m := re.match(r"/model/model\.(\d+)/", n))]
+    if not modules:
+        raise ValueError(
+            "not an ultralytics detector export (no /model/model.N/ nodes): cannot tell its "
+            "network from its box decoding"
+        )
+    head = f"/model/model.{max(modules)}/"
+    return [
+        n.name
+        for n in model.graph.node
+        if not n.name.startswith("/model/")
+        or "/dfl/" in n.name
+        or (n.name.startswith(head) and n.op_type != "Conv")
+    ]
+
+
+def quantize_detector(
+    src: Path,
+    dst: Path,
+    per_image: list[npt.NDArray[np.float32]],
+    score_threshold: float,
+) -> DetectorQuantizationReport:
+    """Write the INT8 copy of the detector `src` to `dst`, calibrated on three images in four of
+    `per_image` (network inputs) and checked on the fourth (module doc)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if len(per_image) < 4:
+        raise ValueError(
+            f"INT8 calibration needs at least 4 images, not {len(per_image)} (three calibrate, "
+            "the fourth checks)"
+        )
+    calib = [x for i, x in enumerate(per_image) if i % 4 != 3]
+    check = [x for i, x in enumerate(per_image) if i % 4 == 3]
+    model = onnx.load(str(src))
+    keep_float = detector_float_nodes(model)
+    input_name = model.graph.input[0].name
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.items = iter(calib)  # one image per call: the export's NMS is for batch 1
+
+        def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
+            x = next(self.items, None)
+            return None if x is None else {input_name: x}
+
+    with tempfile.TemporaryDirectory(prefix="scio-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        written = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(prepared),
+            str(written),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=keep_float,
+        )
+        quantized = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(written)).graph.node)
+        if quantized == 0:
+            raise ValueError(f"{src}: nothing was quantized")
+        kept, checked, median_iou, score_diff = compare_detections(
+            src, written, check, score_threshold
+        )
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(written, dst)
+    return DetectorQuantizationReport(
+        calibration_images=len(calib),
+        check_images=len(check),
+        network_nodes=len(model.graph.node) - len(keep_float),
+        float_nodes=len(keep_float),
+        boxes_checked=checked,
+        boxes_kept=kept,
+        median_iou=median_iou,
+        max_score_diff=score_diff,
+    )
+
+
+def compare_detections(
+    fp32: Path, int8: Path, inputs: list[npt.NDArray[np.float32]], score_threshold: float
+) -> tuple[float, int, float, float]:
+    """Of the float detector's boxes scoring at least `score_threshold` on `inputs`: the share
+    that the INT8 detector returns with IoU >= 0.9 (any score), how many there were, the median
+    IoU of each one's best INT8 box, and the largest score difference among the kept ones."""
+    import onnxruntime as ort
+
+    sessions = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)
+    ]
+    name = sessions[0].get_inputs()[0].name
+    ious: list[float] = []
+    diffs: list[float] = []
+    for x in inputs:
+        a, b = (s.run(None, {name: x})[0][0] for s in sessions)  # (300, 6): x1 y1 x2 y2 s c
+        a = a[a[:, 4] >= score_threshold]
+        b = b[b[:, 4] > 0]
+        for box in a:
+            if not len(b):
+                ious.append(0.0)
+                continue
+            iou = _iou(box[:4], b[:, :4])
+            j = int(np.argmax(iou))
+            ious.append(float(iou[j]))
+            if iou[j] >= 0.9:
+                diffs.append(abs(float(box[4] - b[j, 4])))
+    if not ious:
+        return 1.0, 0, 1.0, 0.0
+    v = np.array(ious)
+    return float((v >= 0.9).mean()), len(v), float(np.median(v)), max(diffs, default=0.0)
+
+
+def _iou(box: npt.NDArray[np.float32], boxes: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    lt = np.maximum(box[:2], boxes[:, :2])
+    rb = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area = np.prod(box[2:] - box[:2])
+    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    out: npt.NDArray[np.float64] = inter / np.maximum(area + areas - inter, 1e-9)
+    return out
