@@ -5,9 +5,11 @@ the bundle's input size).
     python benchmarks/detector_recall.py --bundle bundles/demo \
         --ann runs/ablation/synth-tune-2001-400/person_keypoints.json \
         --images runs/ablation/synth-tune-2001-400/images [--detector RUN/detector] [--name NAME]
+        [--precision auto|fp32|int8]
 
 `--detector` measures a `scio-pose train detector` output folder (detector.onnx and
-detector.json) instead of the bundle's. A person counts as found when a detection at or above the
+detector.json) instead of the bundle's. A bundle's detector is the graph the service runs
+(`--precision auto`: its INT8 copy where the INT8 backbone runs), or the one asked for. A person counts as found when a detection at or above the
 threshold overlaps its box with IoU >= 0.5, one detection per person, best overlaps first. Persons
 without labelled keypoints and crowd regions are not counted (the pose metrics ignore them too),
 and detections that match nobody are not held against the detector where they overlap them.
@@ -71,11 +73,18 @@ def main() -> int:
     ap.add_argument("--ann", type=Path, required=True, help="COCO-format person annotations")
     ap.add_argument("--images", type=Path, required=True, help="their image folder")
     ap.add_argument("--name", default="detector_recall")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "int8"),
+        help="with a bundle: which detector graph, as the service picks it (auto: the INT8 copy "
+        "where the INT8 backbone runs)",
+    )
     args = ap.parse_args()
 
     from PIL import Image
 
-    from models.bundle import DETECTOR, DetectorInfo, load_bundle
+    from models.bundle import DetectorInfo, load_bundle
     from service.detector import PersonDetector
     from service.runtime import OnnxModel
 
@@ -85,15 +94,16 @@ def main() -> int:
         model = OnnxModel.load(args.detector / "detector.onnx", device="cpu")
         source = str(args.detector)
     else:
-        bundle = load_bundle(args.bundle)
-        bundled, path = bundle.manifest.detector, bundle.path(DETECTOR)
-        if bundled is None or path is None:
+        from service.pipeline import PosePipeline
+
+        pipe = PosePipeline(load_bundle(args.bundle), device="cpu", precision=args.precision)
+        if pipe.detector is None:
             raise SystemExit(f"{args.bundle} has no detector")
-        info = bundled
-        model = OnnxModel.load(path, device="cpu")
-        source = str(
+        info, model = pipe.detector.info, pipe.detector.model
+        bundle_name = (
             args.bundle.relative_to(ROOT) if args.bundle.is_relative_to(ROOT) else args.bundle
         )
+        source = f"{bundle_name}, {pipe.detector_precision} detector"
     detector = PersonDetector(model, info)
     ann = json.loads(args.ann.read_text())
     # per image: box, labelled keypoints, visible keypoints
