@@ -7,16 +7,17 @@ the bundle's input size).
         --images runs/ablation/synth-tune-2001-400/images [--detector RUN/detector] [--name NAME]
         [--precision auto|fp32|int8]
 
-`--detector` measures a `scio-pose train detector` output folder (detector.onnx and
-detector.json) instead of the bundle's. A bundle's detector is the graph the service runs
-(`--precision auto`: its INT8 copy where the INT8 backbone runs), or the one asked for. A person counts as found when a detection at or above the
-threshold overlaps its box with IoU >= 0.5, one detection per person, best overlaps first. Persons
-without labelled keypoints and crowd regions are not counted (the pose metrics ignore them too),
-and detections that match nobody are not held against the detector where they overlap them.
-Recall is also broken down by box height, by how many keypoints are labelled (v > 0) and how many
-are visible (v = 2), where the misses are, and NAME_misses.png shows the largest people it missed
-(their box red, the detection that overlaps them most at any score yellow, with its score). Writes
-benchmarks/results/NAME.{json,md,_misses.png} (default detector_recall).
+`--detector` measures a `scio-pose train detector` output folder (detector.onnx and detector.json)
+instead of the bundle's. A bundle's detector is the graph the service runs (`--precision auto`: its
+INT8 copy where the INT8 backbone runs), or the one asked for. A person counts as found when a
+detection at or above the threshold overlaps its box with IoU >= 0.5, one detection per person,
+best overlaps first. Persons without labelled keypoints and crowd regions are not counted (the pose
+metrics ignore them too), and detections that match nobody are not held against the detector where
+they overlap them. Recall is also broken down by box height, by how many keypoints are labelled
+(v > 0) and how many are visible (v = 2), where the misses are, and NAME_misses.png shows the
+largest people it missed (their box red, the detection that overlaps them most at any score
+yellow, with its score). Writes benchmarks/results/NAME.{json,md,_misses.png} (default
+detector_recall).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Every person is answered in these two tables whatever its score. A second table 
 detector's box score threshold instead (the request's `detector_threshold`), at the bundle's
 OKS-NMS threshold: what lowering it below the bundle's default buys and costs in answers. A third
 drops the answers whose person score (box score × mean keypoint score) is below a minimum (the
-request's `min_score`), at the chosen OKS-NMS threshold.
+request's `min_score`), at the OKS-NMS threshold chosen with `--choose`, else at the bundle's.
 
 `--choose FILE` (the build, on its tuning split) writes what a bundle should ship to FILE: the
 OKS-NMS threshold, each person answered once and as many persons as possible, i.e. the highest
@@ -176,13 +176,18 @@ def main() -> int:
         det_rows.append(row("detector_threshold", d, c, by_image))
     fewest = min(r["duplicates"] for r in rows)
     chosen = max(r["oks_nms"] for r in rows if r["duplicates"] == fewest)
+    # the minimum person score at the OKS-NMS threshold the build ships with it (--choose), or
+    # at the bundle's: what /pose answers with each minimum
+    nms_for_min = chosen if args.choose is not None else pipe.oks_nms
     scored = {
-        i: [(p.score, k) for p, k in zip(persons_, kinds[chosen][i], strict=True)]
-        for i, persons_ in results[chosen].items()
+        i: [(p.score, k) for p, k in zip(persons_, kinds[nms_for_min][i], strict=True)]
+        for i, persons_ in results[nms_for_min].items()
     }
     min_rows = []
     for m in MIN_SCORES:
-        kept = {i: [p for p in persons_ if p.score >= m] for i, persons_ in results[chosen].items()}
+        kept = {
+            i: [p for p in persons_ if p.score >= m] for i, persons_ in results[nms_for_min].items()
+        }
         min_rows.append(row("min_score", m, count_above(scored, m), kept))
     min_score = choose_min_score(min_rows)
     bundle = args.bundle.relative_to(ROOT) if args.bundle.is_relative_to(ROOT) else args.bundle
@@ -206,6 +211,7 @@ def main() -> int:
         "bundle_detector_threshold": default_thr,
         "detector_rows": det_rows,
         "min_score_rows": min_rows,
+        "min_score_rows_oks_nms": nms_for_min,
     }
     lines = md_header(
         f"What /pose answers, by OKS-NMS, detector threshold and minimum person score ({bundle})",
@@ -228,7 +234,12 @@ def main() -> int:
         *_table("detector threshold", "detector_threshold", det_rows, default_thr),
         "",
         f"By the minimum person score (a request's `min_score`; the bundle's "
-        f"`min_person_score`: {pipe.min_person_score:g}), OKS-NMS at the chosen {chosen:g}:",
+        f"`min_person_score`: {pipe.min_person_score:g}), OKS-NMS at "
+        + (
+            f"the chosen {chosen:g}:"
+            if args.choose is not None
+            else f"the bundle's {pipe.oks_nms:g}:"
+        ),
         "",
         *_table("min person score", "min_score", min_rows, pipe.min_person_score),
         "",
