@@ -20,7 +20,10 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.bundle import DetectorInfo
 
 HELP = (
     "a bundle from another with its detector, SCIO search settings or graphs or left/right pair "
@@ -141,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
     ):
         print(
             "scio-pose rebundle: nothing to replace (--detector, --min-person-score, --int8, "
-            "--search, "
-            "--pair-split, --fold-batchnorm, --person-features, --evaluation or --provenance)",
+            "--search, --pair-split, --fold-batchnorm, --person-features, --evaluation or "
+            "--provenance)",
             file=sys.stderr,
         )
         return 2
@@ -311,7 +314,7 @@ def rebundle(
 
 def _int8_detector(
     sources: dict[str, Path],
-    info: Any,
+    info: DetectorInfo,
     images: Path,
     limit: int,
     tmp: Path,

@@ -79,14 +79,30 @@ def network_inputs(
     return out
 
 
-def quantize_pose(
+def _calibration_split(
+    per_image: list[npt.NDArray[np.float32]], what: str
+) -> tuple[list[npt.NDArray[np.float32]], list[npt.NDArray[np.float32]]]:
+    """Three items in four calibrate, every fourth checks."""
+    if len(per_image) < 4:
+        raise ValueError(
+            f"INT8 calibration needs at least 4 {what}, not {len(per_image)} (three calibrate, "
+            "the fourth checks)"
+        )
+    calib = [x for i, x in enumerate(per_image) if i % 4 != 3]
+    check = [x for i, x in enumerate(per_image) if i % 4 == 3]
+    return calib, check
+
+
+def _quantize(
     src: Path,
     dst: Path,
-    per_image: list[npt.NDArray[np.float32]],
-) -> QuantizationReport:
-    """Write the INT8 copy of the backbone `src` to `dst`, calibrated on three images in four of
-    `per_image` (network inputs) and checked on the fourth (module doc)."""
-    import onnxruntime as ort
+    batches: list[npt.NDArray[np.float32]],
+    keep_float: list[str] | None = None,
+) -> None:
+    """ONNX Runtime's static quantization as both graphs get it (module doc): QDQ, int8 weights
+    per output channel, uint8 activations with min/max ranges over `batches` (the calibration
+    inputs, one call each); `keep_float` names the nodes left alone."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -96,46 +112,50 @@ def quantize_pose(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if len(per_image) < 4:
-        raise ValueError(
-            f"INT8 calibration needs at least 4 images with annotated persons, not "
-            f"{len(per_image)} (three calibrate, the fourth checks)"
-        )
-    calib = [x for i, x in enumerate(per_image) if i % 4 != 3]
-    check = [x for i, x in enumerate(per_image) if i % 4 == 3]
-    calib_x = np.concatenate(calib)
-    check_x = np.concatenate(check)
-    input_name = (
-        ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    )
+    input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
-            self.start = 0
+            self.items = iter(batches)
 
         def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
-            if self.start >= len(calib_x):
-                return None
-            batch = calib_x[self.start : self.start + CALIBRATION_BATCH]
-            self.start += CALIBRATION_BATCH
-            return {input_name: batch}
+            x = next(self.items, None)
+            return None if x is None else {input_name: x}
 
+    prepared = dst.with_name(f"{dst.stem}-prepared.onnx")
+    # the graph's shapes are already inferred by the exporter; ONNX Runtime's symbolic inference
+    # gives up on the backbone's dynamic batch dimension
+    quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=keep_float or [],
+    )
+    prepared.unlink()
+
+
+def quantize_pose(
+    src: Path,
+    dst: Path,
+    per_image: list[npt.NDArray[np.float32]],
+) -> QuantizationReport:
+    """Write the INT8 copy of the backbone `src` to `dst`, calibrated on three images in four of
+    `per_image` (network inputs) and checked on the fourth (module doc)."""
+    calib, check = _calibration_split(per_image, "images with annotated persons")
+    calib_x = np.concatenate(calib)
+    check_x = np.concatenate(check)
     with tempfile.TemporaryDirectory(prefix="scio-int8-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        # the graph's shapes are already inferred by the exporter; ONNX Runtime's symbolic
-        # inference gives up on its dynamic batch dimension
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         written = Path(tmp) / "int8.onnx"
-        quantize_static(
-            str(prepared),
-            str(written),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
+        feeds = [
+            calib_x[i : i + CALIBRATION_BATCH] for i in range(0, len(calib_x), CALIBRATION_BATCH)
+        ]
+        _quantize(src, written, feeds)
         report = compare(src, written, check_x)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(written, dst)  # the temporary folder may be on another file system
@@ -244,49 +264,13 @@ def quantize_detector(
     """Write the INT8 copy of the detector `src` to `dst`, calibrated on three images in four of
     `per_image` (network inputs) and checked on the fourth (module doc)."""
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if len(per_image) < 4:
-        raise ValueError(
-            f"INT8 calibration needs at least 4 images, not {len(per_image)} (three calibrate, "
-            "the fourth checks)"
-        )
-    calib = [x for i, x in enumerate(per_image) if i % 4 != 3]
-    check = [x for i, x in enumerate(per_image) if i % 4 == 3]
+    calib, check = _calibration_split(per_image, "images")
     model = onnx.load(str(src))
     keep_float = detector_float_nodes(model)
-    input_name = model.graph.input[0].name
-
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.items = iter(calib)  # one image per call: the export's NMS is for batch 1
-
-        def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
-            x = next(self.items, None)
-            return None if x is None else {input_name: x}
-
     with tempfile.TemporaryDirectory(prefix="scio-int8-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         written = Path(tmp) / "int8.onnx"
-        quantize_static(
-            str(prepared),
-            str(written),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=keep_float,
-        )
+        _quantize(src, written, calib, keep_float)  # one image per call: the NMS is for batch 1
         quantized = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(written)).graph.node)
         if quantized == 0:
             raise ValueError(f"{src}: nothing was quantized")

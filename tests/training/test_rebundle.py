@@ -12,7 +12,15 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from models.bundle import DETECTOR, GAMMA_CONTEXT, GAMMA_HEAD, PHI, POSE, load_bundle
+from models.bundle import (
+    DETECTOR,
+    DETECTOR_INT8,
+    GAMMA_CONTEXT,
+    GAMMA_HEAD,
+    PHI,
+    POSE,
+    load_bundle,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "bundles" / "demo"
@@ -110,7 +118,11 @@ def test_rebundle_replaces_what_it_is_given_and_copies_the_rest(
     last = new.provenance["commands"][-1]
     assert last["note"] == "a test"
     assert "rebundle" in last["command"]
-    assert len(last["rebundled"]) == 5  # detector, search, two graphs, provenance
+    # detector (and the demo's INT8 copy of the old one dropped), search, two graphs, provenance
+    assert len(last["rebundled"]) == 6
+    assert "the old detector's INT8 copy dropped" in last["rebundled"]
+    assert DETECTOR_INT8 in src.files
+    assert DETECTOR_INT8 not in new.files
     assert new.provenance["evaluation"] == {"data": "new"}
     assert len(new.provenance["commands"]) == len(src.provenance["commands"]) + 1
 
