@@ -14,8 +14,6 @@ benchmarks/results/NAME.{json,md} (default ap50_misses).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,24 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import git_commit, machine, md_header, write_results  # noqa: E402
 from benchmarks.scio_ablation import make_split  # noqa: E402
+from training.evaluate import keypoint_eval  # noqa: E402
 
 RIDGE = 100.0  # the regression's L2 weight (standardised features)
 VISIBLE_BINS = ((0, 4, "0-4"), (5, 8, "5-8"), (9, 12, "9-12"), (13, 17, "13-17"))
 HEIGHT_BINS = ((0, 32, "0-32"), (32, 64, "32-64"), (64, 128, "64-128"), (128, 1e9, "128+"))
-
-
-def coco_eval(ann: Path, rows: list[dict[str, Any]], sigmas: np.ndarray) -> Any:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(ann))
-        ev = COCOeval(gt, gt.loadRes(rows), "keypoints")
-        ev.params.kpt_oks_sigmas = sigmas
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return ev
 
 
 def answer_oks(ev: Any, rows: list[dict[str, Any]]) -> np.ndarray:
@@ -124,19 +109,19 @@ def main() -> int:
     split = make_split(args.work, args.split, 400)
     ann = split / "person_keypoints.json"
     rows = answers(args.bundle, split)
-    ev = coco_eval(ann, rows, sigmas)
+    ev = keypoint_eval(ann, rows, sigmas)
     oks = answer_oks(ev, rows)
-    oracle = coco_eval(ann, [dict(r, score=float(o)) for r, o in zip(rows, oks, strict=True)],
+    oracle = keypoint_eval(ann, [dict(r, score=float(o)) for r, o in zip(rows, oks, strict=True)],
                        sigmas)  # fmt: skip
     # the ridge rescoring, fitted on the tuning split's answers
     t_rows = rows if split == tune else answers(args.bundle, tune)
-    t_oks = answer_oks(coco_eval(tune / "person_keypoints.json", t_rows, sigmas), t_rows)
+    t_oks = answer_oks(keypoint_eval(tune / "person_keypoints.json", t_rows, sigmas), t_rows)
     xt, xs = features(t_rows), features(rows)
     mu, sd = xt.mean(0), xt.std(0) + 1e-9
     xt, xs = np.c_[np.ones(len(xt)), (xt - mu) / sd], np.c_[np.ones(len(xs)), (xs - mu) / sd]
     w = np.linalg.solve(xt.T @ xt + RIDGE * np.eye(xt.shape[1]), xt.T @ t_oks)
     pred = np.clip(xs @ w, 1e-3, 1.0)
-    ridge = coco_eval(ann, [dict(r, score=float(p)) for r, p in zip(rows, pred, strict=True)],
+    ridge = keypoint_eval(ann, [dict(r, score=float(p)) for r, p in zip(rows, pred, strict=True)],
                       sigmas)  # fmt: skip
 
     best = person_oks(ev)

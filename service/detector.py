@@ -33,6 +33,16 @@ def letterbox(
     return out, r, (float(left), float(top))
 
 
+def detector_input(
+    image: npt.NDArray[np.uint8], input_hw: tuple[int, int]
+) -> tuple[npt.NDArray[np.float32], float, tuple[float, float]]:
+    """The detector's input (1, 3, h, w) in [0, 1] for `image` letterboxed to `input_hw`, the
+    letterbox scale and padding."""
+    padded, r, pad = letterbox(image, input_hw)
+    x = padded[None].astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
+    return x, r, pad
+
+
 class PersonDetector:
     def __init__(self, model: OnnxModel, info: DetectorInfo) -> None:
         self.model = model
@@ -42,9 +52,7 @@ class PersonDetector:
         self, image: npt.NDArray[np.uint8]
     ) -> tuple[npt.NDArray[np.float32], float, tuple[float, float]]:
         """The model's input (1, 3, h, w) in [0, 1], the letterbox scale and padding."""
-        padded, r, pad = letterbox(image, self.info.input_hw)
-        x = padded[None].astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
-        return x, r, pad
+        return detector_input(image, self.info.input_hw)
 
     def __call__(
         self, images: list[npt.NDArray[np.uint8]], min_score: float | None = None

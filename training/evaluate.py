@@ -212,26 +212,19 @@ def eval_items(
     official = opts.protocol == "official"
     items = []
     for image_id in image_ids:
-        if boxes is None:  # the service's path: the bundle's detector finds the persons
-            o = PoseOptions(
-                refine=False,
-                flip=opts.flip,
-                oks_nms=True,
-                oks_nms_threshold=OKS_THRE,  # AP's protocol, not the bundle's
-                min_score=0.0,  # AP ranks every answer: none is dropped by its score
-                official=official,
-            )
-        else:
+        b, s = (None, None)  # the service's path: the bundle's detector finds the persons
+        if boxes is not None:
             b, s = boxes.get(image_id, (np.zeros((0, 4)), np.zeros(0)))
-            o = PoseOptions(
-                refine=False,
-                flip=opts.flip,
-                boxes=b,
-                box_scores=s,
-                oks_nms=True,
-                oks_nms_threshold=OKS_THRE,
-                official=official,
-            )
+        o = PoseOptions(
+            refine=False,
+            flip=opts.flip,
+            boxes=b,
+            box_scores=s,
+            oks_nms=True,
+            oks_nms_threshold=OKS_THRE,  # AP's protocol, not the bundle's
+            min_score=0.0,  # AP ranks every answer: none is dropped by its score
+            official=official,
+        )
         items.append((load_rgb(images_dir, coco.images[image_id]), o))
     return items
 
@@ -362,29 +355,49 @@ def coco_stats(
     names = CROWD_STATS if crowd else COCO_STATS
     if not results:
         return dict.fromkeys(names, 0.0)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        if crowd:
-            from xtcocotools.coco import COCO as XCOCO
-            from xtcocotools.cocoeval import COCOeval as XCOCOeval
+    if not crowd:
+        ev = keypoint_eval(ann_file, results, spec.sigmas_array, image_ids)
+    else:
+        from xtcocotools.coco import COCO as XCOCO
+        from xtcocotools.cocoeval import COCOeval as XCOCOeval
 
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
             gt = XCOCO(str(ann_file))
             dt = gt.loadRes(results)
             ev = XCOCOeval(gt, dt, "keypoints_crowd", spec.sigmas_array, use_area=False)
-        else:
-            from pycocotools.coco import COCO
-            from pycocotools.cocoeval import COCOeval
+            ev.params.imgIds = image_ids
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        log.debug("%s", buf.getvalue())
+    return {n: float(v) for n, v in zip(names, ev.stats, strict=False)}
 
-            gt = COCO(str(ann_file))
-            dt = gt.loadRes(results)
-            ev = COCOeval(gt, dt, "keypoints")
-            ev.params.kpt_oks_sigmas = spec.sigmas_array
-        ev.params.imgIds = image_ids
+
+def keypoint_eval(
+    ann_file: Path,
+    results: list[dict[str, Any]],
+    sigmas: npt.NDArray[np.float64],
+    image_ids: list[int] | None = None,
+) -> Any:
+    """pycocotools' keypoint evaluation of `results` (evaluated, accumulated and summarised,
+    quietly): the COCOeval, whose `stats`, `ious` and `_gts` its callers read. `image_ids`:
+    those images only (default: all of the annotations')."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        gt = COCO(str(ann_file))
+        ev = COCOeval(gt, gt.loadRes(results), "keypoints")
+        ev.params.kpt_oks_sigmas = sigmas
+        if image_ids is not None:
+            ev.params.imgIds = image_ids
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     log.debug("%s", buf.getvalue())
-    return {n: float(v) for n, v in zip(names, ev.stats, strict=False)}
+    return ev
 
 
 @dataclass

@@ -217,15 +217,13 @@ def detector_inputs(
     as the service does (service.detector)."""
     from PIL import Image
 
-    from service.detector import letterbox
+    from service.detector import detector_input
 
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     out = []
     for f in files[:limit]:
         with Image.open(f) as img:
-            rgb = np.asarray(img.convert("RGB"))
-        padded, _, _ = letterbox(rgb, input_hw)
-        out.append(padded[None].transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0))
+            out.append(detector_input(np.asarray(img.convert("RGB")), input_hw)[0])
     if not out:
         raise ValueError(f"{images}: no images to calibrate the detector on")
     return out
@@ -303,32 +301,24 @@ def compare_detections(
         ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)
     ]
     name = sessions[0].get_inputs()[0].name
+    from service.tracking import box_iou
+
     ious: list[float] = []
     diffs: list[float] = []
     for x in inputs:
         a, b = (s.run(None, {name: x})[0][0] for s in sessions)  # (300, 6): x1 y1 x2 y2 s c
         a = a[a[:, 4] >= score_threshold]
         b = b[b[:, 4] > 0]
-        for box in a:
-            if not len(b):
-                ious.append(0.0)
-                continue
-            iou = _iou(box[:4], b[:, :4])
-            j = int(np.argmax(iou))
-            ious.append(float(iou[j]))
-            if iou[j] >= 0.9:
-                diffs.append(abs(float(box[4] - b[j, 4])))
+        if not len(b):
+            ious += [0.0] * len(a)
+            continue
+        iou = box_iou(a[:, :4], b[:, :4])  # each float box's best INT8 box
+        best = iou.argmax(axis=1)
+        for i, j in enumerate(best):
+            ious.append(float(iou[i, j]))
+            if iou[i, j] >= 0.9:
+                diffs.append(abs(float(a[i, 4] - b[j, 4])))
     if not ious:
         return 1.0, 0, 1.0, 0.0
     v = np.array(ious)
     return float((v >= 0.9).mean()), len(v), float(np.median(v)), max(diffs, default=0.0)
-
-
-def _iou(box: npt.NDArray[np.float32], boxes: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    lt = np.maximum(box[:2], boxes[:, :2])
-    rb = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = np.prod(box[2:] - box[:2])
-    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    out: npt.NDArray[np.float64] = inter / np.maximum(area + areas - inter, 1e-9)
-    return out

@@ -365,14 +365,15 @@ def test_evaluate_applies_the_bundles_pair_split_unless_told_not_to(tmp_path: Pa
 def test_ap50_misses_finds_each_answers_oks_and_the_ranking_bound() -> None:
     """The ground truth as answers: every answer's OKS is 1; shuffled scores leave AP as it is
     when every answer is right, and the true OKS as the score is the bound (AP 1)."""
-    from benchmarks.ap50_misses import answer_oks, coco_eval, features, person_oks
+    from benchmarks.ap50_misses import answer_oks, features, person_oks
+    from training.evaluate import keypoint_eval
 
     ann = json.loads((MINI / "person_keypoints.json").read_text())
     rows = _gt_as_results(ann)
     rng = np.random.default_rng(0)
     for r in rows:
         r["score"] = float(rng.uniform(0.1, 1.0))
-    ev = coco_eval(MINI / "person_keypoints.json", rows, COCO17.sigmas_array)
+    ev = keypoint_eval(MINI / "person_keypoints.json", rows, COCO17.sigmas_array)
     oks = answer_oks(ev, rows)
     assert oks.shape == (len(rows),)
     np.testing.assert_allclose(oks, 1.0, atol=1e-9)
@@ -386,7 +387,8 @@ def test_ap50_misses_finds_each_answers_oks_and_the_ranking_bound() -> None:
     kp = np.asarray(far[0]["keypoints"], dtype=np.float64).reshape(-1, 3)
     kp[:, :2] += 500.0
     far[0]["keypoints"] = kp.reshape(-1).tolist()
-    oks_far = answer_oks(coco_eval(MINI / "person_keypoints.json", far, COCO17.sigmas_array), far)
+    ev_far = keypoint_eval(MINI / "person_keypoints.json", far, COCO17.sigmas_array)
+    oks_far = answer_oks(ev_far, far)
     assert oks_far[0] < 0.01
     np.testing.assert_allclose(oks_far[1:], 1.0, atol=1e-9)
     x = features(rows)
