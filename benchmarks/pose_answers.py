@@ -184,7 +184,7 @@ def main() -> int:
         for i, persons_ in results[nms_for_min].items()
     }
     min_rows = []
-    for m in MIN_SCORES:
+    for m in sorted({*MIN_SCORES, pipe.min_person_score}):
         kept = {
             i: [p for p in persons_ if p.score >= m] for i, persons_ in results[nms_for_min].items()
         }

@@ -19,7 +19,7 @@ from typing import Any
 
 from models.keypoints import KeypointSpec
 from models.pairs import PairSplit
-from models.postprocess import OKS_THRE
+from models.postprocess import OKS_THRE, PersonScoreModel
 
 BUNDLE_FORMAT = "scio-pose-bundle"
 FORMAT_VERSION = 1
@@ -79,6 +79,11 @@ class DetectorInfo:
     # overrides it, and persons in caller-given boxes are answered whatever their score. Chosen
     # on a tuning split when the bundle is built (benchmarks/pose_answers.py --choose); 0: all.
     min_person_score: float = 0.0
+    # A calibrated person score for the persons the detector finds (models.postprocess.
+    # PersonScoreModel: the probability of a correct pose), used instead of `rescore` for their
+    # `score`, OKS-NMS order and `min_person_score`; None: the official rescoring. Fitted on a
+    # tuning split when the bundle is built (benchmarks/person_score.py --choose).
+    person_score: PersonScoreModel | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.oks_nms <= 1.0:
@@ -104,7 +109,16 @@ class DetectorInfo:
             score_floor=float(d.get("score_floor", (d.get("export") or {}).get("conf", 0.0))),
             oks_nms=float(d.get("oks_nms", OKS_THRE)),
             min_person_score=float(d.get("min_person_score", 0.0)),
+            person_score=(
+                PersonScoreModel.from_dict(d["person_score"]) if d.get("person_score") else None
+            ),
         )
+
+
+def _detector_json(info: DetectorInfo) -> dict[str, Any]:
+    d = asdict(info)
+    d["person_score"] = info.person_score.to_dict() if info.person_score else None
+    return d
 
 
 @dataclass(frozen=True)
@@ -135,7 +149,7 @@ class BundleManifest:
                 **asdict(self.pose),
                 "pair_split": self.pose.pair_split.to_dict() if self.pose.pair_split else None,
             },
-            "detector": asdict(self.detector) if self.detector else None,
+            "detector": _detector_json(self.detector) if self.detector else None,
             "scio": self.scio,
             "files": {k: asdict(v) for k, v in self.files.items()},
             "provenance": self.provenance,

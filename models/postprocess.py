@@ -1,10 +1,15 @@
-"""Person rescoring and OKS-based non-maximum suppression (official top-down protocol, facts §7).
+"""Person rescoring and OKS-based non-maximum suppression (official top-down protocol, facts §7),
+and the calibrated person score a bundle may carry instead of the official rescoring.
 
 Pure numpy; the service and `scio-pose evaluate` both call these, so the AP a benchmark reports
 is computed on the same persons the service returns.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +35,119 @@ def rescore(
     mean = np.divide((k * above).sum(axis=1), n, out=np.zeros(len(b)), where=n > 0)
     out: F64 = b * mean
     return out
+
+
+# What the calibrated person score reads of a person the detector found (`person_features`).
+PERSON_FEATURES = (
+    "box_logit",  # log(b / (1 - b)) of the detector's box score b
+    "keypoint_mean",  # mean of all keypoint scores
+    "keypoint_median",
+    "keypoint_share",  # share of keypoints scoring above 0.5
+    "keypoint_max",
+    "log_size",  # log of sqrt(box area / image area)
+    "log_rescored",  # log of the official score (`rescore`)
+)
+
+
+def person_features(
+    box_scores: npt.ArrayLike,
+    keypoint_scores: npt.ArrayLike,
+    boxes: npt.ArrayLike,
+    image_hw: Sequence[tuple[int, int]] | npt.ArrayLike,
+) -> F64:
+    """`PERSON_FEATURES` of each person: box scores (N,), keypoint scores (N, K), boxes (N, 4)
+    as [x1, y1, x2, y2] in image pixels and each person's image (height, width) (N, 2)
+    -> (N, len(PERSON_FEATURES))."""
+    b = np.clip(np.asarray(box_scores, dtype=np.float64).reshape(-1), 1e-4, 1 - 1e-4)
+    if not len(b):
+        return np.zeros((0, len(PERSON_FEATURES)))
+    k = np.asarray(keypoint_scores, dtype=np.float64).reshape(len(b), -1)
+    xyxy = np.asarray(boxes, dtype=np.float64).reshape(len(b), 4)
+    hw = np.asarray(image_hw, dtype=np.float64).reshape(len(b), 2)
+    wh = np.maximum(xyxy[:, 2:] - xyxy[:, :2], 1.0)
+    size = np.sqrt(wh.prod(axis=1) / np.maximum(hw.prod(axis=1), 1.0))
+    if not k.shape[1]:
+        raise ValueError("person features need keypoint scores")
+    cols = [
+        np.log(b / (1 - b)),
+        k.mean(axis=1),
+        np.median(k, axis=1),
+        (k > 0.5).mean(axis=1),
+        k.max(axis=1),
+        np.log(size),
+        np.log(np.maximum(rescore(b, k), 1e-4)),
+    ]
+    return np.stack(cols, axis=1)
+
+
+@dataclass(frozen=True)
+class PersonScoreModel:
+    """A calibrated person score: the probability that a person the detector found is answered
+    with a correct pose (OKS >= 0.5 with someone not answered yet), a logistic model over
+    `PERSON_FEATURES` fitted on a tuning split (benchmarks/person_score.py). bundle.json's
+    `detector.person_score`; it replaces `rescore` for the persons the detector finds."""
+
+    weights: tuple[float, ...]
+    bias: float
+    features: tuple[str, ...] = PERSON_FEATURES
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.features if f not in PERSON_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown person score features {unknown}; known: {PERSON_FEATURES}")
+        if len(self.weights) != len(self.features):
+            raise ValueError(
+                f"person score: {len(self.weights)} weights for {len(self.features)} features"
+            )
+        if not all(np.isfinite([*self.weights, self.bias])):
+            raise ValueError("person score weights and bias must be finite")
+
+    def __call__(self, features: npt.ArrayLike) -> F64:
+        """Probabilities (N,) from `person_features`' (N, len(PERSON_FEATURES))."""
+        x = np.asarray(features, dtype=np.float64).reshape(-1, len(PERSON_FEATURES))
+        cols = [PERSON_FEATURES.index(f) for f in self.features]
+        z = x[:, cols] @ np.asarray(self.weights, dtype=np.float64) + self.bias
+        out: F64 = 1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0)))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features": list(self.features), "weights": list(self.weights), "bias": self.bias}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PersonScoreModel:
+        return cls(
+            weights=tuple(float(w) for w in d["weights"]),
+            bias=float(d["bias"]),
+            features=tuple(str(f) for f in d.get("features", PERSON_FEATURES)),
+        )
+
+
+def fit_person_score(
+    features: npt.ArrayLike, correct: npt.ArrayLike, l2: float = 1e-2, steps: int = 50
+) -> PersonScoreModel:
+    """Logistic regression of `correct` (N,) on `person_features` (N, F) by Newton's method on
+    standardised features with an L2 penalty `l2` (the intercept unpenalised), folded back into
+    weights on the raw features."""
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64).reshape(-1)
+    if len(x) != len(y) or len(y) < 2 or y.min() == y.max():
+        raise ValueError("fitting a person score needs both correct and wrong answers")
+    mu, sd = x.mean(axis=0), x.std(axis=0)
+    sd = np.where(sd > 1e-9, sd, 1.0)
+    z = np.c_[(x - mu) / sd, np.ones(len(x))]
+    w = np.zeros(z.shape[1])
+    penalty = np.r_[np.full(z.shape[1] - 1, l2), 0.0]
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -50.0, 50.0)))
+        grad = z.T @ (p - y) + penalty * w
+        hess = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    weights = w[:-1] / sd
+    bias = float(w[-1] - (weights * mu).sum())
+    return PersonScoreModel(weights=tuple(float(v) for v in weights), bias=bias)
 
 
 def oks_iou(

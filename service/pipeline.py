@@ -36,7 +36,7 @@ from models.bundle import (
 from models.codec import HeatmapCodec, fuse_flip
 from models.geometry import affine_matrices, box_to_center_scale, heatmap_to_image, warp_affine
 from models.pairs import PairSplit, split_pairs
-from models.postprocess import OKS_THRE, oks_nms, rescore
+from models.postprocess import OKS_THRE, oks_nms, person_features, rescore
 from models.preprocess import Normalization, to_network_input
 from models.scio_search import ScioSearchConfig, SearchResult, refine, wants_phi
 from service.detector import PersonDetector
@@ -137,6 +137,8 @@ class PosePipeline:
         # OKS-NMS between persons: the bundle's detector setting, else the official value
         self.oks_nms = m.detector.oks_nms if m.detector is not None else OKS_THRE
         self.min_person_score = m.detector.min_person_score if m.detector is not None else 0.0
+        # the calibrated score of the persons the detector finds, where the bundle has one
+        self.person_score = self.detector.info.person_score if self.detector is not None else None
         self.verifier: OnnxVerifier | None = None
         self.predictor: OnnxPredictor | None = None
         self.scio_config = scio_config or ScioSearchConfig()
@@ -212,6 +214,7 @@ class PosePipeline:
             "detector_score_floor": self.detector.info.score_floor if self.detector else None,
             "oks_nms": self.oks_nms,
             "min_person_score": self.min_person_score if self.detector else None,
+            "person_score": self.person_score.to_dict() if self.person_score else None,
             "flip_test": m.pose.flip_test,
             "pair_split": self.pair_split.to_dict() if self.pair_split else None,
             "refine_available": self.refine_available,
@@ -475,7 +478,7 @@ class PosePipeline:
         kp_scores: F64,
         search: SearchResult | None = None,
     ) -> list[PoseResult]:
-        scores = rescore(p.box_scores, kp_scores)
+        scores = self._person_scores(items, p, kp_scores)
         areas = np.prod(p.scales * 200.0, axis=1)
         refinements = self._refinements(search, p)
         results = []
@@ -521,6 +524,25 @@ class PosePipeline:
             refined = any(person.refinements for person in persons)
             results.append(PoseResult(image_hw=(h, w), persons=persons, refined=refined))
         return results
+
+    def _person_scores(
+        self,
+        items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]],
+        p: _Persons,
+        kp_scores: F64,
+    ) -> F64:
+        """Each person's score: the official rescoring (box score × mean keypoint score above
+        0.2), or for the persons the bundle's detector found, its calibrated person score where
+        it has one (not under the official protocol)."""
+        scores = rescore(p.box_scores, kp_scores)
+        if self.person_score is None or not len(scores):
+            return scores
+        found = np.array([items[i][1].boxes is None and not items[i][1].official for i in p.item])
+        if found.any():
+            hw = np.array([items[i][0].shape[:2] for i in p.item[found]])
+            feats = person_features(p.box_scores[found], kp_scores[found], p.boxes[found], hw)
+            scores[found] = self.person_score(feats)
+        return scores
 
     def _refinements(
         self, search: SearchResult | None, p: _Persons

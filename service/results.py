@@ -63,7 +63,9 @@ class RefinedKeypoint:
 class PersonPose:
     bbox: npt.NDArray[np.float64]  # (4,) x1, y1, x2, y2
     bbox_score: float
-    score: float  # rescored: bbox_score × mean of keypoint scores above 0.2
+    # rescored: bbox_score × mean of keypoint scores above 0.2; for a person the detector found,
+    # the bundle's calibrated P(correct pose) where it has one (DetectorInfo.person_score)
+    score: float
     keypoints: npt.NDArray[np.float64]  # (K, 3) x, y, score, in spec order
     refinements: list[RefinedKeypoint] = field(default_factory=list)
 

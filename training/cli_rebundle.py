@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from models.bundle import DetectorInfo
 
 HELP = (
-    "a bundle from another with its detector, SCIO search settings or graphs or left/right pair "
-    "split replaced, or an INT8 backbone added"
+    "a bundle from another with its detector, person score, SCIO search settings or graphs or "
+    "left/right pair split replaced, or INT8 copies added"
 )
 
 
@@ -54,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="persons the detector finds scoring below this are not answered unless a request "
         "says otherwise (bundle.json detector.min_person_score; `benchmarks/pose_answers.py "
         "--choose`'s; default: the source bundle's)",
+    )
+    parser.add_argument(
+        "--person-score",
+        type=Path,
+        help="JSON with a calibrated person score for the persons the detector finds, the "
+        "detector threshold and the minimum score to go with it (`benchmarks/person_score.py "
+        "--choose`'s file; bundle.json detector.person_score, score_threshold, min_person_score)",
     )
     parser.add_argument(
         "--search",
@@ -128,12 +135,20 @@ def run(args: argparse.Namespace) -> int:
     if args.min_person_score is not None and not 0 <= args.min_person_score <= 1:
         print("scio-pose rebundle: --min-person-score must lie in [0, 1]", file=sys.stderr)
         return 2
+    if args.person_score is not None and args.min_person_score is not None:
+        print(
+            "scio-pose rebundle: --person-score brings its own minimum; not with "
+            "--min-person-score",
+            file=sys.stderr,
+        )
+        return 2
     if args.int8_images < 4:
         print("scio-pose rebundle: --int8-images must be at least 4", file=sys.stderr)
         return 2
     if not (
         args.detector
         or args.min_person_score is not None
+        or args.person_score
         or args.int8
         or args.search
         or args.pair_split
@@ -143,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
         or args.evaluation
     ):
         print(
-            "scio-pose rebundle: nothing to replace (--detector, --min-person-score, --int8, "
+            "scio-pose rebundle: nothing to replace (--detector, --min-person-score, "
+            "--person-score, --int8, "
             "--search, --pair-split, --fold-batchnorm, --person-features, --evaluation or "
             "--provenance)",
             file=sys.stderr,
@@ -158,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             detector_dir=args.detector,
             oks_nms=args.oks_nms,
             min_person_score=args.min_person_score,
+            person_score_file=args.person_score,
             search_file=args.search,
             pair_split_file=args.pair_split,
             fold_batchnorm=args.fold_batchnorm,
@@ -176,12 +193,36 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_person_score(path: Path, info: DetectorInfo) -> DetectorInfo:
+    """`info` with `benchmarks/person_score.py --choose`'s file applied: `person_score` (a model,
+    or null for the official rescoring) and, where given, `detector_threshold` and
+    `min_person_score`. ValueError on a malformed file or values out of range."""
+    from dataclasses import replace
+
+    from models.postprocess import PersonScoreModel
+
+    d = json.loads(path.read_text())
+    if not isinstance(d, dict) or "person_score" not in d:
+        raise ValueError(f"{path}: need a JSON object with person_score (a model or null)")
+    try:
+        model = PersonScoreModel.from_dict(d["person_score"]) if d["person_score"] else None
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: malformed person_score ({e!r})") from None
+    return replace(  # DetectorInfo checks the values
+        info,
+        person_score=model,
+        score_threshold=float(d.get("detector_threshold", info.score_threshold)),
+        min_person_score=float(d.get("min_person_score", info.min_person_score)),
+    )
+
+
 def rebundle(
     bundle_dir: Path,
     out: Path,
     detector_dir: Path | None = None,
     oks_nms: float | None = None,
     min_person_score: float | None = None,
+    person_score_file: Path | None = None,
     search_file: Path | None = None,
     pair_split_file: Path | None = None,
     fold_batchnorm: bool = False,
@@ -225,8 +266,12 @@ def rebundle(
             )
             if keep is not None:
                 info = replace(info, oks_nms=keep)
-            if manifest.detector is not None:
-                info = replace(info, min_person_score=manifest.detector.min_person_score)
+            old = manifest.detector
+            if old is not None and old.person_score is not None:
+                # fitted on the old detector's box scores, and its minimum is a probability
+                changes.append("the old detector's person score and minimum dropped")
+            elif old is not None:
+                info = replace(info, min_person_score=old.min_person_score)
             manifest = replace(manifest, detector=info)
             sources[DETECTOR] = onnx_path
             if sources.pop(DETECTOR_INT8, None) is not None and int8_data is None:
@@ -240,6 +285,17 @@ def rebundle(
                 manifest, detector=replace(manifest.detector, min_person_score=min_person_score)
             )
             changes.append(f"minimum person score {min_person_score:g}")
+        if person_score_file is not None:
+            if manifest.detector is None:
+                raise ValueError(f"{bundle_dir} has no detector: --person-score needs one")
+            d = read_person_score(person_score_file, manifest.detector)
+            manifest = replace(manifest, detector=d)
+            changes.append(
+                f"person score from {person_score_file} (detector threshold "
+                f"{d.score_threshold:g}, minimum {d.min_person_score:g})"
+                if d.person_score is not None
+                else f"official person score ({person_score_file})"
+            )
         no_scio = manifest.scio is None or GAMMA_CONTEXT not in manifest.files
         if (search_file is not None or fold_batchnorm or person_features) and no_scio:
             raise ValueError(f"{bundle_dir} has no SCIO networks")

@@ -81,6 +81,26 @@ def test_the_pair_split_round_trips_and_older_bundles_have_none(bundle_dir: Path
     assert load_bundle(bundle_dir).manifest.pose.pair_split == split
 
 
+def test_the_person_score_round_trips_and_older_bundles_have_none(bundle_dir: Path) -> None:
+    from models.postprocess import PersonScoreModel
+
+    assert load_bundle(bundle_dir).manifest.detector.person_score is None  # type: ignore[union-attr]
+    meta = bundle_dir / "bundle.json"
+    d = json.loads(meta.read_text())
+    assert d["detector"]["person_score"] is None
+    del d["detector"]["person_score"]  # as bundles written before it existed
+    meta.write_text(json.dumps(d))
+    assert load_bundle(bundle_dir).manifest.detector.person_score is None  # type: ignore[union-attr]
+    model = PersonScoreModel(weights=(0.5, 2.0), bias=-1.0, features=("box_logit", "keypoint_max"))
+    det = DetectorInfo(input_hw=(320, 320), min_person_score=0.4, person_score=model)
+    old = load_bundle(bundle_dir)
+    files = {POSE: old.path(POSE), DETECTOR: old.path(DETECTOR)}
+    write_bundle(bundle_dir, replace(_manifest(), detector=det), files)  # type: ignore[arg-type]
+    assert load_bundle(bundle_dir).manifest.detector == det
+    saved = json.loads(meta.read_text())["detector"]["person_score"]
+    assert saved == {"features": ["box_logit", "keypoint_max"], "weights": [0.5, 2.0], "bias": -1.0}
+
+
 def test_rewrite_replaces_the_bundle_whole(bundle_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "src" / "c.onnx").write_bytes(b"new-pose")
     write_bundle(bundle_dir, _manifest(), {POSE: tmp_path / "src" / "c.onnx"})

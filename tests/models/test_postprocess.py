@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from models.keypoints import COCO17
-from models.postprocess import oks_iou, oks_nms, rescore
+from models.postprocess import (
+    PERSON_FEATURES,
+    PersonScoreModel,
+    fit_person_score,
+    oks_iou,
+    oks_nms,
+    person_features,
+    rescore,
+)
 
 RNG = np.random.default_rng(4)
 SIGMAS = COCO17.sigmas_array
@@ -85,3 +93,53 @@ def test_oks_nms_tie_order_default_and_official() -> None:
     assert oks_nms(kpts, scores, areas, SIGMAS, 0.9) == [0]
     assert oks_nms(kpts, scores, areas, SIGMAS, 0.9, official_order=True) == [1]
     assert official_oks_nms(kpts, scores, areas, 0.9) == [1]
+
+
+def test_person_features_read_the_box_the_keypoints_and_the_size() -> None:
+    kp = np.array([[0.9] * 10 + [0.1] * 7, [0.3] * 17])
+    boxes = np.array([[0.0, 0, 50, 200], [10, 10, 20, 30]])
+    f = person_features([0.8, 0.2], kp, boxes, [(400, 100), (400, 100)])
+    assert f.shape == (2, len(PERSON_FEATURES))
+    col = {name: f[:, i] for i, name in enumerate(PERSON_FEATURES)}
+    np.testing.assert_allclose(col["box_logit"], np.log([0.8 / 0.2, 0.2 / 0.8]))
+    np.testing.assert_allclose(col["keypoint_mean"], kp.mean(1))
+    np.testing.assert_allclose(col["keypoint_median"], [0.9, 0.3])
+    np.testing.assert_allclose(col["keypoint_share"], [10 / 17, 0.0])
+    np.testing.assert_allclose(col["keypoint_max"], [0.9, 0.3])
+    np.testing.assert_allclose(col["log_size"], np.log(np.sqrt([50 * 200 / 4e4, 10 * 20 / 4e4])))
+    np.testing.assert_allclose(col["log_rescored"], np.log(rescore([0.8, 0.2], kp)))
+    assert person_features([], np.zeros((0, 17)), np.zeros((0, 4)), []).shape == (0, 7)
+
+
+def test_a_person_score_model_is_a_logistic_model_over_named_features() -> None:
+    x = RNG.normal(size=(5, len(PERSON_FEATURES)))
+    full = PersonScoreModel(weights=tuple(range(7)), bias=-1.0)
+    np.testing.assert_allclose(full(x), 1 / (1 + np.exp(-(x @ np.arange(7) - 1.0))))
+    two = PersonScoreModel(weights=(2.0, -1.0), bias=0.5, features=("box_logit", "keypoint_max"))
+    np.testing.assert_allclose(two(x), 1 / (1 + np.exp(-(2 * x[:, 0] - x[:, 4] + 0.5))))
+    assert PersonScoreModel.from_dict(two.to_dict()) == two
+    with pytest.raises(ValueError, match="unknown person score features"):
+        PersonScoreModel(weights=(1.0,), bias=0.0, features=("height",))
+    with pytest.raises(ValueError, match="2 weights for 1 features"):
+        PersonScoreModel(weights=(1.0, 2.0), bias=0.0, features=("box_logit",))
+    with pytest.raises(ValueError, match="finite"):
+        PersonScoreModel(weights=(float("nan"),), bias=0.0, features=("box_logit",))
+
+
+def test_fitting_a_person_score_finds_what_predicts_correct_answers() -> None:
+    """Answers are correct when their keypoints are confident, whatever the box score: the fit
+    weighs the keypoints, not the box, and calibrates (mean probability = share correct)."""
+    n = 2000
+    box = RNG.uniform(0.05, 0.95, n)
+    kp = np.clip(RNG.uniform(0, 1, (n, 1)) + RNG.normal(0, 0.05, (n, 17)), 0, 1)
+    correct = RNG.uniform(size=n) < 1 / (1 + np.exp(-12 * (kp.mean(1) - 0.5)))
+    boxes = np.tile([0.0, 0, 40, 100], (n, 1))
+    f = person_features(box, kp, boxes, [(200, 200)] * n)
+    model = fit_person_score(f, correct)
+    p = model(f)
+    assert abs(p.mean() - correct.mean()) < 0.01
+    wrong_order = np.argsort(p)[: n // 4]  # the least likely quarter: mostly wrong answers
+    assert correct[wrong_order].mean() < 0.1
+    assert abs(model.weights[0]) < 0.5 < max(abs(w) for w in model.weights[1:5])
+    with pytest.raises(ValueError, match="both correct and wrong"):
+        fit_person_score(f, np.ones(n))

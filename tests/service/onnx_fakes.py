@@ -100,6 +100,7 @@ def make_fake_bundle(
     flip_test: bool = False,
     oks_nms: float = 0.9,
     min_person_score: float = 0.0,
+    person_score: Any = None,
 ) -> Path:
     """The dot pose model (features: 2 channels), optionally a fixed detector and SCIO files."""
     work = root.parent / f"{root.name}-src"
@@ -129,6 +130,7 @@ def make_fake_bundle(
             score_threshold=0.3,
             oks_nms=oks_nms,
             min_person_score=min_person_score,
+            person_score=person_score,
         ),
         scio=scio_settings,
         provenance={"test": True},

@@ -230,6 +230,42 @@ def test_the_bundles_minimum_person_score_drops_detected_persons_only(tmp_path: 
     assert len(strict.estimate(img, PoseOptions(boxes=boxes)).persons) == 2
 
 
+def test_a_calibrated_person_score_scores_the_detected_persons_only(tmp_path: Path) -> None:
+    """A bundle's person score model (here 1 - box score) replaces the official rescoring for
+    the persons its detector finds: their `score`, their order and the minimum person score read
+    it; persons in caller-given boxes, and the official protocol, keep the official scores."""
+    from models.postprocess import PersonScoreModel, rescore
+
+    rows = np.array([[40, 60, 120, 260, 0.45, 0], [160, 60, 240, 260, 0.31, 0]], np.float32)
+    img = _dots((480, 640), [(160, 240), (400, 240)], r=15)
+    inverse = PersonScoreModel(weights=(-1.0,), bias=0.0, features=("box_logit",))
+    pipe = PosePipeline.from_path(
+        make_fake_bundle(tmp_path / "b", detector_rows=rows, person_score=inverse), device="cpu"
+    )
+    assert pipe.info["person_score"] == inverse.to_dict()
+    persons = pipe.estimate(img, PoseOptions()).persons
+    assert [p.bbox_score for p in persons] == pytest.approx([0.31, 0.45])
+    assert [p.score for p in persons] == pytest.approx([0.69, 0.55])
+    assert len(pipe.estimate(img, PoseOptions(min_score=0.6)).persons) == 1
+    strict = PosePipeline.from_path(
+        make_fake_bundle(
+            tmp_path / "strict", detector_rows=rows, person_score=inverse, min_person_score=0.6
+        ),
+        device="cpu",
+    )
+    assert [p.bbox_score for p in strict.estimate(img, PoseOptions()).persons] == pytest.approx(
+        [0.31]
+    )
+    for opts in (
+        PoseOptions(boxes=np.array([[80.0, 40, 240, 440], [320, 40, 480, 440]])),
+        PoseOptions(official=True),
+    ):
+        got = pipe.estimate(img, opts).persons
+        assert len(got) == 2
+        for p in got:
+            assert p.score == pytest.approx(rescore([p.bbox_score], p.keypoints[None, :, 2])[0])
+
+
 def test_a_collapsed_pair_is_split_as_the_bundle_says(tmp_path: Path) -> None:
     """The dot model gives every keypoint the same map: with two dots in one box, every left/right
     pair decodes on the brighter dot. The bundle's pair split (ankles by knees) puts the right

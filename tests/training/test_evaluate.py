@@ -393,3 +393,39 @@ def test_ap50_misses_finds_each_answers_oks_and_the_ranking_bound() -> None:
     np.testing.assert_allclose(oks_far[1:], 1.0, atol=1e-9)
     x = features(rows)
     assert x.shape == (len(rows), 2 * 17 + 5)
+
+
+def test_person_score_keeps_the_cheapest_detector_threshold_near_the_best_f1() -> None:
+    from benchmarks.person_score import choose
+
+    rows = [
+        {"detector_threshold": t, "min_probability": m, "f1": f}
+        for t, m, f in (
+            (0.1, 0.4, 0.810),
+            (0.15, 0.4, 0.8085),
+            (0.15, 0.45, 0.8085),
+            (0.15, 0.5, 0.8),
+            (0.25, 0.45, 0.805),  # more than 0.002 below the best
+        )
+    ]
+    got = choose(rows)
+    assert (got["detector_threshold"], got["min_probability"]) == (0.15, 0.4)
+
+
+def test_person_score_f1_reclassifies_the_kept_answers_in_the_new_order() -> None:
+    """Two answers to one person: in box order the first is a duplicate of the second's find;
+    a score that prefers the better pose finds the person with it and drops nothing else."""
+    from benchmarks.person_score import Answers, f1_counts, found_labels
+
+    a = Answers(
+        features=np.zeros((3, 7)),
+        box=np.array([0.9, 0.5, 0.2]),
+        official=np.array([0.8, 0.45, 0.1]),
+        oks=np.array([[0.6, 0.0], [0.9, 0.0], [0.0, 0.0]]),
+    )
+    np.testing.assert_array_equal(found_labels([a]), [1.0, 0.0, 0.0])
+    # everyone kept: 1 found of 2 persons, 3 answers
+    assert f1_counts([a], [a.official], 0.0, 0.0)[1:] == (1, 3)
+    f1, found, answers = f1_counts([a], [np.array([0.3, 0.9, 0.05])], 0.3, 0.2)
+    assert (found, answers) == (1, 2)  # the third is below the box threshold
+    assert f1 == pytest.approx(2 * 0.5 * 0.5 / 1.0)

@@ -146,6 +146,43 @@ def test_rebundle_sets_the_minimum_person_score_and_keeps_it_with_a_new_detector
     assert not (tmp_path / "bad").exists()
 
 
+def test_rebundle_sets_a_person_score_and_a_new_detector_drops_it(
+    unfolded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models.postprocess import PersonScoreModel
+
+    model = PersonScoreModel(weights=(1.0, 3.0), bias=-2.0, features=("box_logit", "keypoint_max"))
+    choice = tmp_path / "choice.json"
+    choice.write_text(json.dumps(
+        {"person_score": model.to_dict(), "detector_threshold": 0.15, "min_person_score": 0.45}
+    ))  # fmt: skip
+    out = tmp_path / "new"
+    assert _cli(["--bundle", str(unfolded), "--out", str(out), "--person-score", str(choice)]) == 0
+    new = load_bundle(out).manifest
+    assert new.detector is not None
+    assert (new.detector.person_score, new.detector.score_threshold) == (model, 0.15)
+    assert new.detector.min_person_score == 0.45
+    assert new.files == load_bundle(unfolded).manifest.files  # nothing else changed
+    # fitted on the old detector's box scores: a new detector goes back to the official score
+    again = tmp_path / "again"
+    assert _cli(["--bundle", str(out), "--out", str(again), "--detector",
+                 str(_detector_run(tmp_path))]) == 0  # fmt: skip
+    det = load_bundle(again).manifest.detector
+    assert det is not None
+    assert (det.person_score, det.min_person_score) == (None, 0.0)
+    assert "person score and minimum dropped" in capsys.readouterr().out
+    both = ["--bundle", str(out), "--out", str(tmp_path / "x"), "--person-score", str(choice),
+            "--min-person-score", "0.1"]  # fmt: skip
+    assert _cli(both) == 2
+    assert "not with --min-person-score" in capsys.readouterr().err
+    choice.write_text(json.dumps({"person_score": None, "detector_threshold": 2.0}))
+    assert _cli(["--bundle", str(out), "--out", str(tmp_path / "y"), "--person-score",
+                 str(choice)]) == 2  # fmt: skip
+    assert "score_threshold" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "y").exists()
+
+
 def test_rewritten_graphs_answer_as_before(unfolded: Path, tmp_path: Path) -> None:
     """The whole SCIO refinement on the rewritten graphs (folded stem, features per person)
     equals the source bundle's."""
