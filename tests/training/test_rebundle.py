@@ -118,9 +118,12 @@ def test_rebundle_replaces_what_it_is_given_and_copies_the_rest(
     last = new.provenance["commands"][-1]
     assert last["note"] == "a test"
     assert "rebundle" in last["command"]
-    # detector (and the demo's INT8 copy of the old one dropped), search, two graphs, provenance
-    assert len(last["rebundled"]) == 6
+    # detector (and the demo's INT8 copy and person score of the old one dropped), search, two
+    # graphs, provenance
+    assert len(last["rebundled"]) == 7
     assert "the old detector's INT8 copy dropped" in last["rebundled"]
+    assert "the old detector's person score and minimum dropped" in last["rebundled"]
+    assert new.detector.person_score is None
     assert DETECTOR_INT8 in src.files
     assert DETECTOR_INT8 not in new.files
     assert new.provenance["evaluation"] == {"data": "new"}
@@ -136,8 +139,16 @@ def test_rebundle_sets_the_minimum_person_score_and_keeps_it_with_a_new_detector
     assert new.detector is not None
     assert new.detector.min_person_score == 0.15
     assert new.files == load_bundle(unfolded).manifest.files  # nothing else changed
+    # back to the official score (the demo bundle has a calibrated one), the minimum kept
+    official = tmp_path / "official.json"
+    official.write_text(json.dumps({"person_score": None}))
+    plain = tmp_path / "plain"
+    assert _cli(["--bundle", str(out), "--out", str(plain), "--person-score", str(official)]) == 0
+    det = load_bundle(plain).manifest.detector
+    assert det is not None
+    assert (det.person_score, det.min_person_score) == (None, 0.15)
     again = tmp_path / "again"
-    assert _cli(["--bundle", str(out), "--out", str(again), "--detector",
+    assert _cli(["--bundle", str(plain), "--out", str(again), "--detector",
                  str(_detector_run(tmp_path))]) == 0  # fmt: skip
     assert load_bundle(again).manifest.detector.min_person_score == 0.15  # type: ignore[union-attr]
     bad = ["--bundle", str(unfolded), "--out", str(tmp_path / "bad"), "--min-person-score", "2"]
