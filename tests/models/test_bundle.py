@@ -136,6 +136,13 @@ def test_tampered_file_fails_the_checksum(bundle_dir: Path) -> None:
         (lambda d: d["pose"].pop("sigma"), "malformed"),
         (lambda d: d["pose"].update(pair_split={"pairs": [[15, 16, 13, 17]]}), "indices must be"),
         (lambda d: d["pose"].update(pair_split={"pairs": [[15, 16]]}), "four distinct"),
+        (
+            lambda d: d["detector"].update(
+                person_score={"features": ["height"], "weights": [1.0], "bias": 0.0}
+            ),
+            "unknown person score features",
+        ),
+        (lambda d: d["detector"].update(person_score={"bias": 0.0}), "malformed"),
     ],
 )
 def test_bad_manifests_give_clear_errors(bundle_dir: Path, edit, message) -> None:
