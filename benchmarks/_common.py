@@ -49,6 +49,18 @@ def md_targets(targets: dict[str, bool]) -> list[str]:
     return ["## Targets", ""] + [f"- {'met' if ok else 'MISSED'}: {k}" for k, ok in targets.items()]
 
 
+def split_parser(doc: str, name: str) -> argparse.ArgumentParser:
+    """The arguments of a benchmark that runs a bundle on a labelled split: --bundle (default
+    the demo), --ann, --images and --name (default `name`), described by `doc`'s first
+    paragraph."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path, default=RESULTS.parents[1] / "bundles" / "demo")
+    ap.add_argument("--ann", type=Path, required=True, help="COCO-format person annotations")
+    ap.add_argument("--images", type=Path, required=True, help="their image folder")
+    ap.add_argument("--name", default=name)
+    return ap
+
+
 def require_bundles(ap: argparse.ArgumentParser, paths: Sequence[Path]) -> None:
     """Stop with a usage error naming the first path that is not a bundle folder."""
     for path in paths:

@@ -32,7 +32,6 @@ bundle's. Held-out numbers come from
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -45,7 +44,13 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import git_commit, machine, md_header, write_results  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    git_commit,
+    machine,
+    md_header,
+    split_parser,
+    write_results,
+)
 from benchmarks.pose_answers import MATCH_OKS, classify  # noqa: E402
 
 DETECTOR_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
@@ -200,11 +205,7 @@ def collect(pipe: Any, ann: Path, images_dir: Path, floor: float) -> list[Answer
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "demo")
-    ap.add_argument("--ann", type=Path, required=True, help="COCO-format person annotations")
-    ap.add_argument("--images", type=Path, required=True, help="their image folder")
-    ap.add_argument("--name", default="person_score")
+    ap = split_parser(__doc__, "person_score")
     ap.add_argument("--choose", type=Path, help="write the model and thresholds to ship here")
     ap.add_argument(
         "--choose-threshold",

@@ -30,7 +30,6 @@ person score with the highest F1 (the lowest of equals), the bundle's `min_perso
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import replace
@@ -42,7 +41,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import git_commit, machine, md_header, write_results  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    git_commit,
+    machine,
+    md_header,
+    split_parser,
+    write_results,
+)
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DETECTOR_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
@@ -88,11 +93,7 @@ def choose_min_score(rows: list[dict[str, Any]]) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "demo")
-    ap.add_argument("--ann", type=Path, required=True, help="COCO-format person annotations")
-    ap.add_argument("--images", type=Path, required=True, help="their image folder")
-    ap.add_argument("--name", default="pose_answers")
+    ap = split_parser(__doc__, "pose_answers")
     ap.add_argument("--choose", type=Path, help="write the threshold to ship to this JSON file")
     args = ap.parse_args()
 
