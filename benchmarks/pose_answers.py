@@ -75,15 +75,10 @@ def classify(oks: np.ndarray) -> list[str]:
     return out
 
 
-def count_above(scored: dict[int, list[tuple[float, str]]], minimum: float) -> dict[str, int]:
-    """found / duplicate / none among the answers scoring at least `minimum`, from each image's
-    answers in score order with their classes (`classify`). The classification is greedy in
-    score order, so dropping the answers below a minimum leaves the others' classes as they are."""
-    counts = {"found": 0, "duplicate": 0, "none": 0}
-    for answers in scored.values():
-        for score, kind in answers:
-            counts[kind] += score >= minimum
-    return counts
+def admitted_by(person: Any) -> float:
+    """What a minimum person score reads: the calibrated confidence where the bundle gives
+    one, else the official score."""
+    return float(person.score if person.confidence is None else person.confidence)
 
 
 def choose_min_score(rows: list[dict[str, Any]]) -> float:
@@ -180,16 +175,18 @@ def main() -> int:
     # the minimum person score at the OKS-NMS threshold the build ships with it (--choose), or
     # at the bundle's: what /pose answers with each minimum
     nms_for_min = chosen if args.choose is not None else pipe.oks_nms
-    scored = {
-        i: [(p.score, k) for p, k in zip(persons_, kinds[nms_for_min][i], strict=True)]
-        for i, persons_ in results[nms_for_min].items()
-    }
     min_rows = []
     for m in sorted({*MIN_SCORES, pipe.min_person_score}):
         kept = {
-            i: [p for p in persons_ if p.score >= m] for i, persons_ in results[nms_for_min].items()
+            i: [p for p in persons_ if admitted_by(p) >= m]
+            for i, persons_ in results[nms_for_min].items()
         }
-        min_rows.append(row("min_score", m, count_above(scored, m), kept))
+        # classified again: a minimum on the calibrated confidence may drop an answer ahead
+        # of another in score order, whose class can then change
+        c = {"found": 0, "duplicate": 0, "none": 0}
+        for i, persons_ in kept.items():
+            tally(c, i, persons_)
+        min_rows.append(row("min_score", m, c, kept))
     min_score = choose_min_score(min_rows)
     bundle = args.bundle.relative_to(ROOT) if args.bundle.is_relative_to(ROOT) else args.bundle
     report: dict[str, Any] = {

@@ -75,14 +75,16 @@ class DetectorInfo:
     # duplicate boxes on one person it removes. `scio-pose evaluate` uses 0.9 (AP's protocol).
     oks_nms: float = OKS_THRE
     # Persons the detector found whose person score (box score × mean keypoint score above 0.2,
-    # models.postprocess.rescore) is below this are not answered; a request's `min_score`
+    # models.postprocess.rescore; their calibrated confidence where `person_score` gives one) is
+    # below this are not answered; a request's `min_score`
     # overrides it, and persons in caller-given boxes are answered whatever their score. Chosen
     # on a tuning split when the bundle is built (benchmarks/pose_answers.py --choose); 0: all.
     min_person_score: float = 0.0
     # A calibrated person score for the persons the detector finds (models.postprocess.
-    # PersonScoreModel: the probability of a correct pose), used instead of `rescore` for their
-    # `score`, OKS-NMS order and `min_person_score`; None: the official rescoring. Fitted on a
-    # tuning split when the bundle is built (benchmarks/person_score.py --choose).
+    # PersonScoreModel: the probability of a correct pose), their `confidence`, which
+    # `min_person_score` then reads instead of the official score (which still orders them);
+    # None: none. Fitted on a tuning split when the bundle is built (benchmarks/person_score.py
+    # --choose).
     person_score: PersonScoreModel | None = None
 
     def __post_init__(self) -> None:

@@ -85,7 +85,8 @@ class PersonScoreModel:
     """A calibrated person score: the probability that a person the detector found is answered
     with a correct pose (OKS >= 0.5 with someone not answered yet), a logistic model over
     `PERSON_FEATURES` fitted on a tuning split (benchmarks/person_score.py). bundle.json's
-    `detector.person_score`; it replaces `rescore` for the persons the detector finds."""
+    `detector.person_score`: the `confidence` of the persons the detector finds, which the
+    bundle's minimum reads instead of `rescore`'s official score."""
 
     weights: tuple[float, ...]
     bias: float

@@ -478,7 +478,10 @@ class PosePipeline:
         kp_scores: F64,
         search: SearchResult | None = None,
     ) -> list[PoseResult]:
-        scores = self._person_scores(items, p, kp_scores)
+        scores = rescore(p.box_scores, kp_scores)
+        confidence = self._person_confidence(items, p, kp_scores)
+        # what a minimum reads: the calibrated confidence where there is one
+        admit = np.where(np.isnan(confidence), scores, confidence)
         areas = np.prod(p.scales * 200.0, axis=1)
         refinements = self._refinements(search, p)
         results = []
@@ -498,7 +501,7 @@ class PosePipeline:
             floor = o.min_score
             if floor is None:  # the bundle's for the persons its detector found
                 floor = self.min_person_score if o.boxes is None else 0.0
-            sel = sel[scores[sel] >= floor]
+            sel = sel[admit[sel] >= floor]
             sel = sel[np.argsort(-scores[sel], kind="stable")]
             if o.max_persons is not None:
                 sel = sel[: o.max_persons]
@@ -518,6 +521,7 @@ class PosePipeline:
                         score=float(scores[j]),
                         keypoints=kp,
                         refinements=refinements.get(int(j), []),
+                        confidence=None if np.isnan(confidence[j]) else float(confidence[j]),
                     )
                 )
             # true only where SCIO examined a keypoint of a returned person
@@ -525,24 +529,23 @@ class PosePipeline:
             results.append(PoseResult(image_hw=(h, w), persons=persons, refined=refined))
         return results
 
-    def _person_scores(
+    def _person_confidence(
         self,
         items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]],
         p: _Persons,
         kp_scores: F64,
     ) -> F64:
-        """Each person's score: the official rescoring (box score × mean keypoint score above
-        0.2), or for the persons the bundle's detector found, its calibrated person score where
-        it has one (not under the official protocol)."""
-        scores = rescore(p.box_scores, kp_scores)
-        if self.person_score is None or not len(scores):
-            return scores
+        """Each person's calibrated P(correct pose), for the persons the bundle's detector found
+        where it has a person score model (not under the official protocol); NaN elsewhere."""
+        out = np.full(len(p.item), np.nan)
+        if self.person_score is None or not len(out):
+            return out
         found = np.array([items[i][1].boxes is None and not items[i][1].official for i in p.item])
         if found.any():
             hw = np.array([items[i][0].shape[:2] for i in p.item[found]])
             feats = person_features(p.box_scores[found], kp_scores[found], p.boxes[found], hw)
-            scores[found] = self.person_score(feats)
-        return scores
+            out[found] = self.person_score(feats)
+        return out
 
     def _refinements(
         self, search: SearchResult | None, p: _Persons

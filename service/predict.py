@@ -393,7 +393,9 @@ class _VideoState:
         for tid, p in zip(ids, persons, strict=True):
             kps = np.array(p.keypoints, dtype=np.float64)
             kps[:, :2] = self.smoother(tid, kps[:, :2], t)
-            smoothed.append(PersonPose(p.bbox, p.bbox_score, p.score, kps, p.refinements))
+            smoothed.append(
+                PersonPose(p.bbox, p.bbox_score, p.score, kps, p.refinements, p.confidence)
+            )
         return smoothed, ids
 
     def write(self, target: Path, rgb: npt.NDArray[np.uint8], fps: float) -> None:

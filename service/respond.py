@@ -45,12 +45,13 @@ def checked_persons(result: PoseResult, spec: KeypointSpec) -> list[PersonPose]:
         if any(not 0 <= r.keypoint < k for r in p.refinements):
             raise BadPipelineOutputError(f"person {i}: refinement of a keypoint outside 0..{k - 1}")
         numbers = [p.bbox_score, p.score] + [v for r in p.refinements for v in _ref_numbers(r)]
+        numbers += [] if p.confidence is None else [p.confidence]
         if not (np.isfinite(bbox).all() and np.isfinite(kps).all() and np.isfinite(numbers).all()):
             raise BadPipelineOutputError(f"person {i}: non-finite value")
         kps = kps.copy()
         kps[:, :2] = np.clip(kps[:, :2], 0.0, hi)
         bbox = np.clip(bbox, 0.0, np.tile(hi, 2))
-        out.append(PersonPose(bbox, p.bbox_score, p.score, kps, list(p.refinements)))
+        out.append(PersonPose(bbox, p.bbox_score, p.score, kps, list(p.refinements), p.confidence))
     return out
 
 
@@ -91,6 +92,7 @@ def _person(p: PersonPose, spec: KeypointSpec) -> Person:
         bbox=[x1, y1, x2, y2],
         bbox_score=float(p.bbox_score),
         score=float(p.score),
+        confidence=_float_or_none(p.confidence),
         keypoints=[[float(x), float(y), float(s)] for x, y, s in p.keypoints],
         refinements=[
             Refinement(

@@ -26,8 +26,9 @@ class PoseOptions:
     flip: bool | None = None
     boxes: npt.NDArray[np.float64] | None = None  # (N, 4) person boxes; skips the detector
     box_scores: npt.NDArray[np.float64] | None = None  # (N,) scores of `boxes`; default 1.0
-    # drop persons whose score is below this; None: the bundle's (DetectorInfo.min_person_score)
-    # for the persons its detector found, 0 for caller-given boxes
+    # drop persons whose `confidence` (where the bundle calibrates one, else `score`) is below
+    # this; None: the bundle's (DetectorInfo.min_person_score) for the persons its detector
+    # found, 0 for caller-given boxes
     min_score: float | None = None
     # the detector's box score threshold; None: the bundle's (DetectorInfo.score_threshold).
     # The exported model returns no box below its own floor (DetectorInfo.score_floor).
@@ -63,11 +64,12 @@ class RefinedKeypoint:
 class PersonPose:
     bbox: npt.NDArray[np.float64]  # (4,) x1, y1, x2, y2
     bbox_score: float
-    # rescored: bbox_score × mean of keypoint scores above 0.2; for a person the detector found,
-    # the bundle's calibrated P(correct pose) where it has one (DetectorInfo.person_score)
-    score: float
+    score: float  # rescored: bbox_score × mean of keypoint scores above 0.2 (the official score)
     keypoints: npt.NDArray[np.float64]  # (K, 3) x, y, score, in spec order
     refinements: list[RefinedKeypoint] = field(default_factory=list)
+    # P(the pose is correct, OKS >= 0.5) for a person the detector found, where the bundle
+    # calibrates one (DetectorInfo.person_score); None elsewhere
+    confidence: float | None = None
 
 
 @dataclass
@@ -123,5 +125,5 @@ def to_original_pixels(result: PoseResult, scale: int, original_hw: tuple[int, i
         kps[:, :2] = point(kps[:, :2])
         refs = [replace(r, displacement_px=r.displacement_px * scale) for r in p.refinements]
         bbox = point(p.bbox)
-        persons.append(PersonPose(bbox, p.bbox_score, p.score, kps, refs))
+        persons.append(PersonPose(bbox, p.bbox_score, p.score, kps, refs, p.confidence))
     return PoseResult(original_hw, persons, result.refined, dict(result.timings_ms))

@@ -52,7 +52,8 @@ class _CommonParams(BaseModel):
         None,
         ge=0.0,
         le=1.0,
-        description="drop persons scoring below this (score: the person's `score`); "
+        description="drop persons whose `confidence` (where the bundle calibrates one, else "
+        "`score`) is below this; "
         "omitted: the bundle's for the persons its detector finds (GET /info: "
         "bundle.min_person_score), 0 with boxes",
     )
@@ -139,10 +140,12 @@ class Refinement(BaseModel):
 class Person(BaseModel):
     bbox: Box = Field(description="[x1, y1, x2, y2] in image pixels")
     bbox_score: float
-    score: float = Field(
-        description="bbox_score x mean keypoint score above 0.2; for a person the detector found, "
-        "the probability of a correct pose (OKS >= 0.5) where the bundle calibrates one "
-        "(GET /info: bundle.person_score)"
+    score: float = Field(description="bbox_score x mean keypoint score above 0.2")
+    confidence: float | None = Field(
+        None,
+        description="for a person the detector found, the probability that the pose is correct "
+        "(OKS >= 0.5), where the bundle calibrates one (GET /info: bundle.person_score); "
+        "null otherwise",
     )
     keypoints: list[Triplet] = Field(description="K x [x, y, score] in keypoint_names order")
     refinements: list[Refinement] = Field(description="distal keypoints SCIO examined")

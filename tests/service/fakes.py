@@ -112,7 +112,9 @@ class FakeEstimator:
             for i, g in enumerate(self.spec.groups)
         ]
         score = 0.9 - 0.1 * rank
-        return PersonPose(np.array(box, dtype=np.float64), score, score, kps, refs)
+        # the first person with a calibrated confidence, the others without
+        confidence = 0.65 if rank == 0 else None
+        return PersonPose(np.array(box, dtype=np.float64), score, score, kps, refs, confidence)
 
 
 def factory_for(estimator: FakeEstimator) -> Any:

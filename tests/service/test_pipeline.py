@@ -230,10 +230,10 @@ def test_the_bundles_minimum_person_score_drops_detected_persons_only(tmp_path: 
     assert len(strict.estimate(img, PoseOptions(boxes=boxes)).persons) == 2
 
 
-def test_a_calibrated_person_score_scores_the_detected_persons_only(tmp_path: Path) -> None:
-    """A bundle's person score model (here 1 - box score) replaces the official rescoring for
-    the persons its detector finds: their `score`, their order and the minimum person score read
-    it; persons in caller-given boxes, and the official protocol, keep the official scores."""
+def test_a_calibrated_person_score_is_the_detected_persons_confidence(tmp_path: Path) -> None:
+    """A bundle's person score model (here 1 - box score) gives the persons its detector finds a
+    `confidence`, which the minimum person score reads instead of the official score; the
+    official score still orders them. Caller-given boxes and the official protocol get none."""
     from models.postprocess import PersonScoreModel, rescore
 
     rows = np.array([[40, 60, 120, 260, 0.45, 0], [160, 60, 240, 260, 0.31, 0]], np.float32)
@@ -244,8 +244,10 @@ def test_a_calibrated_person_score_scores_the_detected_persons_only(tmp_path: Pa
     )
     assert pipe.info["person_score"] == inverse.to_dict()
     persons = pipe.estimate(img, PoseOptions()).persons
-    assert [p.bbox_score for p in persons] == pytest.approx([0.31, 0.45])
-    assert [p.score for p in persons] == pytest.approx([0.69, 0.55])
+    assert [p.bbox_score for p in persons] == pytest.approx([0.45, 0.31])  # official order
+    assert [p.confidence for p in persons] == pytest.approx([0.55, 0.69])
+    for p in persons:
+        assert p.score == pytest.approx(rescore([p.bbox_score], p.keypoints[None, :, 2])[0])
     assert len(pipe.estimate(img, PoseOptions(min_score=0.6)).persons) == 1
     strict = PosePipeline.from_path(
         make_fake_bundle(
@@ -253,17 +255,15 @@ def test_a_calibrated_person_score_scores_the_detected_persons_only(tmp_path: Pa
         ),
         device="cpu",
     )
-    assert [p.bbox_score for p in strict.estimate(img, PoseOptions()).persons] == pytest.approx(
-        [0.31]
-    )
+    kept = strict.estimate(img, PoseOptions()).persons
+    assert [p.bbox_score for p in kept] == pytest.approx([0.31])  # its official score the lower
     for opts in (
         PoseOptions(boxes=np.array([[80.0, 40, 240, 440], [320, 40, 480, 440]])),
         PoseOptions(official=True),
     ):
         got = pipe.estimate(img, opts).persons
         assert len(got) == 2
-        for p in got:
-            assert p.score == pytest.approx(rescore([p.bbox_score], p.keypoints[None, :, 2])[0])
+        assert all(p.confidence is None for p in got)
 
 
 def test_a_collapsed_pair_is_split_as_the_bundle_says(tmp_path: Path) -> None:

@@ -31,7 +31,9 @@ def test_pose_json_schema_and_values() -> None:
     )
     assert len(body["persons"]) == 2
     person = body["persons"][0]
-    assert set(person) == {"bbox", "bbox_score", "score", "keypoints", "refinements"}
+    assert set(person) == {"bbox", "bbox_score", "score", "confidence", "keypoints", "refinements"}
+    assert person["confidence"] == pytest.approx(0.65)
+    assert body["persons"][1]["confidence"] is None  # a person without calibration
     assert len(person["keypoints"]) == 17
     assert all(len(k) == 3 for k in person["keypoints"])
     # spec order and the fake's values: keypoints run down the box diagonal, scores 0.9 .. 0.4

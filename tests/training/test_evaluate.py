@@ -313,14 +313,13 @@ def test_evaluate_answers_every_detected_person_whatever_the_bundles_minimum_sco
 
 
 def test_pose_answers_chooses_the_minimum_person_score_with_the_best_f1() -> None:
-    from benchmarks.pose_answers import choose_min_score, count_above
+    from types import SimpleNamespace
 
-    # one image's answers in score order: (person score, class)
-    scored = {1: [(0.9, "found"), (0.5, "found"), (0.12, "none"), (0.08, "found")], 2: []}
-    scored[2] = [(0.7, "duplicate"), (0.11, "none")]
-    assert count_above(scored, 0.0) == {"found": 3, "duplicate": 1, "none": 2}
-    assert count_above(scored, 0.1) == {"found": 2, "duplicate": 1, "none": 2}
-    assert count_above(scored, 0.15) == {"found": 2, "duplicate": 1, "none": 0}
+    from benchmarks.pose_answers import admitted_by, choose_min_score
+
+    # a minimum reads the calibrated confidence where there is one, else the official score
+    assert admitted_by(SimpleNamespace(score=0.3, confidence=None)) == 0.3
+    assert admitted_by(SimpleNamespace(score=0.3, confidence=0.9)) == 0.9
     rows = [{"min_score": m, "f1": f} for m, f in ((0.0, 0.7), (0.1, 0.8), (0.15, 0.8), (0.2, 0.6))]
     assert choose_min_score(rows) == 0.1  # the lowest of the best
 
