@@ -13,9 +13,10 @@ the official scores, each answer is labelled as `benchmarks/pose_answers.py` doe
 0.5 with a labelled person not yet found, in score order), and a logistic model over
 `models.postprocess.PERSON_FEATURES` (box score, keypoint scores, size) is fitted to "found": the
 probability that an answer is a correct pose. Then, for each detector box threshold and each
-minimum probability, the answers above both are classified again in the order of the new score
-(offline: OKS-NMS as the official scores ran it) and F1 over persons found and answers is
-computed; the same table with the official score and its own best minimum sits beside it.
+minimum probability, the answers above both are classified again (in the official score's order,
+which the pipeline keeps: the probability only decides who is answered; offline, OKS-NMS as the
+official scores ran it) and F1 over persons found and answers is computed; the same table with
+the official score and its own best minimum sits beside it.
 
 `--choose FILE` (the build, on its tuning split) writes the model, the detector threshold and the
 minimum probability to ship (`scio-pose rebundle --person-score FILE`): the bundle's detector
@@ -91,12 +92,13 @@ def f1_counts(
     images: list[Answers], scores: list[npt.NDArray[np.float64]], threshold: float, minimum: float
 ) -> tuple[float, int, int]:
     """F1, persons found and answers when only answers with box score >= threshold and score >=
-    minimum are kept, classified in the order of `scores` (one array per image)."""
+    minimum are kept (`scores`, one array per image), classified in the official score's order,
+    as the pipeline orders them."""
     found = answers = persons = 0
     for a, s in zip(images, scores, strict=True):
         persons += a.oks.shape[1]
         keep = np.flatnonzero((a.box >= threshold) & (s >= minimum))
-        order = keep[np.argsort(-s[keep], kind="stable")]
+        order = keep[np.argsort(-a.official[keep], kind="stable")]
         kinds = classify(a.oks[order])
         found += kinds.count("found")
         answers += len(order)

@@ -411,9 +411,9 @@ def test_person_score_keeps_the_cheapest_detector_threshold_near_the_best_f1() -
     assert (got["detector_threshold"], got["min_probability"]) == (0.15, 0.4)
 
 
-def test_person_score_f1_reclassifies_the_kept_answers_in_the_new_order() -> None:
-    """Two answers to one person: in box order the first is a duplicate of the second's find;
-    a score that prefers the better pose finds the person with it and drops nothing else."""
+def test_person_score_f1_reclassifies_the_kept_answers() -> None:
+    """Two answers to one person, one to nobody: kept by box threshold and minimum, classified
+    in the official order (the first answer finds the person, the second is a duplicate)."""
     from benchmarks.person_score import Answers, f1_counts, found_labels
 
     a = Answers(
@@ -427,4 +427,6 @@ def test_person_score_f1_reclassifies_the_kept_answers_in_the_new_order() -> Non
     assert f1_counts([a], [a.official], 0.0, 0.0)[1:] == (1, 3)
     f1, found, answers = f1_counts([a], [np.array([0.3, 0.9, 0.05])], 0.3, 0.2)
     assert (found, answers) == (1, 2)  # the third is below the box threshold
+    # the minimum drops the first answer: the second, no longer a duplicate, finds the person
+    assert f1_counts([a], [np.array([0.1, 0.9, 0.05])], 0.0, 0.2)[1:] == (1, 1)
     assert f1 == pytest.approx(2 * 0.5 * 0.5 / 1.0)
