@@ -78,9 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--min-score",
         type=float,
         default=None,
-        help="drop persons scoring below this (box score x mean keypoint score); default: the "
-        "bundle's for the persons its detector finds (bundle.json detector.min_person_score), 0 "
-        "for given boxes",
+        help="drop persons scoring below this (their calibrated confidence where the bundle has "
+        "one, bundle.json detector.person_score, else box score x mean keypoint score); default: "
+        "the bundle's for the persons its detector finds (detector.min_person_score), 0 for given "
+        "boxes",
     )
     p.add_argument("--max-persons", type=int, default=None, help="keep the best N persons")
     p.add_argument(
