@@ -1,5 +1,5 @@
 """Person rescoring and OKS-based non-maximum suppression (official top-down protocol, facts §7),
-and the calibrated person score a bundle may carry instead of the official rescoring.
+and the calibrated person confidence a bundle may carry beside the official score.
 
 Pure numpy; the service and `scio-pose evaluate` both call these, so the AP a benchmark reports
 is computed on the same persons the service returns.
@@ -62,12 +62,12 @@ def person_features(
     if not len(b):
         return np.zeros((0, len(PERSON_FEATURES)))
     k = np.asarray(keypoint_scores, dtype=np.float64).reshape(len(b), -1)
+    if not k.shape[1]:
+        raise ValueError("person features need keypoint scores")
     xyxy = np.asarray(boxes, dtype=np.float64).reshape(len(b), 4)
     hw = np.asarray(image_hw, dtype=np.float64).reshape(len(b), 2)
     wh = np.maximum(xyxy[:, 2:] - xyxy[:, :2], 1.0)
     size = np.sqrt(wh.prod(axis=1) / np.maximum(hw.prod(axis=1), 1.0))
-    if not k.shape[1]:
-        raise ValueError("person features need keypoint scores")
     cols = [
         np.log(b / (1 - b)),
         k.mean(axis=1),
