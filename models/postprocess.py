@@ -68,16 +68,17 @@ def person_features(
     hw = np.asarray(image_hw, dtype=np.float64).reshape(len(b), 2)
     wh = np.maximum(xyxy[:, 2:] - xyxy[:, :2], 1.0)
     size = np.sqrt(wh.prod(axis=1) / np.maximum(hw.prod(axis=1), 1.0))
-    cols = [
-        np.log(b / (1 - b)),
-        k.mean(axis=1),
-        np.median(k, axis=1),
-        (k > 0.5).mean(axis=1),
-        k.max(axis=1),
-        np.log(size),
-        np.log(np.maximum(rescore(b, k), 1e-4)),
-    ]
-    return np.stack(cols, axis=1)
+    srt = np.sort(k, axis=1)  # median and maximum from one sort (this runs per request)
+    n = k.shape[1]
+    out = np.empty((len(b), len(PERSON_FEATURES)))
+    out[:, 0] = np.log(b / (1 - b))
+    out[:, 1] = k.mean(axis=1)
+    out[:, 2] = 0.5 * (srt[:, (n - 1) // 2] + srt[:, n // 2])
+    out[:, 3] = (k > 0.5).mean(axis=1)
+    out[:, 4] = srt[:, -1]
+    out[:, 5] = np.log(size)
+    out[:, 6] = np.log(np.maximum(rescore(b, k), 1e-4))
+    return out
 
 
 @dataclass(frozen=True)
