@@ -35,9 +35,9 @@ def draw_poses(
     labels: list[str] | None = None,
     colours: list[int] | None = None,
 ) -> Image.Image:
-    """The annotated image. `labels`: the text at each box's corner (default: the person's
-    score); `colours`: a palette index per person (default: its position; a tracker passes the
-    track ID so a person keeps its colour across frames)."""
+    """The annotated image. `labels`: the text at each box's corner (default: `person_label`);
+    `colours`: a palette index per person (default: its position; a tracker passes the track ID
+    so a person keeps its colour across frames)."""
     canvas = Image.fromarray(image)  # (H, W, 3) uint8 -> RGB
     draw = ImageDraw.Draw(canvas)
     lw = max(2, round(max(canvas.size) / 320))
@@ -48,13 +48,20 @@ def draw_poses(
         x1, y1 = float(person.bbox[0]), float(person.bbox[1])
         draw.text(
             (x1 + lw, y1 + lw),
-            f"{person.score:.2f}" if labels is None else labels[i],
+            person_label(person) if labels is None else labels[i],
             fill=colour,
             font=font,
             stroke_width=1,
             stroke_fill=_OUTLINE,
         )
     return canvas
+
+
+def person_label(person: PersonPose) -> str:
+    """The text at a person's box: its score, and its calibrated confidence where it has one."""
+    if person.confidence is None:
+        return f"{person.score:.2f}"
+    return f"{person.score:.2f} p={person.confidence:.2f}"
 
 
 def _draw_person(

@@ -242,6 +242,16 @@ def test_render_returns_a_png_of_the_image_with_drawings() -> None:
     assert (out == (255, 0, 255)).all(axis=2).any()  # a moved keypoint's magenta ring
 
 
+def test_a_rendered_person_is_labelled_with_its_score_and_confidence() -> None:
+    from service.render import person_label
+    from service.results import PersonPose
+
+    kps = np.zeros((17, 3))
+    box = np.array([0.0, 0, 10, 20])
+    assert person_label(PersonPose(box, 0.9, 0.642, kps)) == "0.64"
+    assert person_label(PersonPose(box, 0.9, 0.642, kps, [], 0.917)) == "0.64 p=0.92"
+
+
 def test_unknown_query_parameters_are_refused() -> None:
     with serve() as client:
         r = post_image(client, PNG, url="http://169.254.169.254/latest/meta-data/")
