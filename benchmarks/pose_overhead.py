@@ -6,7 +6,9 @@
 `--code DIR` runs another checkout's package (a `git worktree` of an older commit) with this
 script, so before and after are measured by the same code on the same machine; the one-person
 ratio is service_bench's `end_to_end` (client-side /pose latency, each request after one timing
-of the models in this process). Writes benchmarks/results/NAME.{json,md} (default pose_overhead).
+of the models in this process), with httpx as the client and again with the standard library's
+http.client (httpx's own time per request, about 0.65 ms here, is not the service's). Writes
+benchmarks/results/NAME.{json,md} (default pose_overhead).
 """
 
 from __future__ import annotations
@@ -67,12 +69,15 @@ def main() -> int:
     pipe = PosePipeline(load_bundle(bundle_path), device="cpu")
     img1, _, jpeg1 = synth_image(1, work, size=(256, 256))
     e2e = end_to_end(bundle_path, pipe, img1, jpeg1, args.reps)
+    # the same with a lean client: what the service costs without httpx's own time
+    lean = end_to_end(bundle_path, pipe, img1, jpeg1, args.reps, lean_client=True)
     report: dict[str, Any] = {
         "command": "python benchmarks/pose_overhead.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
         "code": commit,
         "crops_20_persons_ms": crops,
         "one_person": e2e,
+        "one_person_lean_client": lean,
     }
     lines = md_header(f"/pose overhead around the models (code at {commit})", report)
     lines += [
@@ -83,6 +88,8 @@ def main() -> int:
         f"| one-person /pose, client side (median ms) | {e2e['end_to_end_ms']:.1f} |",
         f"| its models (median ms) | {e2e['models_sum_ms']:.1f} ({e2e['models_ms']}) |",
         f"| ratio (target <= 1.15) | {e2e['ratio']:.2f} |",
+        f"| the same with http.client as the client: /pose, its models, ratio | "
+        f"{lean['end_to_end_ms']:.1f}, {lean['models_sum_ms']:.1f}, {lean['ratio']:.2f} |",
         f"| server stages (median ms) | {e2e['server_timings_ms']} |",
         "",
     ]

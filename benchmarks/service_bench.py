@@ -285,16 +285,23 @@ def end_to_end(
     img: np.ndarray,
     jpeg: bytes,
     reps: int,
+    lean_client: bool = False,
     **settings: str,
 ) -> dict[str, Any]:
     """Client-side /pose latency of a one-person image (sequential) against model time. Each
     request follows one timing of its models in this process, so that both see the same load on
-    this shared machine (timed minutes apart, they need not)."""
+    this shared machine (timed minutes apart, they need not). `lean_client`: the standard
+    library's http.client instead of httpx, whose own time per request is not the service's."""
     models_once = model_timer(pipe, img)
     models_once()
     runs: list[dict[str, float]] = []
     lat, server, last = sequential_posts(
-        bundle, jpeg, reps, settings=settings, before_each=lambda: runs.append(models_once())
+        bundle,
+        jpeg,
+        reps,
+        settings=settings,
+        before_each=lambda: runs.append(models_once()),
+        lean_client=lean_client,
     )
     models = {k: float(np.median([m[k] for m in runs])) for k in runs[0]}
     e2e = float(np.median(lat))
@@ -371,25 +378,41 @@ def sequential_posts(
     settings: dict[str, str] | None = None,
     command: list[str] | None = None,
     before_each: Callable[[], object] | None = None,
+    lean_client: bool = False,
 ) -> tuple[list[float], list[dict[str, float]], dict[str, Any]]:
     """POST /pose `reps` times, one at a time, to a service started as `running_service` does
     (after three warm-up requests): client-side latencies (ms), the server's `timings_ms` of
-    each, and the last response. `before_each` runs before each timed request."""
+    each, and the last response. `before_each` runs before each timed request; `lean_client`:
+    http.client (one kept-alive connection) instead of httpx."""
+    import http.client
+
     import httpx
 
     lat, server = [], []
+    headers = {"content-type": "image/jpeg"}
     with running_service(bundle, settings, command) as base, httpx.Client(timeout=60) as c:
+        conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=60)
+
+        def post() -> tuple[int, dict[str, Any]]:
+            if not lean_client:
+                r = c.post(f"{base}/pose", content=jpeg, headers=headers)
+                return r.status_code, r.json()
+            conn.request("POST", "/pose", body=jpeg, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+
         for _ in range(3):
-            c.post(f"{base}/pose", content=jpeg, headers={"content-type": "image/jpeg"})
+            post()
         for _ in range(reps):
             if before_each is not None:
                 before_each()
             t = time.perf_counter()
-            r = c.post(f"{base}/pose", content=jpeg, headers={"content-type": "image/jpeg"})
+            status, body = post()
             lat.append(1000 * (time.perf_counter() - t))
-            assert r.status_code == 200, r.text
-            server.append(r.json()["timings_ms"])
-    return lat, server, r.json()
+            assert status == 200, body
+            server.append(body["timings_ms"])
+        conn.close()
+    return lat, server, body
 
 
 def photo_sized(img: np.ndarray, size: tuple[int, int] = (4000, 3000)) -> tuple[np.ndarray, bytes]:
