@@ -17,6 +17,7 @@ from service.results import PoseResult
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64)
 _PIXELS = (0.5, 1, 2, 4, 8, 16, 32)
+_PROBABILITY = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class Metrics:
@@ -80,6 +81,13 @@ class Metrics:
             buckets=_PIXELS,
             registry=r,
         )
+        self.person_confidence = Histogram(
+            "scio_pose_person_confidence",
+            "Calibrated confidence of each answered person the detector found (where the bundle"
+            " calibrates one): a shift of this distribution is a shift of the images served",
+            buckets=_PROBABILITY,
+            registry=r,
+        )
         self.scio_acceptance = Gauge(
             "scio_pose_scio_acceptance_ratio",
             "Accepted / examined SCIO moves since start",
@@ -109,6 +117,8 @@ class Metrics:
         for key, ms in {**result.timings_ms, **extra_ms}.items():
             self.stage_seconds.labels(key.removesuffix("_ms")).observe(ms / 1000.0)
         for person in result.persons:
+            if person.confidence is not None:
+                self.person_confidence.observe(person.confidence)
             for ref in person.refinements:
                 self._examined += 1
                 self.scio_keypoints.labels(str(ref.accepted).lower()).inc()

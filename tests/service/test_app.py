@@ -204,6 +204,10 @@ def test_metrics_report_requests_stages_batches_and_scio() -> None:
         'scio_pose_scio_keypoints_total{accepted="false"} 6.0',
         "scio_pose_scio_acceptance_ratio 0.5",
         "scio_pose_scio_displacement_pixels_count 12.0",  # every examined keypoint
+        # the fake's first person has a calibrated confidence (0.65), the second none
+        "scio_pose_person_confidence_count 1.0",
+        'scio_pose_person_confidence_bucket{le="0.6"} 0.0',
+        'scio_pose_person_confidence_bucket{le="0.7"} 1.0',
     ]
     missing = [line for line in expected if line not in text]
     assert not missing, missing
