@@ -52,7 +52,7 @@ from benchmarks._common import (  # noqa: E402
     split_parser,
     write_results,
 )
-from benchmarks.pose_answers import MATCH_OKS, classify  # noqa: E402
+from benchmarks.pose_answers import MATCH_OKS, answer_oks, classify  # noqa: E402
 
 DETECTOR_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 MIN_PROBABILITIES = tuple(round(0.05 + 0.025 * i, 3) for i in range(37))  # 0.05 ... 0.95
@@ -110,15 +110,6 @@ def f1_counts(
 BINS = ((0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0))
 
 
-def auroc(scores: npt.NDArray[np.float64], labels: npt.NDArray[np.float64]) -> float:
-    """Area under the ROC curve of `scores` for `labels` (1 = positive), ties counted half."""
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
-
-
 def calibration(
     p: npt.NDArray[np.float64], labels: npt.NDArray[np.float64]
 ) -> list[dict[str, Any]]:
@@ -163,47 +154,40 @@ def collect(pipe: Any, ann: Path, images_dir: Path, floor: float) -> list[Answer
     from models.postprocess import person_features
     from service.results import PoseOptions
     from training.data.coco import CocoKeypoints
-    from training.evaluate import person_oks
     from training.progress import progress
 
     coco = CocoKeypoints(ann, pipe.spec)
     sigmas = pipe.spec.sigmas_array
     k = pipe.spec.num_keypoints
     ids = coco.image_ids
-    saved, pipe.person_score = pipe.person_score, None  # the official scores
-    try:
-        out = []
-        for start in progress(range(0, len(ids), CHUNK), desc="answers"):
-            chunk = ids[start : start + CHUNK]
-            ims = [
-                np.asarray(Image.open(images_dir / coco.images[i].file_name).convert("RGB"))
-                for i in chunk
-            ]
-            opts = PoseOptions(min_score=0.0, detector_threshold=floor)
-            for image_id, im, r in zip(
-                chunk, ims, pipe.estimate_many([(im, opts) for im in ims]), strict=True
-            ):
-                gt = coco.labelled_persons(image_id)
-                ps = r.persons
-                n = len(ps)
-                out.append(
-                    Answers(
-                        features=person_features(
-                            [p.bbox_score for p in ps],
-                            np.array([p.keypoints[:, 2] for p in ps]).reshape(n, k),
-                            np.array([p.bbox for p in ps]).reshape(n, 4),
-                            [im.shape[:2]] * n,
-                        ),
-                        box=np.array([p.bbox_score for p in ps]),
-                        official=np.array([p.score for p in ps]),
-                        oks=np.array(
-                            [[person_oks(p.keypoints, g, sigmas) for g in gt] for p in ps]
-                        ).reshape(n, len(gt)),
-                    )
+    out = []
+    for start in progress(range(0, len(ids), CHUNK), desc="answers"):
+        chunk = ids[start : start + CHUNK]
+        ims = [
+            np.asarray(Image.open(images_dir / coco.images[i].file_name).convert("RGB"))
+            for i in chunk
+        ]
+        opts = PoseOptions(min_score=0.0, detector_threshold=floor)
+        for image_id, im, r in zip(
+            chunk, ims, pipe.estimate_many([(im, opts) for im in ims]), strict=True
+        ):
+            gt = coco.labelled_persons(image_id)
+            ps = r.persons
+            n = len(ps)
+            out.append(
+                Answers(
+                    features=person_features(
+                        [p.bbox_score for p in ps],
+                        np.array([p.keypoints[:, 2] for p in ps]).reshape(n, k),
+                        np.array([p.bbox for p in ps]).reshape(n, 4),
+                        [im.shape[:2]] * n,
+                    ),
+                    box=np.array([p.bbox_score for p in ps]),
+                    official=np.array([p.score for p in ps]),
+                    oks=answer_oks(ps, gt, sigmas),
                 )
-        return out
-    finally:
-        pipe.person_score = saved
+            )
+    return out
 
 
 def main() -> int:
@@ -223,8 +207,9 @@ def main() -> int:
     )
     args = ap.parse_args()
 
-    from models.postprocess import PERSON_FEATURES, fit_person_score
+    from models.postprocess import PERSON_FEATURES
     from service.pipeline import PosePipeline
+    from training.probes import auroc, fit_person_score
 
     pipe = PosePipeline.from_path(args.bundle, device="cpu")
     if pipe.detector is None:

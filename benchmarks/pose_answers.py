@@ -75,6 +75,15 @@ def classify(oks: np.ndarray) -> list[str]:
     return out
 
 
+def answer_oks(answers: list[Any], gt: list[Any], sigmas: np.ndarray) -> np.ndarray:
+    """OKS of each answer (rows, `PersonPose`) with each labelled person (`PersonAnn`)."""
+    from training.evaluate import person_oks
+
+    return np.array(
+        [[person_oks(p.keypoints, person, sigmas) for person in gt] for p in answers]
+    ).reshape(len(answers), len(gt))
+
+
 def admitted_by(person: Any) -> float:
     """What a minimum person score reads: the calibrated confidence where the bundle gives
     one, else the official score."""
@@ -97,7 +106,7 @@ def main() -> int:
     from service.pipeline import PosePipeline
     from service.results import PoseOptions
     from training.data.coco import CocoKeypoints
-    from training.evaluate import coco_stats, person_oks, to_coco_results
+    from training.evaluate import coco_stats, to_coco_results
     from training.progress import progress
 
     pipe = PosePipeline.from_path(args.bundle, device="cpu")
@@ -120,11 +129,7 @@ def main() -> int:
 
     def tally(counts: dict[str, int], image_id: int, answers: list[Any]) -> list[str]:
         """Count one image's answers (in score order) as found / duplicate / none."""
-        gt = gts[image_id]
-        oks = np.array(
-            [[person_oks(p.keypoints, person, sigmas) for person in gt] for p in answers]
-        ).reshape(len(answers), len(gt))
-        out = classify(oks)
+        out = classify(answer_oks(answers, gts[image_id], sigmas))
         for kind in out:
             counts[kind] += 1
         return out

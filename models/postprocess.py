@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.scio_search import sigmoid
+
 F64 = npt.NDArray[np.float64]
 
 IN_VIS_THRE = 0.2
@@ -85,7 +87,8 @@ def person_features(
 class PersonScoreModel:
     """A calibrated person score: the probability that a person the detector found is answered
     with a correct pose (OKS >= 0.5 with someone not answered yet), a logistic model over
-    `PERSON_FEATURES` fitted on a tuning split (benchmarks/person_score.py). bundle.json's
+    `PERSON_FEATURES` fitted on a tuning split (training.probes.fit_person_score, from
+    benchmarks/person_score.py). bundle.json's
     `detector.person_score`: the `confidence` of the persons the detector finds, which the
     bundle's minimum reads instead of `rescore`'s official score."""
 
@@ -108,9 +111,7 @@ class PersonScoreModel:
         """Probabilities (N,) from `person_features`' (N, len(PERSON_FEATURES))."""
         x = np.asarray(features, dtype=np.float64).reshape(-1, len(PERSON_FEATURES))
         cols = [PERSON_FEATURES.index(f) for f in self.features]
-        z = x[:, cols] @ np.asarray(self.weights, dtype=np.float64) + self.bias
-        out: F64 = 1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0)))
-        return out
+        return sigmoid(x[:, cols] @ np.asarray(self.weights, dtype=np.float64) + self.bias)
 
     def to_dict(self) -> dict[str, Any]:
         return {"features": list(self.features), "weights": list(self.weights), "bias": self.bias}
@@ -122,34 +123,6 @@ class PersonScoreModel:
             bias=float(d["bias"]),
             features=tuple(str(f) for f in d.get("features", PERSON_FEATURES)),
         )
-
-
-def fit_person_score(
-    features: npt.ArrayLike, correct: npt.ArrayLike, l2: float = 1e-2, steps: int = 50
-) -> PersonScoreModel:
-    """Logistic regression of `correct` (N,) on `person_features` (N, F) by Newton's method on
-    standardised features with an L2 penalty `l2` (the intercept unpenalised), folded back into
-    weights on the raw features."""
-    x = np.asarray(features, dtype=np.float64)
-    y = np.asarray(correct, dtype=np.float64).reshape(-1)
-    if len(x) != len(y) or len(y) < 2 or y.min() == y.max():
-        raise ValueError("fitting a person score needs both correct and wrong answers")
-    mu, sd = x.mean(axis=0), x.std(axis=0)
-    sd = np.where(sd > 1e-9, sd, 1.0)
-    z = np.c_[(x - mu) / sd, np.ones(len(x))]
-    w = np.zeros(z.shape[1])
-    penalty = np.r_[np.full(z.shape[1] - 1, l2), 0.0]
-    for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -50.0, 50.0)))
-        grad = z.T @ (p - y) + penalty * w
-        hess = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty + 1e-9)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    weights = w[:-1] / sd
-    bias = float(w[-1] - (weights * mu).sum())
-    return PersonScoreModel(weights=tuple(float(v) for v in weights), bias=bias)
 
 
 def oks_iou(

@@ -38,6 +38,7 @@ from PIL import Image
 from models.codec import decode_dark, map_correlation, render_gaussians
 from models.geometry import affine_matrices, heatmap_to_image, transform_points
 from models.keypoints import ScioGroup
+from models.postprocess import PersonScoreModel
 from models.scio_search import (
     COMPASS,
     CONFIDENCE_FEATURES,
@@ -423,6 +424,24 @@ def logistic_fit(x: F64, y: F64, l2: float = 1e-2) -> F64:
         if np.abs(step).max() < 1e-8:
             break
     return w
+
+
+def fit_person_score(
+    features: npt.ArrayLike, correct: npt.ArrayLike, l2: float = 1e-2
+) -> PersonScoreModel:
+    """`models.postprocess.PersonScoreModel` fitted to `correct` (N,) from `person_features`
+    (N, F): `logistic_fit` on standardised features (the L2 penalty sees every feature on one
+    scale), its weights folded back onto the raw features."""
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64).reshape(-1)
+    if len(x) != len(y) or len(y) < 2 or y.min() == y.max():
+        raise ValueError("fitting a person score needs both correct and wrong answers")
+    mu, sd = x.mean(axis=0), x.std(axis=0)
+    sd = np.where(sd > 1e-9, sd, 1.0)
+    w = logistic_fit((x - mu) / sd, y, l2)
+    weights = w[:-1] / sd
+    bias = float(w[-1] - (weights * mu).sum())
+    return PersonScoreModel(weights=tuple(float(v) for v in weights), bias=bias)
 
 
 # Always in the calibration: the heatmap peak. Γ's loss ("loss_end") competes with the other

@@ -5,7 +5,6 @@ from models.keypoints import COCO17
 from models.postprocess import (
     PERSON_FEATURES,
     PersonScoreModel,
-    fit_person_score,
     oks_iou,
     oks_nms,
     person_features,
@@ -124,22 +123,3 @@ def test_a_person_score_model_is_a_logistic_model_over_named_features() -> None:
         PersonScoreModel(weights=(1.0, 2.0), bias=0.0, features=("box_logit",))
     with pytest.raises(ValueError, match="finite"):
         PersonScoreModel(weights=(float("nan"),), bias=0.0, features=("box_logit",))
-
-
-def test_fitting_a_person_score_finds_what_predicts_correct_answers() -> None:
-    """Answers are correct when their keypoints are confident, whatever the box score: the fit
-    weighs the keypoints, not the box, and calibrates (mean probability = share correct)."""
-    n = 2000
-    box = RNG.uniform(0.05, 0.95, n)
-    kp = np.clip(RNG.uniform(0, 1, (n, 1)) + RNG.normal(0, 0.05, (n, 17)), 0, 1)
-    correct = RNG.uniform(size=n) < 1 / (1 + np.exp(-12 * (kp.mean(1) - 0.5)))
-    boxes = np.tile([0.0, 0, 40, 100], (n, 1))
-    f = person_features(box, kp, boxes, [(200, 200)] * n)
-    model = fit_person_score(f, correct)
-    p = model(f)
-    assert abs(p.mean() - correct.mean()) < 0.01
-    wrong_order = np.argsort(p)[: n // 4]  # the least likely quarter: mostly wrong answers
-    assert correct[wrong_order].mean() < 0.1
-    assert abs(model.weights[0]) < 0.5 < max(abs(w) for w in model.weights[1:5])
-    with pytest.raises(ValueError, match="both correct and wrong"):
-        fit_person_score(f, np.ones(n))

@@ -336,3 +336,26 @@ def test_mirror_pair_stats_tells_a_collapsed_pair_from_a_separated_one() -> None
     assert separated["heatmap_correlation"] < 0.1
     assert separated["together"] == 0.0
     assert separated["true_distance_px"] == pytest.approx(np.hypot(7, 9))
+
+
+def test_fitting_a_person_score_finds_what_predicts_correct_answers() -> None:
+    """Answers are correct when their keypoints are confident, whatever the box score: the fit
+    weighs the keypoints, not the box, and calibrates (mean probability = share correct)."""
+    from models.postprocess import person_features
+    from training.probes import fit_person_score
+
+    rng = np.random.default_rng(4)
+    n = 2000
+    box = rng.uniform(0.05, 0.95, n)
+    kp = np.clip(rng.uniform(0, 1, (n, 1)) + rng.normal(0, 0.05, (n, 17)), 0, 1)
+    correct = rng.uniform(size=n) < 1 / (1 + np.exp(-12 * (kp.mean(1) - 0.5)))
+    boxes = np.tile([0.0, 0, 40, 100], (n, 1))
+    f = person_features(box, kp, boxes, [(200, 200)] * n)
+    model = fit_person_score(f, correct)
+    p = model(f)
+    assert abs(p.mean() - correct.mean()) < 0.01
+    wrong_order = np.argsort(p)[: n // 4]  # the least likely quarter: mostly wrong answers
+    assert correct[wrong_order].mean() < 0.1
+    assert abs(model.weights[0]) < 0.5 < max(abs(w) for w in model.weights[1:5])
+    with pytest.raises(ValueError, match="both correct and wrong"):
+        fit_person_score(f, np.ones(n))
