@@ -86,8 +86,16 @@ class DetectorInfo:
     # None: none. Fitted on a tuning split when the bundle is built (benchmarks/person_score.py
     # --choose).
     person_score: PersonScoreModel | None = None
+    # With the flip test on by default (`pose.flip_test`), the detector's boxes scoring below
+    # this run without it: one crop through the backbone instead of two for the doubtful boxes
+    # a low threshold admits. A request's own `flip` applies to every box; 0: every box flips.
+    flip_min_score: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.flip_min_score <= 1.0:
+            raise ValueError(
+                f"the flip test's minimum box score must be in [0, 1], not {self.flip_min_score}"
+            )
         if not 0.0 < self.oks_nms <= 1.0:
             raise ValueError(f"the OKS-NMS threshold must be in (0, 1], not {self.oks_nms}")
         if not 0.0 <= self.min_person_score <= 1.0:
@@ -111,6 +119,7 @@ class DetectorInfo:
             score_floor=float(d.get("score_floor", (d.get("export") or {}).get("conf", 0.0))),
             oks_nms=float(d.get("oks_nms", OKS_THRE)),
             min_person_score=float(d.get("min_person_score", 0.0)),
+            flip_min_score=float(d.get("flip_min_score", 0.0)),
             person_score=(
                 PersonScoreModel.from_dict(d["person_score"]) if d.get("person_score") else None
             ),

@@ -216,6 +216,7 @@ class PosePipeline:
             "min_person_score": self.min_person_score if self.detector else None,
             "person_score": self.person_score.to_dict() if self.person_score else None,
             "flip_test": m.pose.flip_test,
+            "flip_min_score": self.detector.info.flip_min_score if self.detector else None,
             "pair_split": self.pair_split.to_dict() if self.pair_split else None,
             "refine_available": self.refine_available,
             "scio": self.scio_config.to_dict() if self.refine_available else None,
@@ -228,6 +229,22 @@ class PosePipeline:
     def flips(self, flip: bool | None) -> bool:
         """Whether a request runs the flip test: its own `flip`, else the bundle's default."""
         return self.bundle.manifest.pose.flip_test if flip is None else flip
+
+    def _flip_mask(
+        self, items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]], p: _Persons
+    ) -> npt.NDArray[np.bool_]:
+        """Which persons run the flip test: those of a request that sets `flip` as it says;
+        otherwise the bundle's default, except that the detector's boxes scoring below its
+        `flip_min_score` run without it."""
+        flip = np.array([self.flips(items[i][1].flip) for i in p.item], dtype=bool)
+        floor = self.detector.info.flip_min_score if self.detector else 0.0
+        if floor > 0 and flip.any():
+            by_default = np.array(
+                [items[i][1].flip is None and items[i][1].boxes is None for i in p.item],
+                dtype=bool,
+            )
+            flip &= ~(by_default & (p.box_scores < floor))
+        return flip
 
     def warmup(self) -> None:
         """One full pass on a blank image, so the first request does not pay session start-up."""
@@ -259,8 +276,7 @@ class PosePipeline:
         timings["preprocess_ms"] = _ms(t)
 
         t = time.perf_counter()
-        flip = np.array([self.flips(items[i][1].flip) for i in persons.item], dtype=bool)
-        heatmaps, features = self._backbone(crops, flip)
+        heatmaps, features = self._backbone(crops, self._flip_mask(items, persons))
         timings["backbone_ms"] = _ms(t)
 
         t = time.perf_counter()
@@ -380,8 +396,7 @@ class PosePipeline:
         then the mirrored copies of those that run the flip test), without running it: what an
         INT8 copy is calibrated on (training.quantize)."""
         persons = self._persons(items)
-        flip = np.array([self.flips(items[i][1].flip) for i in persons.item], dtype=bool)
-        return self._network_input(self._crops(items, persons), flip)
+        return self._network_input(self._crops(items, persons), self._flip_mask(items, persons))
 
     def _network_input(
         self, crops: npt.NDArray[np.uint8], flip: npt.NDArray[np.bool_]

@@ -45,8 +45,9 @@ class _CommonParams(BaseModel):
     refine: bool = Field(True, description="run SCIO refinement when the bundle has it")
     flip: bool | None = Field(
         None,
-        description="flip test (average with the mirrored crop); omitted: the bundle's default "
-        "(GET /info: bundle.flip_test)",
+        description="flip test (average with the mirrored crop) for every person; omitted: the "
+        "bundle's default (GET /info: bundle.flip_test), except that detected boxes scoring "
+        "below bundle.flip_min_score run without it",
     )
     min_score: float | None = Field(
         None,

@@ -63,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--choose`'s file; bundle.json detector.person_score, score_threshold, min_person_score)",
     )
     parser.add_argument(
+        "--flip-min-score",
+        type=float,
+        help="where the flip test is on by default: the detector's boxes scoring below this run "
+        "without it, one crop instead of two (bundle.json detector.flip_min_score; 0: every box "
+        "flips; a --person-score file brings the one it was fitted with)",
+    )
+    parser.add_argument(
         "--search",
         type=Path,
         help="JSON of SCIO search settings to use instead (e.g. scio_probes --fit's)",
@@ -142,6 +149,16 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.flip_min_score is not None and not 0 <= args.flip_min_score <= 1:
+        print("scio-pose rebundle: --flip-min-score must lie in [0, 1]", file=sys.stderr)
+        return 2
+    if args.person_score is not None and args.flip_min_score is not None:
+        print(
+            "scio-pose rebundle: --person-score brings the flip test's minimum box score it was "
+            "fitted with; not with --flip-min-score",
+            file=sys.stderr,
+        )
+        return 2
     if args.int8_images < 4:
         print("scio-pose rebundle: --int8-images must be at least 4", file=sys.stderr)
         return 2
@@ -149,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         args.detector
         or args.min_person_score is not None
         or args.person_score
+        or args.flip_min_score is not None
         or args.int8
         or args.search
         or args.pair_split
@@ -159,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     ):
         print(
             "scio-pose rebundle: nothing to replace (--detector, --min-person-score, "
-            "--person-score, --int8, "
+            "--person-score, --flip-min-score, --int8, "
             "--search, --pair-split, --fold-batchnorm, --person-features, --evaluation or "
             "--provenance)",
             file=sys.stderr,
@@ -175,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
             oks_nms=args.oks_nms,
             min_person_score=args.min_person_score,
             person_score_file=args.person_score,
+            flip_min_score=args.flip_min_score,
             search_file=args.search,
             pair_split_file=args.pair_split,
             fold_batchnorm=args.fold_batchnorm,
@@ -195,8 +214,10 @@ def run(args: argparse.Namespace) -> int:
 
 def read_person_score(path: Path, info: DetectorInfo) -> DetectorInfo:
     """`info` with `benchmarks/person_score.py --choose`'s file applied: `person_score` (a model,
-    or null for the official rescoring) and, where given, `detector_threshold` and
-    `min_person_score`. ValueError on a malformed file or values out of range."""
+    or null for the official rescoring) and, where given, `detector_threshold`,
+    `min_person_score` and `flip_min_score` (the flip rule its answers were collected with: the
+    model's keypoint-score features depend on it). ValueError on a malformed file or values out
+    of range."""
     from dataclasses import replace
 
     from models.postprocess import PersonScoreModel
@@ -213,6 +234,7 @@ def read_person_score(path: Path, info: DetectorInfo) -> DetectorInfo:
         person_score=model,
         score_threshold=float(d.get("detector_threshold", info.score_threshold)),
         min_person_score=float(d.get("min_person_score", info.min_person_score)),
+        flip_min_score=float(d.get("flip_min_score", info.flip_min_score)),
     )
 
 
@@ -223,6 +245,7 @@ def rebundle(
     oks_nms: float | None = None,
     min_person_score: float | None = None,
     person_score_file: Path | None = None,
+    flip_min_score: float | None = None,
     search_file: Path | None = None,
     pair_split_file: Path | None = None,
     fold_batchnorm: bool = False,
@@ -272,6 +295,8 @@ def rebundle(
                 changes.append("the old detector's person score and minimum dropped")
             elif old is not None:
                 info = replace(info, min_person_score=old.min_person_score)
+            if old is not None and old.flip_min_score > 0:
+                changes.append("the flip test's minimum box score reset to 0 (every box flips)")
             manifest = replace(manifest, detector=info)
             sources[DETECTOR] = onnx_path
             if sources.pop(DETECTOR_INT8, None) is not None and int8_data is None:
@@ -285,6 +310,13 @@ def rebundle(
                 manifest, detector=replace(manifest.detector, min_person_score=min_person_score)
             )
             changes.append(f"minimum person score {min_person_score:g}")
+        if flip_min_score is not None:
+            if manifest.detector is None:
+                raise ValueError(f"{bundle_dir} has no detector: --flip-min-score needs one")
+            manifest = replace(
+                manifest, detector=replace(manifest.detector, flip_min_score=flip_min_score)
+            )
+            changes.append(f"flip test for boxes scoring >= {flip_min_score:g}")
         if person_score_file is not None:
             if manifest.detector is None:
                 raise ValueError(f"{bundle_dir} has no detector: --person-score needs one")
@@ -292,7 +324,8 @@ def rebundle(
             manifest = replace(manifest, detector=d)
             changes.append(
                 f"person score from {person_score_file} (detector threshold "
-                f"{d.score_threshold:g}, minimum {d.min_person_score:g})"
+                f"{d.score_threshold:g}, minimum {d.min_person_score:g}, flip test for boxes "
+                f"scoring >= {d.flip_min_score:g})"
                 if d.person_score is not None
                 else f"official person score ({person_score_file})"
             )

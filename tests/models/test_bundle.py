@@ -179,6 +179,15 @@ def test_the_minimum_person_score_defaults_to_answering_everyone_and_is_checked(
             DetectorInfo(input_hw=(256, 256), min_person_score=bad)
 
 
+def test_the_flip_minimum_defaults_to_every_box_and_is_checked() -> None:
+    assert DetectorInfo.from_dict({"input_hw": [256, 256]}).flip_min_score == 0.0  # older
+    saved = {"input_hw": [256, 256], "flip_min_score": 0.25}
+    assert DetectorInfo.from_dict(saved).flip_min_score == 0.25
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="flip test's minimum box score"):
+            DetectorInfo(input_hw=(256, 256), flip_min_score=bad)
+
+
 def test_the_detector_score_floor_comes_from_the_export_and_is_checked() -> None:
     assert DetectorInfo.from_dict({"input_hw": [256, 256]}).score_floor == 0.0  # older bundles
     run = {"input_hw": [256, 256], "export": {"conf": 0.05, "iou": 0.8}}  # detector.json

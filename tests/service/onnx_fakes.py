@@ -101,6 +101,7 @@ def make_fake_bundle(
     oks_nms: float = 0.9,
     min_person_score: float = 0.0,
     person_score: Any = None,
+    flip_min_score: float = 0.0,
 ) -> Path:
     """The dot pose model (features: 2 channels), optionally a fixed detector and SCIO files."""
     work = root.parent / f"{root.name}-src"
@@ -131,6 +132,7 @@ def make_fake_bundle(
             oks_nms=oks_nms,
             min_person_score=min_person_score,
             person_score=person_score,
+            flip_min_score=flip_min_score,
         ),
         scio=scio_settings,
         provenance={"test": True},

@@ -168,6 +168,42 @@ def test_a_bundle_with_the_flip_test_by_default_runs_it_unless_a_request_says_no
     np.testing.assert_array_equal(heatmaps(plain, None), heatmaps(plain, False))
 
 
+def test_detected_boxes_below_the_bundles_flip_minimum_run_without_the_flip_test(
+    tmp_path: Path,
+) -> None:
+    """Two detected boxes scoring 0.45 and 0.31 with the flip test on by default: a bundle whose
+    `flip_min_score` lies between them mirrors only the first box's crop (three network inputs,
+    not four) and fuses only its heatmaps; a request that says `flip`, and caller-given boxes,
+    follow the request or the bundle's default for every box."""
+    rows = np.array([[40, 60, 120, 260, 0.45, 0], [160, 60, 240, 260, 0.31, 0]], np.float32)
+    img = _dots((480, 640), [(150, 230), (390, 230)], r=15)  # off-centre: flipping shows
+
+    def bundle(name: str, floor: float) -> PosePipeline:
+        root = make_fake_bundle(
+            tmp_path / name, detector_rows=rows, flip_test=True, flip_min_score=floor
+        )
+        return PosePipeline.from_path(root, device="cpu")
+
+    every, some = bundle("every", 0.0), bundle("some", 0.4)
+    assert (every.info["flip_min_score"], some.info["flip_min_score"]) == (0.0, 0.4)
+    detected = [(img, PoseOptions())]
+    assert len(every.network_input(detected)) == 4
+    assert len(some.network_input(detected)) == 3
+    all_flip = every.backbone_pass(detected)
+    mixed = some.backbone_pass(detected)
+    order = np.argsort(-mixed.persons.box_scores)
+    assert mixed.persons.box_scores[order].tolist() == pytest.approx([0.45, 0.31])
+    first, second = order
+    np.testing.assert_allclose(mixed.heatmaps[first], all_flip.heatmaps[first], atol=1e-6)
+    plain = some.backbone_pass([(img, PoseOptions(flip=False))])
+    np.testing.assert_allclose(mixed.heatmaps[second], plain.heatmaps[second], atol=1e-6)
+    assert not np.allclose(mixed.heatmaps[second], all_flip.heatmaps[second])
+    assert len(some.network_input([(img, PoseOptions(flip=True))])) == 4
+    boxes = np.array([[80.0, 40, 240, 440], [320, 40, 480, 440]])
+    given = [(img, PoseOptions(boxes=boxes, box_scores=np.array([0.45, 0.31])))]
+    assert len(some.network_input(given)) == 4
+
+
 def test_oks_nms_uses_the_bundles_threshold_unless_a_request_gives_one(tmp_path: Path) -> None:
     """Two small boxes, each on its own dot, 30 px apart: their poses overlap a little (OKS near
     0.001). A bundle whose detector sets OKS-NMS at 1e-6 keeps only the better one; a request

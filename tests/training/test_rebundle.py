@@ -120,8 +120,11 @@ def test_rebundle_replaces_what_it_is_given_and_copies_the_rest(
     assert "rebundle" in last["command"]
     # detector (and the demo's INT8 copy and person score of the old one dropped), search, two
     # graphs, provenance
-    assert len(last["rebundled"]) == 7
+    assert len(last["rebundled"]) == 8
     assert "the old detector's INT8 copy dropped" in last["rebundled"]
+    # the demo bundle runs boxes below 0.25 unflipped: fitted to the old detector's scores too
+    assert any("minimum box score reset to 0" in c for c in last["rebundled"])
+    assert new.detector.flip_min_score == 0.0
     assert "the old detector's person score and minimum dropped" in last["rebundled"]
     assert new.detector.person_score is None
     assert DETECTOR_INT8 in src.files
@@ -192,6 +195,37 @@ def test_rebundle_sets_a_person_score_and_a_new_detector_drops_it(
     assert "score_threshold" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     assert not (tmp_path / "y").exists()
+
+
+def test_rebundle_sets_the_flip_minimum_and_a_person_score_brings_its_own(
+    unfolded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "new"
+    assert _cli(["--bundle", str(unfolded), "--out", str(out), "--flip-min-score", "0.25"]) == 0
+    assert "flip test for boxes scoring >= 0.25" in capsys.readouterr().out
+    det = load_bundle(out).manifest.detector
+    assert det is not None
+    assert det.flip_min_score == 0.25
+    assert load_bundle(out).manifest.files == load_bundle(unfolded).manifest.files
+    # a person score's file carries the flip rule its answers were collected with
+    choice = tmp_path / "choice.json"
+    choice.write_text(json.dumps({"person_score": None, "flip_min_score": 0.3}))
+    scored = tmp_path / "scored"
+    assert _cli(["--bundle", str(out), "--out", str(scored), "--person-score", str(choice)]) == 0
+    assert load_bundle(scored).manifest.detector.flip_min_score == 0.3  # type: ignore[union-attr]
+    # a new detector's box scores are not the old ones: every box flips again
+    again = tmp_path / "again"
+    assert _cli(["--bundle", str(scored), "--out", str(again), "--detector",
+                 str(_detector_run(tmp_path))]) == 0  # fmt: skip
+    assert load_bundle(again).manifest.detector.flip_min_score == 0.0  # type: ignore[union-attr]
+    assert "minimum box score reset to 0" in capsys.readouterr().out
+    for bad, message in (
+        (["--flip-min-score", "1.5"], "--flip-min-score must lie in [0, 1]"),
+        (["--flip-min-score", "0.2", "--person-score", str(choice)], "not with --flip-min-score"),
+    ):
+        assert _cli(["--bundle", str(out), "--out", str(tmp_path / "bad"), *bad]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
 
 
 def test_rewritten_graphs_answer_as_before(unfolded: Path, tmp_path: Path) -> None:
