@@ -25,8 +25,11 @@ also chooses the threshold: the highest F1 over both, then the highest detector 
 is within 0.002 of it (fewer crops for about the same answers), and at that threshold the lowest
 minimum with its best F1. The F1 does not see what a lower threshold costs: more crops through
 the backbone (stop 40: 0.15 instead of 0.25 ran 7 boxes instead of 4 on the 5-person image of
-`pipeline_latency.py`, 1.6x its time, for the same three answers), so the build keeps the
-bundle's. Held-out numbers come from
+`pipeline_latency.py`, 1.6x its time, for the same three answers). So the build first makes the
+boxes below the old threshold run without the flip test (`scio-pose rebundle --flip-min-score`;
+one crop each instead of two), then collects here and chooses the threshold; `--choose`'s file
+records that rule (`flip_min_score`), which the model's keypoint-score features depend on, and
+`rebundle --person-score` applies it with the model. Held-out numbers come from
 `benchmarks/pose_answers.py` on the new bundle, which runs the real pipeline with the new scores
 (OKS-NMS included). Writes benchmarks/results/NAME.{json,md} (default person_score).
 """
@@ -290,7 +293,13 @@ def main() -> int:
         f"{persons} labelled persons in {len(images)} images of `{args.ann}`. Every answer down to "
         f"the detector threshold {floor:g}, with the official scores and the bundle's OKS-NMS "
         f"({pipe.oks_nms:g}): {len(labels)} answers, {labels.mean():.3f} of them found "
-        f"(OKS >= {MATCH_OKS} with a person not yet found, in official score order).",
+        f"(OKS >= {MATCH_OKS} with a person not yet found, in official score order)."
+        + (
+            f" Boxes scoring below {info.flip_min_score:g} ran without the flip test "
+            "(the bundle's `detector.flip_min_score`)."
+            if info.flip_min_score > 0 and pipe.bundle.manifest.pose.flip_test
+            else ""
+        ),
         "",
         "The fitted model (`detector.person_score`), P(found) = sigmoid(w · features + b): "
         + ", ".join(f"{f} {w:+.3f}" for f, w in zip(PERSON_FEATURES, model.weights, strict=True))
@@ -335,6 +344,9 @@ def main() -> int:
                     "person_score": model.to_dict(),
                     "detector_threshold": chosen["detector_threshold"],
                     "min_person_score": chosen["min_probability"],
+                    # the flip rule the answers were collected with: the keypoint scores the
+                    # model reads depend on it, so the bundle must run the same
+                    "flip_min_score": info.flip_min_score,
                     "rule": rule,
                     "split": str(args.ann),
                 }
