@@ -514,6 +514,8 @@ def refinement_rows(matches: list[Match], spec: KeypointSpec) -> list[dict[str, 
                     "loss_after": r.loss_after,
                     "accepted": r.accepted,
                     "displacement_px": r.displacement_px,
+                    "confidence": r.confidence,
+                    "bbox_score": m.pred.bbox_score,
                     "accuracy": float(acc),
                 }
             )

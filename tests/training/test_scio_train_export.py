@@ -181,6 +181,9 @@ def test_export_bundle_with_scio_and_refine_through_evaluate(runs, tmp_path: Pat
     rows = r["refinement_rows"]
     assert all(np.isfinite([x["loss_before"], x["loss_after"], x["accuracy"]]).all() for x in rows)
     assert all(x["loss_after"] <= x["loss_before"] + 1e-6 for x in rows)
+    # what each row's person was given (benchmarks/keypoint_confidence_flip.py reads them)
+    assert all(x["bbox_score"] == 1.0 for x in rows)  # GT boxes
+    assert all(x["confidence"] is None or 0.0 <= x["confidence"] <= 1.0 for x in rows)
 
 
 def test_another_group_assignment_travels_into_the_bundle(runs, tmp_path: Path) -> None:
