@@ -132,36 +132,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+FLIP_CHANGE = "flip test for boxes scoring >= {}"
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.oks_nms is not None and (args.detector is None or not 0 < args.oks_nms <= 1):
-        print(
-            "scio-pose rebundle: --oks-nms needs --detector and a value in (0, 1]",
-            file=sys.stderr,
-        )
-        return 2
-    if args.min_person_score is not None and not 0 <= args.min_person_score <= 1:
-        print("scio-pose rebundle: --min-person-score must lie in [0, 1]", file=sys.stderr)
-        return 2
-    if args.person_score is not None and args.min_person_score is not None:
-        print(
-            "scio-pose rebundle: --person-score brings its own minimum; not with "
-            "--min-person-score",
-            file=sys.stderr,
-        )
-        return 2
-    if args.flip_min_score is not None and not 0 <= args.flip_min_score <= 1:
-        print("scio-pose rebundle: --flip-min-score must lie in [0, 1]", file=sys.stderr)
-        return 2
-    if args.person_score is not None and args.flip_min_score is not None:
-        print(
-            "scio-pose rebundle: --person-score brings the flip test's minimum box score it was "
-            "fitted with; not with --flip-min-score",
-            file=sys.stderr,
-        )
-        return 2
-    if args.int8_images < 4:
-        print("scio-pose rebundle: --int8-images must be at least 4", file=sys.stderr)
-        return 2
+    def outside(v: float | None) -> bool:
+        return v is not None and not 0 <= v <= 1
+
+    refused = (
+        (
+            args.oks_nms is not None and (args.detector is None or not 0 < args.oks_nms <= 1),
+            "--oks-nms needs --detector and a value in (0, 1]",
+        ),
+        (outside(args.min_person_score), "--min-person-score must lie in [0, 1]"),
+        (
+            args.person_score is not None and args.min_person_score is not None,
+            "--person-score brings its own minimum; not with --min-person-score",
+        ),
+        (outside(args.flip_min_score), "--flip-min-score must lie in [0, 1]"),
+        (
+            args.person_score is not None and args.flip_min_score is not None,
+            "--person-score brings the flip test's minimum box score it was fitted with; not "
+            "with --flip-min-score",
+        ),
+        (args.int8_images < 4, "--int8-images must be at least 4"),
+    )
+    for bad, why in refused:
+        if bad:
+            print(f"scio-pose rebundle: {why}", file=sys.stderr)
+            return 2
     if not (
         args.detector
         or args.min_person_score is not None
@@ -303,20 +302,17 @@ def rebundle(
                 provenance.pop("int8_detector", None)
                 changes.append("the old detector's INT8 copy dropped")
             changes.append(f"detector from {detector_dir} (OKS-NMS {info.oks_nms})")
-        if min_person_score is not None:
+        for flag, field, value, change in (
+            ("--min-person-score", "min_person_score", min_person_score, "minimum person score {}"),
+            ("--flip-min-score", "flip_min_score", flip_min_score, FLIP_CHANGE),
+        ):
+            if value is None:
+                continue
             if manifest.detector is None:
-                raise ValueError(f"{bundle_dir} has no detector: --min-person-score needs one")
-            manifest = replace(
-                manifest, detector=replace(manifest.detector, min_person_score=min_person_score)
-            )
-            changes.append(f"minimum person score {min_person_score:g}")
-        if flip_min_score is not None:
-            if manifest.detector is None:
-                raise ValueError(f"{bundle_dir} has no detector: --flip-min-score needs one")
-            manifest = replace(
-                manifest, detector=replace(manifest.detector, flip_min_score=flip_min_score)
-            )
-            changes.append(f"flip test for boxes scoring >= {flip_min_score:g}")
+                raise ValueError(f"{bundle_dir} has no detector: {flag} needs one")
+            setting: dict[str, Any] = {field: value}
+            manifest = replace(manifest, detector=replace(manifest.detector, **setting))
+            changes.append(change.format(f"{value:g}"))
         if person_score_file is not None:
             if manifest.detector is None:
                 raise ValueError(f"{bundle_dir} has no detector: --person-score needs one")
