@@ -383,7 +383,6 @@ class _VideoState:
         self.target: Path | None = None
 
     def track(self, f: Frame, persons: list[Any]) -> tuple[list[Any], list[int]]:
-        from service.results import PersonPose
 
         boxes = np.array([p.bbox for p in persons], dtype=np.float64).reshape(-1, 4)
         ids = self.tracker.update(boxes, f.index)
@@ -394,9 +393,7 @@ class _VideoState:
         for tid, p in zip(ids, persons, strict=True):
             kps = np.array(p.keypoints, dtype=np.float64)
             kps[:, :2] = self.smoother(tid, kps[:, :2], t)
-            smoothed.append(
-                PersonPose(p.bbox, p.bbox_score, p.score, kps, p.refinements, p.confidence)
-            )
+            smoothed.append(replace(p, keypoints=kps))
         return smoothed, ids
 
     def write(self, target: Path, rgb: npt.NDArray[np.uint8], fps: float) -> None:

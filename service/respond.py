@@ -10,6 +10,7 @@ logged and answered as a JSON 500, not passed on.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,7 @@ def checked_persons(result: PoseResult, spec: KeypointSpec) -> list[PersonPose]:
         kps = kps.copy()
         kps[:, :2] = np.clip(kps[:, :2], 0.0, hi)
         bbox = np.clip(bbox, 0.0, np.tile(hi, 2))
-        out.append(PersonPose(bbox, p.bbox_score, p.score, kps, list(p.refinements), p.confidence))
+        out.append(replace(p, bbox=bbox, keypoints=kps, refinements=list(p.refinements)))
     return out
 
 

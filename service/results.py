@@ -125,5 +125,5 @@ def to_original_pixels(result: PoseResult, scale: int, original_hw: tuple[int, i
         kps[:, :2] = point(kps[:, :2])
         refs = [replace(r, displacement_px=r.displacement_px * scale) for r in p.refinements]
         bbox = point(p.bbox)
-        persons.append(PersonPose(bbox, p.bbox_score, p.score, kps, refs, p.confidence))
+        persons.append(replace(p, bbox=bbox, keypoints=kps, refinements=refs))
     return PoseResult(original_hw, persons, result.refined, dict(result.timings_ms))
