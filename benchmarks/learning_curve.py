@@ -4,7 +4,9 @@
 
 The run's own validation (ground-truth boxes, argmax + quarter-pixel decoding, no flip, one
 prediction per box) at each report; `scio-pose evaluate` gives the pipeline's numbers for the
-finished model. Writes benchmarks/results/NAME.{png,json,md}.
+finished model. A run trained with `ema_decay` also has its moving average of the weights scored
+on the same images at each report: both curves are drawn and tabled. Writes
+benchmarks/results/NAME.{png,json,md}.
 """
 
 from __future__ import annotations
@@ -32,8 +34,16 @@ def main() -> int:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     x = [r["samples"] / 1000 for r in points]
-    for key, style in (("val_AP", "o-"), ("val_AP50", "s--")):
-        ax.plot(x, [100 * r[key] for r in points], style, label=key.replace("val_", ""))
+    ema = any("val_ema_AP" in r for r in points)
+    curves = [("val_AP", "o-", "AP"), ("val_AP50", "s--", "AP50")]
+    if ema:
+        curves += [
+            ("val_ema_AP", "o-", "AP, moving average"),
+            ("val_ema_AP50", "s--", "AP50, moving average"),
+        ]
+    for key, style, label in curves:
+        ys = [100 * r[key] if key in r else float("nan") for r in points]
+        ax.plot(x, ys, style, label=label, color="tab:orange" if "ema" in key else "tab:blue")
     ax.set_xlabel("training samples seen (thousands)")
     ax.set_ylabel("held-out AP (GT boxes)")
     ax.set_title(f"{cfg['arch']} {cfg['input_hw'][0]}x{cfg['input_hw'][1]}")
@@ -67,6 +77,8 @@ def main() -> int:
                     "lr",
                     "val_lr_corr",
                     "val_lr_corr_pair",
+                    "val_ema_AP",
+                    "val_ema_AP50",
                 )
             }
             for r in points
@@ -82,6 +94,9 @@ def main() -> int:
         "| samples | AP | AP50 | PCK@0.5 | samples/s | learning rate |",
         "|---|---|---|---|---|---|",
     ]
+    if ema:
+        lines[-2] += " AP, moving average | AP50, moving average |"
+        lines[-1] += "---|---|"
     # runs logged since stop 36 also say which left/right pair's heatmaps are most alike (near
     # 1: the network no longer tells those two sides apart; benchmarks/mirror_pairs.py)
     pairs = any("val_lr_corr" in r for r in points)
@@ -93,6 +108,10 @@ def main() -> int:
             f"| {r['samples']} | {100 * r['val_AP']:.1f} | {100 * r['val_AP50']:.1f} | "
             f"{r['val_acc']:.3f} | {r['samples_per_s']:.1f} | {r.get('lr', float('nan')):.2g} |"
         )
+        if ema:
+            line += "".join(
+                f" {100 * r[k]:.1f} |" if k in r else " – |" for k in ("val_ema_AP", "val_ema_AP50")
+            )
         if pairs:
             corr = r.get("val_lr_corr")
             line += f" {r['val_lr_corr_pair']} ({corr:.3f}) |" if corr is not None else " – |"

@@ -104,6 +104,11 @@ class BackboneTrainConfig:
     # one map (benchmarks/results/mirror_pairs.md). 0: off. Measured at 1 over 420k samples
     # (README, "An auxiliary limb loss"): the sides part, but validation AP 33.8 against 38.6.
     limb_loss_weight: float = 0.0
+    # An exponential moving average of the weights and BatchNorm statistics, updated after every
+    # optimizer step with decay min(ema_decay, (1 + step) / (10 + step)); each validation scores
+    # it beside the trained weights (`val_ema_*` in log.jsonl), and a finished run writes it as
+    # `final.pt` (the trained weights as `final_raw.pt`). 0: off.
+    ema_decay: float = 0.0
 
 
 _COCO = DataConfig(

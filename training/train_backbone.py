@@ -6,9 +6,10 @@ gloo on CPUs). The schedule is counted in optimizer steps (samples): `epochs` pa
 budget ends a sitting, writes `last.pt` (the model, with its config) and `train_state.pt`
 (optimizer, learning-rate schedule, RNG states, step = data position) atomically, so `--resume`
 continues exactly where a run stopped; the best held-out AP (or PCK without annotations) is kept
-as `best.pt`. Each report row in `log.jsonl` holds samples seen, throughput (samples/s and
-GFLOP/s) and the held-out metrics: the learning curve. Rank 0 logs, shows progress and writes
-files.
+as `best.pt`. With `ema_decay` an exponential moving average of the weights is kept beside them
+(in `train_state.pt`), validated at every report and written as `final.pt` at the end. Each
+report row in `log.jsonl` holds samples seen, throughput (samples/s and GFLOP/s) and the held-out
+metrics: the learning curve. Rank 0 logs, shows progress and writes files.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from copy import deepcopy
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -138,6 +140,37 @@ class WithLimbs(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         heatmaps, features = self.model(x)
         return heatmaps, self.head(features)
+
+
+class WeightEma:
+    """An exponential moving average of a model's weights and buffers (BatchNorm statistics).
+
+    After optimizer step `step` (counted from 1) every floating-point tensor moves towards the
+    model's by 1 - d, d = min(decay, (1 + step) / (10 + step)), so the first steps are not
+    dominated by the initialisation; integer buffers (BatchNorm's batch count) are copied.
+    """
+
+    def __init__(self, model: Backbone, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.model: Backbone = deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def rate(self, step: int) -> float:
+        return min(self.decay, (1.0 + step) / (10.0 + step))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = self.rate(step)
+        mine = self.model.state_dict()
+        theirs = model.state_dict()
+        floats = [k for k, v in mine.items() if v.is_floating_point()]
+        torch._foreach_lerp_([mine[k] for k in floats], [theirs[k] for k in floats], 1.0 - d)
+        for k, v in mine.items():
+            if not v.is_floating_point():
+                v.copy_(theirs[k])
 
 
 def limb_edges(cfg: BackboneTrainConfig) -> tuple[tuple[int, int], ...]:
@@ -379,9 +412,10 @@ def train_backbone(
             trained = WithLimbs(model, limb_head)
         optimizer = torch.optim.Adam(trained.parameters(), lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, sched.lr_scale)
+        ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         state = RunState()
         if resume and (out / "train_state.pt").exists():
-            state = _resume(out, model, optimizer, scheduler, limb_head)
+            state = _resume(out, model, optimizer, scheduler, limb_head, ema)
             log.info(
                 "resumed at step %d (%d samples, %.0f s of training so far)",
                 state.step,
@@ -416,22 +450,24 @@ def train_backbone(
         else:
             metrics = _run_steps(
                 cfg, sched, net, model, train, val, paths, criterion, optimizer, scheduler,
-                state, device, d, out, flops, t_start, time_budget_s, limb_head,
+                state, device, d, out, flops, t_start, time_budget_s, limb_head, ema,
             )  # fmt: skip
         if d.world > 1:
             metrics["ddp_consistent"] = _params_agree(model)
         if d.main and state.step >= sched.total_steps:
-            save_checkpoint(
-                out / "final.pt",
-                model,
-                {
-                    "train_config": to_plain(cfg),
-                    "metrics": metrics,
-                    "world_size": d.world,
-                    "samples": state.step * sched.step_samples,
-                    "train_seconds": state.wall_seconds,
-                },
-            )
+            meta = {
+                "train_config": to_plain(cfg),
+                "metrics": metrics,
+                "world_size": d.world,
+                "samples": state.step * sched.step_samples,
+                "train_seconds": state.wall_seconds,
+            }
+            if ema is not None:
+                # the trained weights first: final.pt's existence means the run is complete
+                save_checkpoint(out / "final_raw.pt", model, {**meta, "weights": "trained"})
+                save_checkpoint(out / "final.pt", ema.model, {**meta, "weights": "ema"})
+            else:
+                save_checkpoint(out / "final.pt", model, meta)
         return metrics
 
 
@@ -466,6 +502,7 @@ def _run_steps(
     t_start: float,
     time_budget_s: float | None,
     limb_head: LimbHead | None = None,
+    ema: WeightEma | None = None,
 ) -> dict[str, Any]:
     loader = stream_loader(cfg, train, d, state.step)
     amp = _autocast(cfg, device)
@@ -507,6 +544,8 @@ def _run_steps(
         optimizer.step()
         scheduler.step()
         state.step += 1
+        if ema is not None:
+            ema.update(model, state.step)
         state.loss_sum += keypoint_loss  # the keypoint loss, comparable with runs without limbs
         state.loss_count += 1
         state.wall_seconds += time.perf_counter() - t0
@@ -523,11 +562,14 @@ def _run_steps(
             due = (state.step % sched.report_steps == 0 and report_no % cfg.val_every == 0) or done
             if d.main and val is not None and due:
                 metrics.update(_validate(model, val, paths, criterion, device, cfg.batch_size))
+                if ema is not None:
+                    averaged = _validate(ema.model, val, paths, criterion, device, cfg.batch_size)
+                    metrics.update({f"val_ema_{k[4:]}": v for k, v in averaged.items()})
                 net.train()
             if stopped:
                 metrics["stopped"] = stopped
             if d.main:
-                _save(out, cfg, model, optimizer, scheduler, metrics, state, limb_head)
+                _save(out, cfg, model, optimizer, scheduler, metrics, state, limb_head, ema)
             t_report, samples_report = time.perf_counter(), 0
         if stopped:
             log.info(
@@ -637,6 +679,7 @@ def _save(
     metrics: dict[str, Any],
     state: RunState,
     limb_head: LimbHead | None = None,
+    ema: WeightEma | None = None,
 ) -> None:
     score = metrics.get("val_AP", metrics.get("val_acc"))
     new_best = score is not None and float(score) > state.best
@@ -658,6 +701,7 @@ def _save(
             "numpy_rng": np.random.get_state(legacy=False),  # noqa: NPY002
             "python_rng": random.getstate(),
             **({"limb_head": limb_head.state_dict()} if limb_head is not None else {}),
+            **({"ema": ema.model.state_dict()} if ema is not None else {}),
             "limb_loss_sum": state.limb_loss_sum,
         },
         out / "train_state.pt",
@@ -678,6 +722,7 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     limb_head: LimbHead | None = None,
+    ema: WeightEma | None = None,
 ) -> RunState:
     ckpt = read_checkpoint(out / "last.pt")
     state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=False)
@@ -688,6 +733,10 @@ def _resume(
         if "limb_head" not in state:
             raise RuntimeError(f"{out}: the run was not trained with a limb loss; cannot resume")
         limb_head.load_state_dict(state["limb_head"])
+    if ema is not None:
+        if "ema" not in state:
+            raise RuntimeError(f"{out}: the run was not trained with ema_decay; cannot resume")
+        ema.model.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
@@ -716,6 +765,7 @@ __all__ = [
     "JointsMSELoss",
     "Schedule",
     "StreamSampler",
+    "WeightEma",
     "build_model",
     "codec_for",
     "fitted_samples",

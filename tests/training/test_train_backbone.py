@@ -287,3 +287,61 @@ def test_limb_loss_trains_a_head_that_never_reaches_the_model(tmp_path: Path) ->
         train_backbone(longer, tmp_path / "plain", resume=True)
     with pytest.raises(ValueError, match="limb_loss_weight"):
         train_backbone(merge(plain, {"limb_loss_weight": -1.0}), tmp_path / "bad")
+
+
+def test_weight_ema_moves_towards_the_model_by_its_warmed_up_rate() -> None:
+    from torch import nn
+
+    from training.train_backbone import WeightEma
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    ema = WeightEma(net, 0.9)
+    before = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+        net[1].running_mean.add_(2.0)
+        net[1].num_batches_tracked.add_(5)
+    ema.update(net, 1)  # rate min(0.9, 2 / 11): mostly the model's
+    d = 2 / 11
+    now, theirs = ema.model.state_dict(), net.state_dict()
+    for k, v in now.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, d * before[k] + (1 - d) * theirs[k]), k
+    assert int(now["1.num_batches_tracked"]) == 5  # integer buffers are copied
+    assert ema.rate(1000) == 0.9
+    assert not any(p.requires_grad for p in ema.model.parameters())
+    assert all(p.requires_grad for p in net.parameters())  # the trained model is untouched
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightEma(net, 1.0)
+
+
+def test_ema_run_writes_the_average_and_resumes_exactly(tmp_path: Path) -> None:
+    """With `ema_decay`, validation scores the average beside the weights, final.pt holds the
+    average (final_raw.pt the trained weights), and sittings end exactly as one run."""
+    torch.set_num_threads(1)
+    over = _tiny(train_samples=64, report_every=32, warmup_samples=0, ema_decay=0.5)
+    cfg = merge(PRESETS["cpu-small"], over)
+    train_backbone(cfg, tmp_path / "whole")
+    while True:
+        m = train_backbone(cfg, tmp_path / "parts", resume=True, time_budget_s=1e-9)
+        if m.get("stopped") != "time_budget":
+            break
+    for name in ("final.pt", "final_raw.pt"):
+        a = read_checkpoint(tmp_path / "whole" / name)
+        b = read_checkpoint(tmp_path / "parts" / name)
+        for k, v in a.state_dict.items():
+            assert torch.equal(v, b.state_dict[k]), (name, k)
+    avg = read_checkpoint(tmp_path / "whole" / "final.pt")
+    raw = read_checkpoint(tmp_path / "whole" / "final_raw.pt")
+    assert (avg.meta["weights"], raw.meta["weights"]) == ("ema", "trained")
+    assert any(not torch.equal(v, raw.state_dict[k]) for k, v in avg.state_dict.items())
+    rows = [json.loads(x) for x in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    assert "val_ema_AP" in rows[-1]
+    assert "val_AP" in rows[-1]
+    assert load_model(tmp_path / "whole" / "final.pt").config.input_hw == (64, 32)
+    # a run trained without the average cannot be resumed with one
+    plain = merge(PRESETS["cpu-small"], {**over, "ema_decay": 0.0, "train_samples": 32})
+    train_backbone(plain, tmp_path / "plain")
+    with pytest.raises(RuntimeError, match="ema_decay"):
+        train_backbone(cfg, tmp_path / "plain", resume=True)
