@@ -32,7 +32,7 @@ from service.pipeline import PosePipeline  # noqa: E402
 from training.evaluate import EvalOptions, bootstrap_ap, evaluate_variants  # noqa: E402
 
 STATS = ("AP", "AP50")
-USED = {1: "training", 2001: "tuning", 3001: "the usual held-out split"}
+USED = {1: "training", 2001: "tuning", 3001: "usual held-out split"}
 
 
 def make_seed_split(work: Path, seed: int, images: int) -> Path:
