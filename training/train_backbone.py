@@ -157,20 +157,30 @@ class WeightEma:
         self.model: Backbone = deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        mine = self.model.state_dict()
+        self._floats = [k for k, v in mine.items() if v.is_floating_point()]
+        self._others = [k for k, v in mine.items() if not v.is_floating_point()]
+        self._mine = [mine[k] for k in self._floats], [mine[k] for k in self._others]
+        # the trained model's tensors, looked up once per model (state_dict() costs more than
+        # the averaging itself; optimizer steps and load_state_dict update them in place)
+        self._source: tuple[int, list[Tensor], list[Tensor]] | None = None
 
     def rate(self, step: int) -> float:
         return min(self.decay, (1.0 + step) / (10.0 + step))
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        d = self.rate(step)
-        mine = self.model.state_dict()
-        theirs = model.state_dict()
-        floats = [k for k, v in mine.items() if v.is_floating_point()]
-        torch._foreach_lerp_([mine[k] for k in floats], [theirs[k] for k in floats], 1.0 - d)
-        for k, v in mine.items():
-            if not v.is_floating_point():
-                v.copy_(theirs[k])
+        if self._source is None or self._source[0] != id(model):
+            theirs = model.state_dict()
+            self._source = (
+                id(model),
+                [theirs[k] for k in self._floats],
+                [theirs[k] for k in self._others],
+            )
+        _, floats, others = self._source
+        torch._foreach_lerp_(self._mine[0], floats, 1.0 - self.rate(step))
+        for dst, src in zip(self._mine[1], others, strict=True):
+            dst.copy_(src)
 
 
 def limb_edges(cfg: BackboneTrainConfig) -> tuple[tuple[int, int], ...]:
