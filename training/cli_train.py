@@ -44,6 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--workers", type=int, help="override data-loader workers per process")
     b.add_argument("--threads", type=int, help="override torch intra-op threads per process")
     b.add_argument(
+        "--cpu-bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "override cpu_bf16: bfloat16 autocast on a CPU with native bf16 (avx512_bf16 or "
+            "AMX; elsewhere it stays off, with a warning)"
+        ),
+    )
+    b.add_argument(
         "--time-budget",
         type=parse_duration,
         metavar="DURATION",
@@ -284,6 +293,8 @@ def _backbone(args: argparse.Namespace) -> int:
         over["workers"] = args.workers
     if args.threads is not None:
         over["torch_threads"] = args.threads
+    if args.cpu_bf16 is not None:
+        over["cpu_bf16"] = args.cpu_bf16
     if args.init_weights:
         over["init_weights"] = args.init_weights
     cfg = merge(cfg, over)

@@ -1,4 +1,4 @@
-"""`scio-pose train scio`'s overrides reach the training configuration."""
+"""`scio-pose train scio`'s and `train backbone`'s overrides reach the training configuration."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+import training.train_backbone
 import training.train_scio
 from training import cli_train
-from training.config import SCIO_PRESETS
+from training.config import PRESETS, SCIO_PRESETS
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -74,3 +75,27 @@ def test_scio_data_and_flip_test_reach_the_configuration(monkeypatch: pytest.Mon
     assert (seen["cfg"].data, seen["cfg"].flip_test) == ("", False)  # the preset's
     assert cli_train.run(_parse([*argv, "--data", "fresh", "--flip-test"])) == 0
     assert (seen["cfg"].data, seen["cfg"].flip_test) == ("fresh", True)
+
+
+@pytest.mark.parametrize(
+    ("flag", "want"), [(None, None), ("--cpu-bf16", True), ("--no-cpu-bf16", False)]
+)
+def test_backbone_cpu_bf16_override(
+    monkeypatch: pytest.MonkeyPatch, flag: str | None, want: bool | None
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_train(cfg: Any, out: Path, resume: bool = False, time_budget_s: Any = None) -> dict:
+        seen.update(cfg=cfg, resume=resume)
+        return {"samples": 0}
+
+    monkeypatch.setattr(training.train_backbone, "train_backbone", fake_train)
+    argv = ["backbone", "--preset", "cpu-testbed", "--out", "o", "--resume", "--threads", "1"]
+    if flag is not None:
+        argv.append(flag)
+    assert cli_train.run(_parse(argv)) == 0
+    preset = PRESETS["cpu-testbed"]
+    assert seen["cfg"].cpu_bf16 == (preset.cpu_bf16 if want is None else want)
+    assert seen["cfg"].torch_threads == 1
+    assert seen["cfg"].train_samples == preset.train_samples  # the rest is the preset's
+    assert seen["resume"] is True
