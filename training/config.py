@@ -184,7 +184,10 @@ PRESETS: dict[str, BackboneTrainConfig] = {
         # not measured on the AMD EPYC machines of earlier stops (train_throughput.py measures
         # both layouts on any machine). bf16 autocast, 1.35x faster again on that machine's
         # AMX, ended 0.7 / 1.6 AP lower at equal samples with two seeds
-        # (cpu_bf16_equal_samples.md): off.
+        # (cpu_bf16_equal_samples.md): off here. At 300k samples (stop 43, bf16_300k_*.md) it
+        # was not lower once the build's pair split was chosen for it, and with one thread
+        # 1.67x faster (train_throughput_cpu-testbed_intel_stop43_1thread.md), so the 3-hour
+        # build turns it on (`train backbone --cpu-bf16`; scripts/build-demo-bundle).
         channels_last=True,
     ),
     "hrnet-w32-coco": BackboneTrainConfig(

@@ -1,5 +1,5 @@
-"""scripts/build-demo-bundle: valid bash, and a wrong PROFILE or BACKBONE_SAMPLES refused before
-any set-up."""
+"""scripts/build-demo-bundle: valid bash, and a wrong PROFILE, BACKBONE_SAMPLES or BACKBONE_BF16
+refused before any set-up."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def test_parses() -> None:
         ({"PROFILE": "2h"}, "PROFILE must be full or 3h, not '2h'"),
         ({"BACKBONE_SAMPLES": "auto"}, "BACKBONE_SAMPLES=auto needs PROFILE=3h"),
         ({"PROFILE": "3h", "BACKBONE_SAMPLES": "400k"}, "BACKBONE_SAMPLES must be a number"),
+        ({"PROFILE": "3h", "BACKBONE_BF16": "yes"}, "BACKBONE_BF16 must be 0 or 1, not 'yes'"),
+        ({"BACKBONE_BF16": "1"}, "BACKBONE_BF16=1 is for PROFILE=3h"),
     ],
 )
 def test_wrong_settings_refused_before_set_up(
@@ -41,7 +43,8 @@ def test_wrong_settings_refused_before_set_up(
     shutil.copy(SCRIPT, script)
     (tmp_path / "scripts" / "_env.sh").write_text("touch sourced\nensure_venv() { :; }\n")
     run = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k not in ("PROFILE", "BACKBONE_SAMPLES")}
+    ours = ("PROFILE", "BACKBONE_SAMPLES", "BACKBONE_BF16")
+    env = {k: v for k, v in os.environ.items() if k not in ours}
     env.update(RUN=str(run), OUT=str(tmp_path / "out"), **settings)
     done = subprocess.run([BASH, str(script)], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2
