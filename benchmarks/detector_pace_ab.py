@@ -52,8 +52,9 @@ def main() -> None:
         out = args.scratch / label
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        # the build's pool, hard-linked (no data generation inside the window)
-        shutil.copytree(args.run / "backbone" / "data", out / "data", copy_function=_link)
+        # the build's pool, shared as train_throughput.py shares one (no data generation
+        # inside the window)
+        (out / "data").symlink_to((args.run / "backbone" / "data").resolve())
         cmd = ["scio-pose", "train", "backbone", "--preset", "cpu-testbed", "--out", str(out),
                "--resume", "--samples", "100000000", "--threads", "1", "--time-budget", "20m",
                flag]  # fmt: skip
@@ -64,10 +65,6 @@ def main() -> None:
             proc.terminate()
             proc.wait()
         shutil.rmtree(out, ignore_errors=True)
-
-
-def _link(src: str, dst: str) -> None:
-    Path(dst).hardlink_to(src)
 
 
 if __name__ == "__main__":
