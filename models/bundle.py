@@ -53,7 +53,11 @@ class PoseModelInfo:
     color_order: str  # "RGB" or "BGR", the order the network expects
     feature_channels: int
     decode: str = "argmax"  # "argmax" (official quarter shift) or "dark"
-    flip_shift: bool = True  # the official one-pixel shift when averaging the flip test
+    # heatmap px the mirrored input's heatmaps move right when the flip test averages them
+    # (models.codec.flip_back): 1, the official shift, for official weights; the exact
+    # (s - 1) / s of models.codec.exact_flip_shift for networks this project trains (0.5 at
+    # the stride-2 testbed). bundle.json true / false (earlier bundles) read as 1 / 0.
+    flip_shift: float = 1.0
     # The flip test by default: what a request that does not say `flip` gets. Chosen when the
     # bundle is built (the SCIO settings are then fitted on flip-averaged heatmaps).
     flip_test: bool = False
@@ -187,7 +191,7 @@ class BundleManifest:
                 color_order=str(p["color_order"]),
                 feature_channels=int(p["feature_channels"]),
                 decode=str(p.get("decode", "argmax")),
-                flip_shift=bool(p.get("flip_shift", True)),
+                flip_shift=_flip_shift(p.get("flip_shift", True)),
                 flip_test=bool(p.get("flip_test", False)),
                 pair_split=PairSplit.from_dict(p["pair_split"]) if p.get("pair_split") else None,
             )
@@ -211,6 +215,16 @@ class BundleManifest:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"bundle.json is malformed: {type(e).__name__}: {e}") from e
+
+
+def _flip_shift(v: Any) -> float:
+    """pose.flip_shift: heatmap px in [0, 1]; true / false, as bundles wrote it before it could
+    be a fraction, are the official one pixel / none."""
+    if isinstance(v, bool):
+        return 1.0 if v else 0.0
+    if not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+        raise ValueError(f"pose.flip_shift must be a number in [0, 1] or a boolean, not {v!r}")
+    return float(v)
 
 
 def _pair(v: Any) -> tuple[int, int]:

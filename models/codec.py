@@ -374,22 +374,56 @@ def pair_correlations(
     return out
 
 
-def flip_back(heatmaps: Array, flip_index: npt.NDArray[np.intp], shift: bool = True) -> FloatArray:
+def flip_back(
+    heatmaps: Array, flip_index: npt.NDArray[np.intp], shift: float | bool = 1.0
+) -> FloatArray:
     """Undo a horizontal flip of the input on its heatmaps (official flip test, §5): mirror the
-    width axis, swap left/right channels, and with `shift` move everything one heatmap pixel to
-    the right (column 0 keeps its value, it is not zeroed).
+    width axis, swap left/right channels, and move everything `shift` heatmap pixels to the
+    right. 1 (or True) is the official one-pixel shift (column 0 keeps its value, it is not
+    zeroed); a fraction in (0, 1) moves by linear interpolation between the unshifted and the
+    one-pixel-shifted maps, column 0 again keeping its own value; 0 (or False) does not move.
+    `exact_flip_shift` gives the shift that undoes the flip exactly for a network's stride.
 
     heatmaps: (..., K, h, w) -> (..., K, h, w).
     """
+    s = float(shift)
+    if not 0.0 <= s <= 1.0:
+        raise ValueError(f"flip shift must lie in [0, 1] heatmap pixels, not {shift!r}")
     out = np.ascontiguousarray(np.asarray(heatmaps)[..., flip_index, :, ::-1])
-    if shift:
+    if s == 1.0:
         out[..., 1:] = out[..., :-1].copy()
+    elif s > 0.0:
+        moved = out.astype(np.float32)  # a copy: the interpolation reads the unshifted maps
+        moved[..., 1:] = (1.0 - s) * out[..., 1:] + s * out[..., :-1]
+        out = moved
     return out.astype(np.float32, copy=False)
 
 
+def exact_flip_shift(input_w: int, heatmap_w: int) -> float:
+    """The flip test's shift (heatmap px) that puts the mirrored input's heatmaps back where the
+    unmirrored input's are, for a network trained with targets at x / stride and mirrored as the
+    official code mirrors (x -> input_w - 1 - x).
+
+    A keypoint at input x appears in the mirrored crop at input_w - 1 - x, so at heatmap
+    (input_w - 1 - x) / s with s = input_w / heatmap_w; mirrored back over heatmap_w columns it
+    lands at heatmap_w - 1 - (input_w - 1 - x) / s = x / s - (s - 1) / s. The exact shift is
+    therefore (s - 1) / s: 0.75 at stride 4, where the official code shifts by the whole pixel
+    (a quarter pixel too far, which averaging halves), and 0.5 at stride 2, where one pixel
+    puts the flip-averaged keypoints a quarter pixel too far right and none a quarter pixel too
+    far left."""
+    s = input_w / heatmap_w
+    if s < 1.0:
+        raise ValueError(f"heatmap width {heatmap_w} exceeds the input width {input_w}")
+    return (s - 1.0) / s
+
+
 def fuse_flip(
-    heatmaps: Array, flipped_heatmaps: Array, flip_index: npt.NDArray[np.intp], shift: bool = True
+    heatmaps: Array,
+    flipped_heatmaps: Array,
+    flip_index: npt.NDArray[np.intp],
+    shift: float | bool = 1.0,
 ) -> FloatArray:
-    """Average of the heatmaps and the flipped-back heatmaps of the mirrored input."""
+    """Average of the heatmaps and the flipped-back heatmaps of the mirrored input (`flip_back`,
+    moved right by `shift` heatmap pixels)."""
     back = flip_back(flipped_heatmaps, flip_index, shift)
     return (0.5 * (np.asarray(heatmaps, dtype=np.float32) + back)).astype(np.float32)

@@ -49,6 +49,9 @@ class BundleSpec:
     sigma: float
     decode: str = "argmax"
     flip_test: bool = False  # the flip test by default (a request can still say flip=false)
+    # heatmap px the flip test moves the mirrored input's heatmaps (PoseModelInfo.flip_shift):
+    # the official 1 for official weights
+    flip_shift: float = 1.0
     pair_split: PairSplit | None = None  # collapsed left/right pairs split (models.pairs)
     detector_onnx: Path | None = None
     detector_info: DetectorInfo | None = None
@@ -123,6 +126,7 @@ def build_bundle(out: str | Path, model: Backbone, b: BundleSpec) -> Bundle:
                 feature_channels=model.feature_channels,
                 decode=b.decode,
                 flip_test=b.flip_test,
+                flip_shift=b.flip_shift,
                 pair_split=b.pair_split,
             ),
             files={},

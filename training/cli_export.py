@@ -47,6 +47,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "it off); fit the SCIO settings on a bundle exported with it",
     )
     parser.add_argument(
+        "--flip-shift",
+        type=parse_flip_shift,
+        default=None,
+        metavar="PX|exact",
+        help="heatmap pixels the flip test moves the mirrored crop's heatmaps right before "
+        "averaging (bundle.json pose.flip_shift): 'exact' (default) undoes the flip exactly for "
+        "the network's stride, (s - 1) / s: 0.5 for a 128x96 input with 64x48 heatmaps, 0.75 at "
+        "stride 4; 1 is the official code's one pixel (what `convert` writes for official "
+        "weights)",
+    )
+    parser.add_argument(
         "--oks-nms",
         type=float,
         help="OKS above which the service keeps only the better-scored of two persons' poses "
@@ -95,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         version=args.version,
         decode=args.decode,
         flip_test=args.flip_test,
+        flip_shift=args.flip_shift,
         oks_nms=args.oks_nms,
         min_person_score=args.min_person_score,
         pair_split=read_pair_split(args.pair_split) if args.pair_split else None,
@@ -115,6 +127,7 @@ def export_bundle(
     version: str = "1",
     decode: str = "argmax",
     flip_test: bool = False,
+    flip_shift: float | None = None,
     oks_nms: float | None = None,
     pair_split: PairSplit | None = None,
     min_person_score: float | None = None,
@@ -125,6 +138,7 @@ def export_bundle(
     from dataclasses import replace
 
     from models.checkpoint import load_scio_net
+    from models.codec import exact_flip_shift
     from models.keypoints import KeypointSpec, get_spec
     from models.scio_search import ScioSearchConfig
     from training.bundle_export import BundleSpec, ScioExport, build_bundle
@@ -141,6 +155,8 @@ def export_bundle(
     if pair_split is not None:
         pair_split.check(spec)
     codec = codec_for(cfg)
+    if flip_shift is None:  # our own training mirrors as the official code: undo it exactly
+        flip_shift = exact_flip_shift(codec.input_hw[1], codec.heatmap_hw[1])
     provenance: dict[str, Any] = {
         "backbone": {"checkpoint": str(backbone), "arch": cfg.arch, "data": _data_note(cfg)},
         "command": command,
@@ -203,6 +219,7 @@ def export_bundle(
                 sigma=codec.sigma,
                 decode=decode,
                 flip_test=flip_test,
+                flip_shift=flip_shift,
                 pair_split=pair_split,
                 detector_onnx=det_onnx,
                 detector_info=det_info,
@@ -210,6 +227,20 @@ def export_bundle(
                 provenance=provenance,
             ),
         )
+
+
+def parse_flip_shift(v: str) -> float | None:
+    """--flip-shift: 'exact' (None: derived from the network's stride) or heatmap px in
+    [0, 1]."""
+    if v.strip().lower() == "exact":
+        return None
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'exact' or a number in [0, 1], not {v!r}") from None
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1] heatmap pixels, not {x:g}")
+    return x
 
 
 def read_pair_split(path: Path) -> PairSplit | None:

@@ -22,12 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training.cli_export import parse_flip_shift
+
 if TYPE_CHECKING:
     from models.bundle import DetectorInfo
 
 HELP = (
-    "a bundle from another with its detector, person score, SCIO search settings or graphs or "
-    "left/right pair split replaced, or INT8 copies added"
+    "a bundle from another with its detector, person score, SCIO search settings or graphs, "
+    "left/right pair split or flip-test shift replaced, or INT8 copies added"
 )
 
 
@@ -79,6 +81,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="JSON with the left/right pairs to split where they decode on one spot "
         "(`benchmarks/pair_split.py --choose`'s file; its null removes the split)",
+    )
+    parser.add_argument(
+        "--flip-shift",
+        type=parse_flip_shift,
+        default=argparse.SUPPRESS,
+        metavar="PX|exact",
+        help="heatmap pixels the flip test moves the mirrored crop's heatmaps right before "
+        "averaging (bundle.json pose.flip_shift): 'exact' for the backbone's stride, (s - 1) / "
+        "s (what `export` writes since it could; 0.5 for the 64x48-from-128x96 testbed), or a "
+        "number (1: the official one pixel, what official weights were evaluated with)",
     )
     parser.add_argument(
         "--fold-batchnorm",
@@ -133,6 +145,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 FLIP_CHANGE = "flip test for boxes scoring >= {}"
+KEEP = object()  # rebundle(flip_shift=KEEP): the source bundle's flip shift stays
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         or args.int8
         or args.search
         or args.pair_split
+        or hasattr(args, "flip_shift")
         or args.fold_batchnorm
         or args.person_features
         or args.provenance
@@ -176,9 +190,8 @@ def run(args: argparse.Namespace) -> int:
     ):
         print(
             "scio-pose rebundle: nothing to replace (--detector, --min-person-score, "
-            "--person-score, --flip-min-score, --int8, "
-            "--search, --pair-split, --fold-batchnorm, --person-features, --evaluation or "
-            "--provenance)",
+            "--person-score, --flip-min-score, --int8, --search, --pair-split, --flip-shift, "
+            "--fold-batchnorm, --person-features, --evaluation or --provenance)",
             file=sys.stderr,
         )
         return 2
@@ -195,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
             flip_min_score=args.flip_min_score,
             search_file=args.search,
             pair_split_file=args.pair_split,
+            flip_shift=getattr(args, "flip_shift", KEEP),
             fold_batchnorm=args.fold_batchnorm,
             person_features=args.person_features,
             int8_data=args.int8,
@@ -247,6 +261,7 @@ def rebundle(
     flip_min_score: float | None = None,
     search_file: Path | None = None,
     pair_split_file: Path | None = None,
+    flip_shift: float | object | None = KEEP,
     fold_batchnorm: bool = False,
     person_features: bool = False,
     int8_data: Path | None = None,
@@ -347,6 +362,19 @@ def rebundle(
                 f"left/right pair split from {pair_split_file}: "
                 + (json.dumps(split.to_dict()) if split else "none")
             )
+        if flip_shift is not KEEP:
+            from models.codec import exact_flip_shift
+
+            pose = manifest.pose
+            shift = (
+                exact_flip_shift(pose.input_hw[1], pose.heatmap_hw[1])
+                if flip_shift is None
+                else float(flip_shift)  # type: ignore[arg-type]
+            )
+            if not 0.0 <= shift <= 1.0:
+                raise ValueError(f"flip shift must lie in [0, 1] heatmap pixels, not {shift:g}")
+            manifest = replace(manifest, pose=replace(pose, flip_shift=shift))
+            changes.append(f"flip test shift {pose.flip_shift:g} -> {shift:g} heatmap px")
         if fold_batchnorm or person_features:
             for role in (GAMMA_CONTEXT, PHI):
                 if role not in sources:

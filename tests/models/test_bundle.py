@@ -125,10 +125,30 @@ def test_tampered_file_fails_the_checksum(bundle_dir: Path) -> None:
     load_bundle(bundle_dir, verify=False)
 
 
+def test_the_flip_shift_round_trips_and_older_booleans_read_as_pixels(bundle_dir: Path) -> None:
+    assert load_bundle(bundle_dir).manifest.pose.flip_shift == 1.0  # the official default
+    meta = bundle_dir / "bundle.json"
+    for written, read in ((True, 1.0), (False, 0.0), (0.5, 0.5), (0, 0.0)):
+        d = json.loads(meta.read_text())
+        d["pose"]["flip_shift"] = written  # booleans: as bundles wrote it before fractions
+        meta.write_text(json.dumps(d))
+        assert load_bundle(bundle_dir, verify=False).manifest.pose.flip_shift == read
+    d = json.loads(meta.read_text())
+    del d["pose"]["flip_shift"]
+    meta.write_text(json.dumps(d))
+    assert load_bundle(bundle_dir, verify=False).manifest.pose.flip_shift == 1.0
+    m = replace(_manifest(), pose=replace(POSE_INFO, flip_shift=0.75))
+    write_bundle(bundle_dir, m, {POSE: bundle_dir / "pose.onnx"})
+    assert json.loads(meta.read_text())["pose"]["flip_shift"] == 0.75
+    assert load_bundle(bundle_dir).manifest.pose.flip_shift == 0.75
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
         (lambda d: d.update(format="other"), "not a scio-pose bundle"),
+        (lambda d: d["pose"].update(flip_shift=1.5), "flip_shift must be"),
+        (lambda d: d["pose"].update(flip_shift="half"), "flip_shift must be"),
         (lambda d: d.update(format_version=99), "not supported"),
         (lambda d: d["files"]["pose"].update(path="../../etc/passwd"), "leaves the bundle"),
         (lambda d: d["files"]["pose"].update(path="nope.onnx"), "missing"),

@@ -8,6 +8,7 @@ from models.codec import (
     decode_argmax,
     decode_dark,
     default_sigma,
+    exact_flip_shift,
     flip_back,
     fuse_flip,
     gaussian_blur,
@@ -251,6 +252,48 @@ def test_flip_back_of_a_flipped_gaussian_returns_the_pair_swapped_original() -> 
     np.testing.assert_allclose(shifted[..., 0], original[..., 0], atol=1e-6)
     fused = fuse_flip(original[None], flipped[None], COCO17.flip_index, shift=False)[0]
     np.testing.assert_allclose(fused, original, atol=1e-6)
+
+
+def test_a_fractional_flip_shift_interpolates_between_none_and_one_pixel() -> None:
+    maps = RNG.random((2, 17, 8, 6)).astype(np.float32)
+    none = flip_back(maps, COCO17.flip_index, shift=0.0)
+    one = flip_back(maps, COCO17.flip_index, shift=1.0)
+    np.testing.assert_array_equal(one, flip_back(maps, COCO17.flip_index, shift=True))
+    np.testing.assert_array_equal(none, flip_back(maps, COCO17.flip_index, shift=False))
+    for s in (0.25, 0.5, 0.75):
+        np.testing.assert_allclose(
+            flip_back(maps, COCO17.flip_index, shift=s), (1 - s) * none + s * one, atol=1e-6
+        )
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="flip shift"):
+            flip_back(maps, COCO17.flip_index, shift=bad)
+
+
+@pytest.mark.parametrize(("input_w", "heatmap_w", "exact"), [(96, 48, 0.5), (192, 48, 0.75)])
+def test_the_exact_flip_shift_puts_the_mirrored_crop_back_where_the_crop_is(
+    input_w: int, heatmap_w: int, exact: float
+) -> None:
+    """A network trained on targets at x / stride, mirrored as the official code mirrors
+    (x -> input_w - 1 - x): its heatmaps for the mirrored crop, flipped back with the exact shift,
+    peak where its heatmaps for the crop do; the official one pixel at stride 2 does not."""
+    assert exact_flip_shift(input_w, heatmap_w) == pytest.approx(exact)
+    stride = input_w / heatmap_w
+    hw = (2 * heatmap_w, heatmap_w)
+    kp = RNG.uniform([8 * stride, 10], [input_w - 8 * stride, hw[0] - 10], (17, 2))  # input px
+    crop = render_gaussians(kp / [stride, 1], hw, 2.0)
+    mirrored_kp = np.stack([input_w - 1 - kp[:, 0], kp[:, 1]], 1)[COCO17.flip_index]
+    mirrored = render_gaussians(mirrored_kp / [stride, 1], hw, 2.0)
+    want = kp[:, 0] / stride
+
+    def x_after(shift: float) -> np.ndarray:
+        back = flip_back(mirrored[None], COCO17.flip_index, shift=shift)
+        return decode_dark(back)[0][0, :, 0]
+
+    assert np.abs(x_after(exact) - want).max() < 0.05
+    fused = fuse_flip(crop[None], mirrored[None], COCO17.flip_index, shift=exact)
+    assert np.abs(decode_dark(fused)[0][0, :, 0] - want).max() < 0.05
+    # the whole pixel is 1 - exact too far right
+    np.testing.assert_allclose(x_after(1.0) - want, 1 - exact, atol=0.05)
 
 
 def test_render_gaussians_peak_and_shape() -> None:

@@ -60,6 +60,7 @@ def test_convert_official_weights_into_a_servable_bundle(tmp_path: Path, mmpose:
     assert b.manifest.pose.sigma == 2.0
     assert b.manifest.pose.color_order == ("RGB" if mmpose else "BGR")  # official ResNets: BGR
     assert b.manifest.pose.feature_channels == 256
+    assert b.manifest.pose.flip_shift == 1.0  # the official code's one pixel, not stride 4's 0.75
     assert b.manifest.pose.flip_test is mmpose  # recorded only when asked for
     assert b.manifest.provenance["parity_max_abs_diff"]["pose"] <= 1e-4
     if not (MINI / "images").exists():

@@ -317,6 +317,25 @@ def test_the_pair_split_is_set_and_removed(tmp_path: Path) -> None:
     assert "pair split" in load_bundle(out).manifest.provenance["commands"][-1]["rebundled"][0]
 
 
+def test_the_flip_shift_is_set_exactly_for_the_stride_or_as_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "b"
+    assert _cli(["--bundle", str(DEMO), "--out", str(out), "--flip-shift", "exact"]) == 0
+    new = load_bundle(out).manifest
+    assert (new.pose.input_hw, new.pose.heatmap_hw) == ((128, 96), (64, 48))
+    assert new.pose.flip_shift == 0.5  # stride 2: (2 - 1) / 2
+    assert new.files == load_bundle(DEMO).manifest.files  # the models as they were
+    assert "flip test shift" in new.provenance["commands"][-1]["rebundled"][0]
+    assert _cli(["--bundle", str(out), "--out", str(out), "--flip-shift", "1"]) == 0
+    assert load_bundle(out).manifest.pose.flip_shift == 1.0
+    for bad in ("2", "half"):
+        with pytest.raises(SystemExit):
+            _cli(["--bundle", str(DEMO), "--out", str(tmp_path / "c"), "--flip-shift", bad])
+        assert "--flip-shift" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 def test_evaluation_results_replace_the_provenance_s(unfolded: Path, tmp_path: Path) -> None:
     """--evaluation: `scio-pose evaluate --out` files recorded as the build records them."""
     files = []

@@ -94,7 +94,7 @@ def test_scio_training_resumes(runs, tmp_path: Path) -> None:
 
 
 def test_cached_heatmaps_are_flip_fused_as_the_service_fuses_them(runs) -> None:
-    from models.codec import fuse_flip
+    from models.codec import exact_flip_shift, fuse_flip
     from models.keypoints import COCO17
     from training.data.coco import CocoKeypoints
     from training.data.topdown import TopDownDataset
@@ -115,7 +115,9 @@ def test_cached_heatmaps_are_flip_fused_as_the_service_fuses_them(runs) -> None:
     with torch.no_grad():
         heat = backbone(x)[0]
         mirrored = backbone(x.flip(-1))[0]
-    want = fuse_flip(heat.numpy(), mirrored.numpy(), COCO17.flip_index)
+    # the exact shift for the backbone's stride, as `export` writes it into the bundle
+    shift = exact_flip_shift(codec.input_hw[1], codec.heatmap_hw[1])
+    want = fuse_flip(heat.numpy(), mirrored.numpy(), COCO17.flip_index, shift)
     scale = float(np.abs(want).max())
     assert np.abs(fused.heatmaps.float().numpy() - want).max() <= 2e-3 * scale
     assert np.abs(plain.heatmaps.float().numpy() - want).max() > 1e-2 * scale
@@ -166,6 +168,12 @@ def test_export_bundle_with_scio_and_refine_through_evaluate(runs, tmp_path: Pat
     assert b.manifest.provenance["parity_max_abs_diff"]["pose"] <= 1e-4
     assert "scio-pose export" in b.manifest.provenance["command"]
     assert PosePipeline(b, device="cpu").refine_available
+    # the flip test's shift undoes the mirroring exactly for this backbone's stride
+    pose = b.manifest.pose
+    stride = pose.input_hw[1] / pose.heatmap_hw[1]
+    assert pose.flip_shift == pytest.approx((stride - 1) / stride)
+    _export(runs["backbone"], runs["scio"], tmp_path / "official", "--flip-shift", "1")
+    assert load_bundle(tmp_path / "official").manifest.pose.flip_shift == 1.0
     r = evaluate(
         out,
         MINI / "person_keypoints.json",
