@@ -18,8 +18,10 @@ keypoints are labelled, where the backbone's D is more than 1 heatmap px from th
 probes' `P(truth<start)` rows, with the backbone's D as the start, as the shipped settings'
 prior, and without the search's confidence guards). Reported: the share of rows where the oracle
 prefers the true D to the backbone's D, given the backbone's A, B, C; given the true A with the
-backbone's B, C (the probes' "… true A"); given the true A, B, C ("… true A, B, C"); per group,
-overall and by the backbone's D error. Writes benchmarks/results/NAME.{json,md,png} (default
+backbone's B, C (the probes' "… true A"); given the true A, B, C ("… true A, B, C"); and, for an
+anchor other than the joint next to D, given only the torso joints B and C (the backbone's or
+the true ones; the oracle's D then relative to B): per group, overall and by the backbone's D
+error. Writes benchmarks/results/NAME.{json,md,png} (default
 scio_geometry_oracle).
 """
 
@@ -46,7 +48,10 @@ from training.evaluate import EvalOptions, evaluate, person_oks  # noqa: E402
 
 F64 = npt.NDArray[np.float64]
 ERROR_BINS = ((1.0, 2.0), (2.0, 4.0), (4.0, float("inf")))
-ANCHORS = ("backbone", "true_a", "true_abc")  # which anchors the oracle is given
+# which anchors the oracle is given: A, B, C as the backbone found them; the true A with the
+# backbone's B, C; all three true; the torso joints B, C only (D relative to B), the backbone's
+# or the true ones
+ANCHORS = ("backbone", "true_a", "true_abc", "torso_backbone", "torso_true")
 
 
 def hm_units(boxes_xywh: F64, input_hw: tuple[int, int], heatmap_h: int) -> F64:
@@ -57,27 +62,40 @@ def hm_units(boxes_xywh: F64, input_hw: tuple[int, int], heatmap_h: int) -> F64:
 
 
 class PoseBank:
-    """Training poses of one group: anchor layouts (B - A, C - A) and D - A, heatmap px."""
+    """Training poses of one group: the layout of its anchors relative to the first (`torso`
+    False: B - A and C - A; True: C - B, the torso joints only, A ignored) and D relative to the
+    same joint, heatmap px."""
 
-    def __init__(self, kps: F64, units: F64, group: ScioGroup, size: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        kps: F64,
+        units: F64,
+        group: ScioGroup,
+        size: int,
+        seed: int = 0,
+        torso: bool = False,
+    ) -> None:
         a, b, c, d = group.a, group.b, group.c, group.d
         ok = (kps[:, [a, b, c, d], 2] > 0).all(1)
         p = kps[ok, :, :2] / units[ok, None, None]
         if len(p) > size:
             p = p[np.random.default_rng(seed).choice(len(p), size, replace=False)]
         self.group = group
-        self.layout = np.concatenate([p[:, b] - p[:, a], p[:, c] - p[:, a]], 1)
-        self.d_rel = p[:, d] - p[:, a]
+        self.origin, self.others = (b, (c,)) if torso else (a, (b, c))
+        self.layout = self._layout(p)
+        self.d_rel = p[:, d] - p[:, self.origin]
+
+    def _layout(self, pose: F64) -> F64:
+        return np.concatenate([pose[:, j] - pose[:, self.origin] for j in self.others], 1)
 
     def log_density(self, pose: F64, d: F64, k: int, bandwidth: float) -> F64:
         """log p(D = d | the anchors of `pose`) for each row: pose (n, K, 2), d (n, 2)."""
-        g = self.group
-        q = np.concatenate([pose[:, g.b] - pose[:, g.a], pose[:, g.c] - pose[:, g.a]], 1)
+        q = self._layout(pose)
         k = min(k, len(self.layout) - 1)
         out = np.empty(len(q))
         for i in range(len(q)):
             nn = np.argpartition(((self.layout - q[i]) ** 2).sum(1), k)[:k]
-            r2 = ((self.d_rel[nn] - (d[i] - pose[i, g.a])) ** 2).sum(1)
+            r2 = ((self.d_rel[nn] - (d[i] - pose[i, self.origin])) ** 2).sum(1)
             out[i] = np.log(np.exp(-r2 / (2 * bandwidth**2)).mean() + 1e-300)
         return out
 
@@ -151,6 +169,7 @@ def main() -> int:
     pooled: dict[str, list[Any]] = {"err": [], **{k: [] for k in ANCHORS}}
     for gi, g in enumerate(spec.groups):
         pb = PoseBank(bank_kps, bank_units, g, args.bank_size, seed=gi)
+        torso = PoseBank(bank_kps, bank_units, g, args.bank_size, seed=gi, torso=True)
         rows = (truth[:, [g.a, g.b, g.c, g.d], 2] > 0).all(1)
         err = np.linalg.norm(p_hm[rows, g.d] - t_hm[rows, g.d], axis=1)
         off = err > 1.0
@@ -158,9 +177,11 @@ def main() -> int:
         true_a = p.copy()
         true_a[:, g.a] = t[:, g.a]
         prefer = {}
-        for name, anchors in zip(ANCHORS, (p, true_a, t), strict=True):
-            at_truth = pb.log_density(anchors, t[:, g.d], args.k, args.bandwidth)
-            at_start = pb.log_density(anchors, p[:, g.d], args.k, args.bandwidth)
+        for name, bank, anchors in zip(
+            ANCHORS, (pb, pb, pb, torso, torso), (p, true_a, t, p, t), strict=True
+        ):
+            at_truth = bank.log_density(anchors, t[:, g.d], args.k, args.bandwidth)
+            at_start = bank.log_density(anchors, p[:, g.d], args.k, args.bandwidth)
             prefer[name] = at_truth > at_start
             pooled[name].append(prefer[name])
         pooled["err"].append(err)
@@ -210,6 +231,8 @@ LABELS = {
     "backbone": "the backbone's A, B, C",
     "true_a": "true A, the backbone's B, C",
     "true_abc": "true A, B, C",
+    "torso_backbone": "torso only: the backbone's B, C",
+    "torso_true": "torso only: true B, C",
 }
 
 
@@ -268,9 +291,11 @@ def plot(r: dict[str, Any], path: Path) -> None:
     names = [*r["per_group"], "all"]
     vals = [*r["per_group"].values(), r["overall"]]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     for i, (k, label) in enumerate(LABELS.items()):
-        ax.bar(x + (i - 1) * 0.27, [v[f"prefers_truth_{k}"] for v in vals], 0.27, label=label)
+        width = 0.8 / len(LABELS)
+        offset = (i - (len(LABELS) - 1) / 2) * width
+        ax.bar(x + offset, [v[f"prefers_truth_{k}"] for v in vals], width, label=label)
     ax.axhline(0.6, color="k", ls="--", lw=1)
     ax.text(len(names) - 0.5, 0.61, "issue 13 target for Γ", ha="right", fontsize=8)
     ax.set_xticks(x, names)

@@ -42,6 +42,19 @@ def test_density_prefers_where_training_poses_put_d() -> None:
     assert (bank.log_density(q, truth, k, h) > bank.log_density(q, mirror, k, h))[far].all()
 
 
+def test_a_torso_bank_ignores_a() -> None:
+    rng = np.random.default_rng(3)
+    bank = PoseBank(_poses(2000, rng), np.ones(2000), ARM, size=2000, torso=True)
+    assert bank.layout.shape == (2000, 2)  # C - B only
+    q = _poses(20, rng)[:, :, :2]
+    moved = q.copy()
+    moved[:, ARM.a] += 5.0  # A does not enter the torso layout or D's origin
+    d = q[:, ARM.d]
+    np.testing.assert_array_equal(
+        bank.log_density(q, d, 50, 1.0), bank.log_density(moved, d, 50, 1.0)
+    )
+
+
 def test_bank_keeps_only_poses_with_the_group_labelled() -> None:
     kps = _poses(10, np.random.default_rng(1))
     kps[:4, ARM.d, 2] = 0
