@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PX|exact",
         help="heatmap pixels the flip test moves the mirrored crop's heatmaps right before "
         "averaging (bundle.json pose.flip_shift): 'exact' for the backbone's stride, (s - 1) / "
-        "s (what `export` writes since it could; 0.5 for the 64x48-from-128x96 testbed), or a "
+        "s (`export`'s default since stop 44; 0.5 for the 64x48-from-128x96 testbed), or a "
         "number (1: the official one pixel, what official weights were evaluated with)",
     )
     parser.add_argument(
