@@ -43,8 +43,9 @@ from benchmarks.scio_ablation import make_split, split_arguments  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
 from models.geometry import PIXEL_STD, box_to_center_scale  # noqa: E402
 from models.keypoints import KeypointSpec, ScioGroup  # noqa: E402
+from service.results import PersonPose  # noqa: E402
 from training.data.coco import CocoKeypoints, PersonAnn  # noqa: E402
-from training.evaluate import EvalOptions, evaluate, person_oks  # noqa: E402
+from training.evaluate import EvalOptions, evaluate, match_predictions  # noqa: E402
 
 F64 = npt.NDArray[np.float64]
 ERROR_BINS = ((1.0, 2.0), (2.0, 4.0), (4.0, float("inf")))
@@ -81,6 +82,7 @@ class PoseBank:
         if len(p) > size:
             p = p[np.random.default_rng(seed).choice(len(p), size, replace=False)]
         self.group = group
+        self.others: tuple[int, ...]
         self.origin, self.others = (b, (c,)) if torso else (a, (b, c))
         self.layout = self._layout(p)
         self.d_rel = p[:, d] - p[:, self.origin]
@@ -107,28 +109,17 @@ def labelled(coco: CocoKeypoints) -> list[PersonAnn]:
 def matched_predictions(
     coco: CocoKeypoints, results: list[dict[str, Any]], spec: KeypointSpec
 ) -> tuple[list[PersonAnn], F64]:
-    """Each labelled person and the prediction OKS-matched to it (greedy in score order, as
-    `training.evaluate.match_predictions`); persons left unmatched are dropped."""
-    by_image: dict[int, list[dict[str, Any]]] = {}
+    """Each labelled person and the prediction OKS-matched to it by
+    `training.evaluate.match_predictions` (COCO results as its poses); persons left unmatched
+    are dropped."""
+    poses: dict[int, list[PersonPose]] = {}
     for r in results:
-        by_image.setdefault(r["image_id"], []).append(r)
-    gts: list[PersonAnn] = []
-    preds: list[F64] = []
-    for image_id, rs in by_image.items():
-        people = coco.labelled_persons(image_id)
-        taken: set[int] = set()
-        for r in sorted(rs, key=lambda r: -r["score"]):
-            kp = np.asarray(r["keypoints"], np.float64).reshape(-1, 3)
-            free = [i for i in range(len(people)) if i not in taken]
-            if not free:
-                break
-            sims = [person_oks(kp, people[i], spec.sigmas_array) for i in free]
-            best = int(np.argmax(sims))
-            if sims[best] > 0:
-                taken.add(free[best])
-                gts.append(people[free[best]])
-                preds.append(kp)
-    return gts, np.stack(preds)
+        kp = np.asarray(r["keypoints"], np.float64).reshape(-1, 3)
+        poses.setdefault(r["image_id"], []).append(
+            PersonPose(bbox=np.zeros(4), bbox_score=1.0, score=float(r["score"]), keypoints=kp)
+        )
+    matched = [m for m in match_predictions(coco, poses, spec) if m.pred is not None]
+    return [m.gt for m in matched], np.stack([m.pred.keypoints for m in matched])  # type: ignore[union-attr]
 
 
 def share(x: npt.NDArray[np.bool_]) -> float:
@@ -177,11 +168,11 @@ def main() -> int:
         true_a = p.copy()
         true_a[:, g.a] = t[:, g.a]
         prefer = {}
-        for name, bank, anchors in zip(
+        for name, oracle, anchors in zip(
             ANCHORS, (pb, pb, pb, torso, torso), (p, true_a, t, p, t), strict=True
         ):
-            at_truth = bank.log_density(anchors, t[:, g.d], args.k, args.bandwidth)
-            at_start = bank.log_density(anchors, p[:, g.d], args.k, args.bandwidth)
+            at_truth = oracle.log_density(anchors, t[:, g.d], args.k, args.bandwidth)
+            at_start = oracle.log_density(anchors, p[:, g.d], args.k, args.bandwidth)
             prefer[name] = at_truth > at_start
             pooled[name].append(prefer[name])
         pooled["err"].append(err)
