@@ -9,6 +9,7 @@ Everything here is numpy and works on any number of leading batch dimensions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -285,11 +286,22 @@ def _blurred_window(
         np.clip(xs, 0, w - 1)[:, None, :],
     ].astype(np.float64)
     patch *= inside  # (M, P, P), zero padding like the full-map blur
-    g = _blur_kernel(kernel)
-    win = np.lib.stride_tricks.sliding_window_view
-    rows: npt.NDArray[np.float64] = win(patch, kernel, axis=2) @ g  # (M, P, 5)
-    out: npt.NDArray[np.float64] = win(rows, kernel, axis=1) @ g  # (M, 5, 5)
+    band = _blur_band(kernel, len(off))  # (P, 5): the 1-D blur as a matrix
+    out: npt.NDArray[np.float64] = band.T @ patch @ band  # (5, P) @ (M, P, P) @ (P, 5)
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _blur_band(kernel: int, size: int) -> npt.NDArray[np.float64]:
+    """The 1-D Gaussian blur of a `size`-pixel patch, valid outputs only, as a (size,
+    size - kernel + 1) matrix: column j holds the kernel's taps at rows j .. j + kernel - 1, so
+    two matrix products blur a window without per-call window views."""
+    g = _blur_kernel(kernel)
+    band = np.zeros((size, size - kernel + 1))
+    for j in range(band.shape[1]):
+        band[j : j + kernel, j] = g
+    band.setflags(write=False)
+    return band
 
 
 def decode_dark(

@@ -272,9 +272,10 @@ def test_local_maxima_match_their_definition_with_ties_plateaus_and_edges() -> N
     heat[::7] = 0.0  # maps with nothing
     heat[1::9, 3:5, 3:5] = 2.0  # a flat top, and maps whose peaks sit on the border
     heat[2::9, 0, :] = np.linspace(0, 1, HW[1])
-    for count in (1, 2, 4):
-        pos, val = local_maxima(heat, count)
-        ref_pos, ref_val = _local_maxima_by_hand(heat, count)
+    # count 1 (min_distance <= 2) takes a loop-free path; 2 and 4 the greedy loop
+    for count, min_distance in ((1, 2.0), (1, 1.5), (1, 1.0), (2, 2.0), (4, 2.0), (1, 3.0)):
+        pos, val = local_maxima(heat, count, min_distance)
+        ref_pos, ref_val = _local_maxima_by_hand(heat, count, min_distance)
         np.testing.assert_array_equal(pos, ref_pos)
         np.testing.assert_array_equal(val, ref_val)
 
