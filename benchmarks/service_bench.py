@@ -354,14 +354,19 @@ def serve_replay(jpeg_path: Path) -> int:
     return 0
 
 
-def service_alone(bundle: Path, jpeg: bytes, work: Path, reps: int) -> dict[str, Any]:
+def service_alone(
+    bundle: Path, jpeg: bytes, work: Path, reps: int, lean_client: bool = False
+) -> dict[str, Any]:
     """Client-side /pose latency when the pipeline costs nothing: the same request answered by
-    a replay of the pipeline's result (same persons, same JSON), sequential."""
+    a replay of the pipeline's result (same persons, same JSON), sequential. `lean_client`: as
+    in `end_to_end`."""
     path = work / "replay.jpg"
     path.write_bytes(jpeg)
     command = [sys.executable, str(Path(__file__).resolve()), "--replay-server", str(path)]
     # a few ms each: more repetitions for a stable median
-    lat, server, last = sequential_posts(bundle, jpeg, max(reps, 50), command=command)
+    lat, server, last = sequential_posts(
+        bundle, jpeg, max(reps, 50), command=command, lean_client=lean_client
+    )
     return {
         "end_to_end_ms": float(np.median(lat)),
         "persons": len(last["persons"]),
