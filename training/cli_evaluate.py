@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--flip",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="flip test (one-pixel shift); default: the bundle's (bundle.json pose.flip_test)",
+        help="flip test, the mirrored crop's heatmaps moved back by the bundle's pose.flip_shift "
+        "(the official 1 heatmap px, or the exact shift for the stride that export writes); "
+        "default: the bundle's (bundle.json pose.flip_test)",
     )
     parser.add_argument(
         "--pair-split",

@@ -3,11 +3,13 @@
 The pipeline object is the one `scio-pose serve` runs (service.pipeline.PosePipeline), so the AP
 reported here is the AP the service delivers. Protocol (DESIGN.md): person boxes from the ground
 truth (cleaned, as the official code does) or from a detections file (raw); flip test with the
-one-pixel shift; person score = box score × mean keypoint score above 0.2; OKS-NMS at 0.9
-(the official value, whatever the bundle's detector sets for `/pose`: AP ranks every answer by
-score, so the duplicates a lower threshold removes for the API's users cost it nothing, and the
-people it would also drop gain it a little: demo bundle, held out, 38.6 at 0.9, 38.3 at 0.5);
-pycocotools COCOeval, or xtcocotools' crowd evaluation for CrowdPose.
+bundle's shift (`pose.flip_shift`: the official one pixel for converted checkpoints, the exact
+(s - 1) / s for the stride in bundles `export` writes); person score = box score × mean
+keypoint score above 0.2; OKS-NMS at 0.9 (the official value, whatever the bundle's detector
+sets for `/pose`: AP ranks every answer by score, so the duplicates a lower threshold removes
+for the API's users cost it nothing, and the people it would also drop gain it a little: demo
+bundle, held out, 38.6 at 0.9, 38.3 at 0.5); pycocotools COCOeval, or xtcocotools' crowd
+evaluation for CrowdPose.
 
 Per-keypoint accuracy: for each labelled ground-truth keypoint, the OKS similarity
 exp(-d² / (2 s² k²)) of the prediction matched to its person (greedy, by OKS), 0 when no
