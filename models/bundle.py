@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.codec import check_flip_shift
 from models.keypoints import KeypointSpec
 from models.pairs import PairSplit
 from models.postprocess import OKS_THRE, PersonScoreModel
@@ -220,11 +221,12 @@ class BundleManifest:
 def _flip_shift(v: Any) -> float:
     """pose.flip_shift: heatmap px in [0, 1]; true / false, as bundles wrote it before it could
     be a fraction, are the official one pixel / none."""
-    if isinstance(v, bool):
-        return 1.0 if v else 0.0
-    if not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
-        raise ValueError(f"pose.flip_shift must be a number in [0, 1] or a boolean, not {v!r}")
-    return float(v)
+    try:
+        if isinstance(v, (bool, int, float)):
+            return check_flip_shift(v)
+    except ValueError:
+        pass
+    raise ValueError(f"pose.flip_shift must be a number in [0, 1] or a boolean, not {v!r}")
 
 
 def _pair(v: Any) -> tuple[int, int]:

@@ -398,9 +398,7 @@ def flip_back(
 
     heatmaps: (..., K, h, w) -> (..., K, h, w).
     """
-    s = float(shift)
-    if not 0.0 <= s <= 1.0:
-        raise ValueError(f"flip shift must lie in [0, 1] heatmap pixels, not {shift!r}")
+    s = check_flip_shift(shift)
     out = np.ascontiguousarray(np.asarray(heatmaps)[..., flip_index, :, ::-1])
     if s == 1.0:
         out[..., 1:] = out[..., :-1].copy()
@@ -409,6 +407,24 @@ def flip_back(
         moved[..., 1:] = (1.0 - s) * out[..., 1:] + s * out[..., :-1]
         out = moved
     return out.astype(np.float32, copy=False)
+
+
+def check_flip_shift(shift: float | bool) -> float:
+    """A flip shift in heatmap px, checked to lie in [0, 1] (True / False: 1 / 0)."""
+    s = float(shift)
+    if not 0.0 <= s <= 1.0:
+        raise ValueError(f"flip shift must lie in [0, 1] heatmap pixels, not {shift!r}")
+    return s
+
+
+def resolve_flip_shift(shift: float | bool | str, input_w: int, heatmap_w: int) -> float:
+    """A flip shift as `export`, `rebundle` and `train scio` take it: "exact" (`exact_flip_shift`
+    for the network's input and heatmap widths) or heatmap px (`check_flip_shift`)."""
+    if isinstance(shift, str):
+        if shift != "exact":
+            raise ValueError(f"flip shift must be 'exact' or heatmap px, not {shift!r}")
+        return exact_flip_shift(input_w, heatmap_w)
+    return check_flip_shift(shift)
 
 
 def exact_flip_shift(input_w: int, heatmap_w: int) -> float:

@@ -910,6 +910,7 @@ def local_maxima(heat: F32, count: int, min_distance: float = 2.0) -> tuple[F64,
 
 
 _PEAK_POOL = 16  # local maxima of one map looked at, highest first
+_CV_CHANNELS = 512  # OpenCV's most channels per image
 
 
 def _second_maximum(heat: F32, flat: F32, min_distance: float) -> tuple[F64, F64]:
@@ -934,9 +935,6 @@ def _second_maximum(heat: F32, flat: F32, min_distance: float) -> tuple[F64, F64
     pos[has, 0, 0], pos[has, 0, 1] = sx[has], sy[has]
     val[has, 0] = rest[rows[has], second[has]]
     return pos, val
-
-
-_CV_CHANNELS = 512  # OpenCV's most channels per image
 
 
 def _max3x3(heat: F32) -> F32:

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flip-shift",
         type=parse_flip_shift,
-        default=None,
+        default="exact",
         metavar="PX|exact",
         help="heatmap pixels the flip test moves the mirrored crop's heatmaps right before "
         "averaging (bundle.json pose.flip_shift): 'exact' (default) undoes the flip exactly for "
@@ -127,7 +127,7 @@ def export_bundle(
     version: str = "1",
     decode: str = "argmax",
     flip_test: bool = False,
-    flip_shift: float | None = None,
+    flip_shift: float | str = "exact",
     oks_nms: float | None = None,
     pair_split: PairSplit | None = None,
     min_person_score: float | None = None,
@@ -138,7 +138,7 @@ def export_bundle(
     from dataclasses import replace
 
     from models.checkpoint import load_scio_net
-    from models.codec import exact_flip_shift
+    from models.codec import resolve_flip_shift
     from models.keypoints import KeypointSpec, get_spec
     from models.scio_search import ScioSearchConfig
     from training.bundle_export import BundleSpec, ScioExport, build_bundle
@@ -155,8 +155,8 @@ def export_bundle(
     if pair_split is not None:
         pair_split.check(spec)
     codec = codec_for(cfg)
-    if flip_shift is None:  # our own training mirrors as the official code: undo it exactly
-        flip_shift = exact_flip_shift(codec.input_hw[1], codec.heatmap_hw[1])
+    # our own training mirrors as the official code: "exact" undoes it for the stride
+    shift = resolve_flip_shift(flip_shift, codec.input_hw[1], codec.heatmap_hw[1])
     provenance: dict[str, Any] = {
         "backbone": {"checkpoint": str(backbone), "arch": cfg.arch, "data": _data_note(cfg)},
         "command": command,
@@ -219,7 +219,7 @@ def export_bundle(
                 sigma=codec.sigma,
                 decode=decode,
                 flip_test=flip_test,
-                flip_shift=flip_shift,
+                flip_shift=shift,
                 pair_split=pair_split,
                 detector_onnx=det_onnx,
                 detector_info=det_info,
@@ -229,18 +229,17 @@ def export_bundle(
         )
 
 
-def parse_flip_shift(v: str) -> float | None:
-    """--flip-shift: 'exact' (None: derived from the network's stride) or heatmap px in
-    [0, 1]."""
+def parse_flip_shift(v: str) -> float | str:
+    """--flip-shift: 'exact' (derived from the network's stride, models.codec.resolve_flip_shift)
+    or heatmap px in [0, 1]."""
+    from models.codec import check_flip_shift
+
     if v.strip().lower() == "exact":
-        return None
+        return "exact"
     try:
-        x = float(v)
+        return check_flip_shift(float(v))
     except ValueError:
         raise argparse.ArgumentTypeError(f"'exact' or a number in [0, 1], not {v!r}") from None
-    if not 0.0 <= x <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1] heatmap pixels, not {x:g}")
-    return x
 
 
 def read_pair_split(path: Path) -> PairSplit | None:

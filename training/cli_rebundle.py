@@ -85,7 +85,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flip-shift",
         type=parse_flip_shift,
-        default=argparse.SUPPRESS,
         metavar="PX|exact",
         help="heatmap pixels the flip test moves the mirrored crop's heatmaps right before "
         "averaging (bundle.json pose.flip_shift): 'exact' for the backbone's stride, (s - 1) / "
@@ -145,7 +144,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 FLIP_CHANGE = "flip test for boxes scoring >= {}"
-KEEP = object()  # rebundle(flip_shift=KEEP): the source bundle's flip shift stays
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         or args.int8
         or args.search
         or args.pair_split
-        or hasattr(args, "flip_shift")
+        or args.flip_shift is not None
         or args.fold_batchnorm
         or args.person_features
         or args.provenance
@@ -208,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
             flip_min_score=args.flip_min_score,
             search_file=args.search,
             pair_split_file=args.pair_split,
-            flip_shift=getattr(args, "flip_shift", KEEP),
+            flip_shift=args.flip_shift,
             fold_batchnorm=args.fold_batchnorm,
             person_features=args.person_features,
             int8_data=args.int8,
@@ -261,7 +259,7 @@ def rebundle(
     flip_min_score: float | None = None,
     search_file: Path | None = None,
     pair_split_file: Path | None = None,
-    flip_shift: float | object | None = KEEP,
+    flip_shift: float | str | None = None,
     fold_batchnorm: bool = False,
     person_features: bool = False,
     int8_data: Path | None = None,
@@ -362,17 +360,11 @@ def rebundle(
                 f"left/right pair split from {pair_split_file}: "
                 + (json.dumps(split.to_dict()) if split else "none")
             )
-        if flip_shift is not KEEP:
-            from models.codec import exact_flip_shift
+        if flip_shift is not None:
+            from models.codec import resolve_flip_shift
 
             pose = manifest.pose
-            shift = (
-                exact_flip_shift(pose.input_hw[1], pose.heatmap_hw[1])
-                if flip_shift is None
-                else float(flip_shift)  # type: ignore[arg-type]
-            )
-            if not 0.0 <= shift <= 1.0:
-                raise ValueError(f"flip shift must lie in [0, 1] heatmap pixels, not {shift:g}")
+            shift = resolve_flip_shift(flip_shift, pose.input_hw[1], pose.heatmap_hw[1])
             manifest = replace(manifest, pose=replace(pose, flip_shift=shift))
             changes.append(f"flip test shift {pose.flip_shift:g} -> {shift:g} heatmap px")
         if fold_batchnorm or person_features:

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
 
 from models.checkpoint import atomic_save, read_checkpoint, save_checkpoint
-from models.codec import decode_argmax, exact_flip_shift, fuse_flip
+from models.codec import decode_argmax, fuse_flip, resolve_flip_shift
 from models.keypoints import KeypointSpec, get_spec, proximal_groups
 from models.scio_nets import ScioNet, ScioNetConfig
 from models.scio_search import grid_offsets
@@ -72,17 +72,16 @@ def collect_outputs(
     limit: int | None = None,
     desc: str = "backbone outputs",
     flip_index: npt.NDArray[np.intp] | None = None,
-    flip_shift: float | None = None,
+    flip_shift: float | str = "exact",
 ) -> BackboneOutputs:
     """The backbone's heatmaps and features for the dataset's persons. With `flip_index`, the
     heatmaps are flip-fused as the service's flip test fuses them (the mirrored crop's heatmaps
-    flipped back, left/right swapped, moved `flip_shift` heatmap px right, averaged; None: the
+    flipped back, left/right swapped, moved `flip_shift` heatmap px right, averaged; "exact": the
     exact shift for the codec's stride, which `export` writes into the bundle by default); the
     features stay the unmirrored crop's, as the service passes them to Φ and Γ."""
     backbone.eval()
     h, w = dataset.codec.heatmap_hw
-    if flip_shift is None:
-        flip_shift = exact_flip_shift(dataset.codec.input_hw[1], w)
+    shift = resolve_flip_shift(flip_shift, dataset.codec.input_hw[1], w)
     stride = torch.as_tensor(dataset.codec.stride_xy, dtype=torch.float32)
     # Written into preallocated tensors: concatenating a list of batches would hold the cache
     # twice at its peak (about 10 GB for 32,000 persons at 64x48).
@@ -97,7 +96,7 @@ def collect_outputs(
             if flip_index is not None:
                 mirrored = backbone(batch["image"].flip(-1))[0]
                 heat = torch.from_numpy(
-                    fuse_flip(heat.numpy(), mirrored.numpy(), flip_index, flip_shift)
+                    fuse_flip(heat.numpy(), mirrored.numpy(), flip_index, shift)
                 )
             j = batch["joints"] / stride  # input pixels -> heatmap pixels
             inside = (
