@@ -49,7 +49,6 @@ from training.evaluate import (  # noqa: E402
     bootstrap_ap,
     evaluate_variants,
     load_rgb,
-    scio_config_for,
     xyxy,
 )
 
@@ -78,16 +77,19 @@ def make_split(work: Path, name: str, images: int) -> Path:
     return d
 
 
-def tune(bundle: Path, split: Path, base: ScioSearchConfig, limit: int | None) -> dict[str, Any]:
+def tune(
+    bundle: Path, split: Path, base: ScioSearchConfig, sigma: float, limit: int | None
+) -> dict[str, Any]:
     """Choose the settings in three stages on the tuning split, each stage on one backbone pass:
     the prior (backbone, Φ, fusion; judged without search steps, so that the search cannot hide
     which prior is better), then the search (strategy, radius, steps, or none), then the guards
     (acceptance margin, skipping confident keypoints). Within a stage the best AP wins, except
     that a cheaper setting within 0.2 AP points of the best is preferred (cost is a target too).
 
-    Two answers: `config`, the best settings overall (what a bundle ships), and `search_config`,
+    Three answers: `config`, the best settings overall (what a bundle ships), `search_config`,
     the best settings that do search (the +SCL+SCO row of Table 4), which differ when no search
-    beats every search."""
+    beats every search, and `scl_config`, the best of Φ's priors without search (the +SCL row).
+    `sigma`: the bundle's heatmap Gaussian σ in heatmap px (for lengths in base's units)."""
     history: dict[str, Any] = {}
 
     def stage(name: str, cands: dict[str, ScioSearchConfig]) -> dict[str, Any]:
@@ -107,18 +109,36 @@ def tune(bundle: Path, split: Path, base: ScioSearchConfig, limit: int | None) -
         near = [k for k in names if rows[k]["AP"] >= best_ap - 0.002]
         return min(near, key=lambda k: rows[k]["seconds"])
 
-    priors = {
-        p: replace(base, prior=p, strategy="descent", iterations=0)
-        for p in ("backbone", "phi", "fusion")
-    }
+    # Φ's priors: its map alone or fused with the backbone's at three weights, each decoded
+    # anywhere (the paper) or within one σ of the backbone's D (Φ refines the backbone's peak)
+    one_sigma = 1.0 if base.unit == "sigma" else sigma
+    priors = {"backbone": replace(base, prior="backbone", strategy="descent", iterations=0)}
+    for near in (0.0, one_sigma):
+        where = " within 1σ" if near else ""
+        priors[f"phi{where}"] = replace(priors["backbone"], prior="phi", prior_radius=near)
+        for w in (0.5, 0.7, 0.85):
+            priors[f"fusion {w:g}{where}"] = replace(
+                priors["backbone"], prior="fusion", fusion_weight=w, prior_radius=near
+            )
     rows = stage("prior", priors)
     history["prior"]["picked"] = p_pick = pick(rows, list(priors))
+    # the +SCL row of Table 4: the best of Φ's priors, whether or not it beats the backbone
+    history["prior"]["scl"] = scl_pick = max(
+        (k for k in priors if k != "backbone"), key=lambda k: rows[k]["AP"]
+    )
     cfg = priors[p_pick]
-    log.info("tuning prior: picked %s (%s)", p_pick, rows[p_pick])
+    log.info("tuning prior: picked %s (%s); SCL's %s", p_pick, rows[p_pick], scl_pick)
 
     # lengths in units of the heatmap Gaussian's σ (so the shipped settings mean the same at
     # any heatmap resolution): the paper's first step 1.5 px and radius 4 px at σ 2
-    sig = replace(cfg, unit="sigma", step=0.75, min_step=0.1875, grid_step=0.5)
+    sig = replace(
+        cfg,
+        unit="sigma",
+        step=0.75,
+        min_step=0.1875,
+        grid_step=0.5,
+        prior_radius=cfg.prior_radius if cfg.unit == "sigma" else cfg.prior_radius / sigma,
+    )
     searches = {
         "descent50 r2σ": replace(sig, strategy="descent", iterations=50, radius=2.0),
         "descent50 r1σ": replace(sig, strategy="descent", iterations=50, radius=1.0),
@@ -158,25 +178,28 @@ def tune(bundle: Path, split: Path, base: ScioSearchConfig, limit: int | None) -
         "config": guards[g_pick].to_dict(),
         "best_with_search": " | ".join((p_pick, s_search, g_search.removeprefix("search: "))),
         "search_config": guards[g_search].to_dict(),
+        "scl": scl_pick,
+        "scl_config": priors[scl_pick].to_dict(),
     }
 
 
 def table4(
     bundle: Path,
     split: Path,
-    cfg: ScioSearchConfig,
+    scl_cfg: ScioSearchConfig,
     search_cfg: ScioSearchConfig,
     boxes: str,
     limit: int | None,
 ) -> dict[str, Any]:
-    """Baseline; +SCL: the chosen prior without search; +SCL+SCO: the best settings that search."""
+    """Baseline; +SCL: the best of Φ's priors without search; +SCL+SCO: the best settings that
+    search."""
     opts = EvalOptions(boxes=boxes, limit=limit, keep_refinements=True, keep_results=True)
     return evaluate_variants(
         bundle,
         split / "person_keypoints.json",
         split / "images",
         opts,
-        {"baseline": None, "+SCL": scio_config_for("scl", cfg), "+SCL+SCO": search_cfg},
+        {"baseline": None, "+SCL": scl_cfg, "+SCL+SCO": search_cfg},
     )
 
 
@@ -510,12 +533,14 @@ def main() -> int:
     tune_split = make_split(args.work, "tune", args.images)
     val_split = None if args.tune_only else make_split(args.work, "val", args.images)
     bundle = load_bundle(args.bundle)
-    base = PosePipeline(bundle, device="cpu").scio_config
+    pipe = PosePipeline(bundle, device="cpu")
+    base = pipe.scio_config
 
     t0 = time.perf_counter()
-    tuning = tune(args.bundle, tune_split, base, limit)
+    tuning = tune(args.bundle, tune_split, base, pipe.codec.sigma, limit)
     chosen = ScioSearchConfig.from_dict(tuning["config"])
     searching = ScioSearchConfig.from_dict(tuning["search_config"])
+    scl = ScioSearchConfig.from_dict(tuning["scl_config"])
     log.info("chosen on the tuning split: %s", tuning["best"])
     log.info("best with search: %s", tuning["best_with_search"])
     if args.tune_only:
@@ -534,7 +559,7 @@ def main() -> int:
     t4 = {}
     for boxes in ("gt", str(val_split / "detections.json")):
         key = "gt boxes" if boxes == "gt" else "detections"
-        res = table4(args.bundle, val_split, chosen, searching, boxes, limit)
+        res = table4(args.bundle, val_split, scl, searching, boxes, limit)
         t4[key] = {row: {k: r["stats"][k] for k in TABLE4} for row, r in res.items()}
         results = {row: r.pop("coco_results") for row, r in res.items()}
         if boxes == "gt":
@@ -558,14 +583,12 @@ def main() -> int:
             report["fig6b"] = correlation(rows)
             report["scio_summary"] = res["+SCL+SCO"]["scio"]
     report["table4"] = t4
-    report["gamma_as_selector"] = gamma_as_selector(
-        args.bundle, val_split, scio_config_for("scl", chosen), scl_rows, limit
-    )
+    report["gamma_as_selector"] = gamma_as_selector(args.bundle, val_split, scl, scl_rows, limit)
     report["cost"] = cost(args.bundle, val_split, chosen, searching, 40 if not args.quick else 6)
     report["paper_scale_cost"] = paper_scale_cost(chosen, searching, 2 if args.quick else 5)
     report["accuracy_vs_cost"] = accuracy_vs_cost(args.bundle, tune_split, searching, limit)
     if args.proximal_bundle:
-        alt = table4(args.proximal_bundle, val_split, chosen, searching, "gt", limit)
+        alt = table4(args.proximal_bundle, val_split, scl, searching, "gt", limit)
         report["proximal_groups"] = {
             row: {k: r["stats"][k] for k in TABLE4} for row, r in alt.items()
         }

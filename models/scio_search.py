@@ -20,7 +20,13 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from models.codec import decode_argmax, decode_dark, render_gaussians
+from models.codec import (
+    HeatmapCodec,
+    dark_kernel_size,
+    decode_argmax,
+    decode_dark,
+    render_gaussians,
+)
 from models.keypoints import ScioGroup
 
 F32 = npt.NDArray[np.float32]
@@ -97,6 +103,11 @@ class ScioSearchConfig:
     min_improvement: float = 0.0  # accept only if loss_after < loss_before · (1 - this)
     prior: str = "backbone"  # D's heatmap before the search: backbone, phi, or their fusion
     fusion_weight: float = 0.5  # fusion: weight of the backbone's heatmap against Φ's
+    # phi / fusion: where the prior's map is decoded. 0: its global maximum (the paper: Φ may
+    # put D anywhere); > 0: its maximum within this distance of the backbone's D (in `unit`s),
+    # so Φ refines the backbone's choice of peak (one the pair split made included) instead of
+    # replacing it
+    prior_radius: float = 0.0
     # The self-constraint loss: "l2" = ‖H_A − Ĥ_A‖₂ (the paper); "normalized" = the same between
     # the two maps scaled to unit L2 norm (amplitude-free, in [0, 2]). Fixed by how Γ was trained.
     score: str = "l2"
@@ -202,6 +213,8 @@ class ScioSearchConfig:
             raise ValueError("radius, step, min_step and grid_step must be positive")
         if self.iterations < 0 or not 0 <= self.fusion_weight <= 1:
             raise ValueError("iterations must be >= 0 and fusion_weight in [0, 1]")
+        if not self.prior_radius >= 0:
+            raise ValueError(f"prior_radius must be >= 0, got {self.prior_radius}")
         if self.hypothesis_peaks < 1:
             raise ValueError("hypothesis_peaks must be >= 1")
 
@@ -224,6 +237,7 @@ class ScioSearchConfig:
             step=self.step * sigma,
             min_step=self.min_step * sigma,
             grid_step=self.grid_step * sigma,
+            prior_radius=self.prior_radius * sigma,
         )
 
     @classmethod
@@ -401,13 +415,13 @@ def refine(
             return None, None
         if len(phi_rows) == n_rows:
             heat = phi(ha, hb, hc, f, gidx)
-            return heat, _decoded(heat, backbone_d, decode)
+            return heat, _decoded(heat, backbone_d, decode, sigma)
         heat = np.zeros_like(ha)
         at = np.full_like(backbone_d, np.nan)
         if len(phi_rows):
             r = phi_rows
             heat[r] = phi(ha[r], hb[r], hc[r], _take(f, f_at[r]), gidx[r])
-            at[r] = _decoded(heat[r], backbone_d[r], decode)
+            at[r] = _decoded(heat[r], backbone_d[r], decode, sigma)
         return heat, at
 
     # Φ and Γ's context read the same inputs and not each other: with `parallel`, Φ runs there
@@ -439,7 +453,7 @@ def refine(
         peaks = (np.zeros((len(hd), n_peaks, 2)), np.full((len(hd), n_peaks), np.nan))
         peaks[0][hyp_rows], peaks[1][hyp_rows] = local_maxima(hd[hyp_rows], n_peaks)
     phi_heat, phi_d = run_phi() if phi_job is None else phi_job.result()
-    start = _prior_positions(hd, phi_heat, phi_d, backbone_d, config, decode)
+    start = _prior_positions(hd, phi_heat, phi_d, backbone_d, config, decode, sigma)
     if config.hypotheses:
         r = hyp_rows
         sub = None if phi_d is None else phi_d[r]
@@ -1104,26 +1118,51 @@ def _prior_positions(
     backbone_d: F64,
     config: ScioSearchConfig,
     decode: str,
+    sigma: float,
 ) -> F64:
-    """Where the search starts: the backbone's D, or the decoded Φ / fused heatmap (SCL)."""
+    """Where the search starts: the backbone's D, or the decoded Φ / fused heatmap (SCL),
+    anywhere or near the backbone's D (`prior_radius`, in pixels here)."""
     if config.prior == "backbone" or phi_heat is None:
         return backbone_d.copy()
-    if config.prior == "phi" and phi_d is not None:
+    if config.prior == "phi" and phi_d is not None and config.prior_radius == 0:
         return phi_d.copy()
     prior = (
         phi_heat
         if config.prior == "phi"
         else (config.fusion_weight * hd + (1 - config.fusion_weight) * phi_heat)
     )
-    return _decoded(prior, backbone_d, decode)
+    if config.prior_radius > 0:
+        return _decoded_near(prior, backbone_d, config.prior_radius, decode, sigma)
+    return _decoded(prior, backbone_d, decode, sigma)
 
 
-def _decoded(heat: F32, fallback: F64, decode: str) -> F64:
-    """Decoded positions of (M, h, w) maps; a map with no positive peak says nothing, so the
-    fallback (the backbone's D) stays."""
-    fn = decode_dark if decode == "dark" else decode_argmax
-    pos, val = fn(heat.astype(np.float32))
+def _decoded(heat: F32, fallback: F64, decode: str, sigma: float) -> F64:
+    """Decoded positions of (M, h, w) maps (DARK's blur sized for `sigma`, as the bundle's
+    codec decodes); a map with no positive peak says nothing, so the fallback (the backbone's D)
+    stays."""
+    if decode == "dark":
+        pos, val = decode_dark(heat.astype(np.float32), dark_kernel_size(sigma))
+    else:
+        pos, val = decode_argmax(heat.astype(np.float32))
     out: F64 = np.where((val > 0)[:, None], pos, fallback)
+    return out
+
+
+def _decoded_near(heat: F32, centre: F64, radius: float, decode: str, sigma: float) -> F64:
+    """Decoded positions of (M, h, w) maps, each map's maximum taken within `radius` px of its
+    `centre` (M, 2) and read to sub-pixel as `decode` reads a peak (the DARK or quarter-pixel
+    step there, over the whole map); where the disc holds no positive value, the centre stays."""
+    m, h, w = heat.shape
+    dx = np.arange(w)[None, None, :] - centre[:, 0, None, None]
+    dy = np.arange(h)[None, :, None] - centre[:, 1, None, None]
+    inside = dx * dx + dy * dy <= radius * radius  # (M, h, w)
+    masked = np.where(inside, heat, -np.inf).reshape(m, -1)
+    at = masked.argmax(axis=1)
+    val = masked[np.arange(m), at]
+    y, x = np.divmod(at, w)
+    method = "dark" if decode == "dark" else "argmax"
+    pos = HeatmapCodec((h, w), (h, w), sigma).refine_at(heat.astype(np.float32), x, y, method)
+    out: F64 = np.where((val > 0)[:, None], pos, centre)
     return out
 
 

@@ -208,6 +208,54 @@ def test_phi_and_fusion_priors_move_the_start() -> None:
     np.testing.assert_allclose(r_fuse.start, r_phi.start)
 
 
+def test_prior_radius_keeps_the_backbones_choice_of_peak() -> None:
+    """With `prior_radius`, the prior's map is decoded near the backbone's D: Φ's peak within
+    the radius moves the start there; a higher peak of the fused map farther away (the other
+    foot, for a split pair) does not, where the global decode jumps to it."""
+    heat, feats, coords, scores, _, gamma = _problem(2)
+    d = np.array([g.d for g in GROUPS])
+    near = coords[:, d] + np.array([1.0, 0.5])  # Φ's D 1.1 px from the backbone's
+    toward_middle = np.where(coords[:, d, 1:] < HW[0] / 2, 7.0, -7.0)
+    far = coords[:, d] + np.concatenate([0 * toward_middle, toward_middle], -1)  # 7 px away
+    n_rows = 2 * len(GROUPS)
+
+    def phi(ha, hb, hc, f, group):
+        p = np.arange(len(group)) // len(GROUPS)
+        return 0.6 * render_gaussians(near[p, group], HW, SIGMA) + 2 * render_gaussians(
+            far[p, group], HW, SIGMA
+        )
+
+    heat = heat.copy()
+    for p in range(2):
+        heat[p, d] = render_gaussians(coords[p, d], HW, SIGMA) * 0.5
+    base = ScioSearchConfig(iterations=0, prior="fusion", fusion_weight=0.5, unit="px")
+    run = lambda cfg: refine(  # noqa: E731
+        heat, feats, coords, scores, GROUPS, gamma, cfg, phi=phi, sigma=SIGMA, decode="dark"
+    )
+    anywhere = run(base).start
+    nearby = run(replace(base, prior_radius=3.0)).start
+    assert anywhere.shape == nearby.shape == (n_rows, 2)
+    # the global decode goes to the far peak; the local one stays between the two near peaks
+    assert np.linalg.norm(anywhere - far.reshape(-1, 2), axis=1).max() < 1.0
+    b = coords[:, d].reshape(-1, 2)
+    dist_b = np.linalg.norm(nearby - b, axis=1)
+    dist_phi = np.linalg.norm(nearby - near.reshape(-1, 2), axis=1)
+    assert (dist_b > 0.2).all()
+    assert (dist_phi < np.linalg.norm(near - coords[:, d], axis=-1).ravel()).all()
+    # Φ alone, decoded near the backbone's D: Φ's near peak, not its higher far one
+    phi_near = run(replace(base, prior="phi", prior_radius=3.0)).start
+    # (within a pixel: DARK's blurred window still feels the far peak's tail)
+    assert np.linalg.norm(phi_near - near.reshape(-1, 2), axis=1).max() < 1.0
+    assert np.linalg.norm(phi_near - far.reshape(-1, 2), axis=1).min() > 5.0
+    # a radius that covers the map is the global decode; radii scale with the unit
+    whole = run(replace(base, prior_radius=100.0)).start
+    np.testing.assert_allclose(whole, anywhere)
+    in_sigma = run(replace(base, prior_radius=3.0 / SIGMA, unit="sigma")).start
+    np.testing.assert_allclose(in_sigma, nearby)
+    with pytest.raises(ValueError, match="prior_radius"):
+        ScioSearchConfig(prior_radius=-1.0)
+
+
 def test_grid_offsets_cover_the_disc() -> None:
     g = grid_offsets(2.0, 1.0)
     assert tuple(g[0]) == (0.0, 0.0)
