@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from models.bundle import DetectorInfo
+    from models.keypoints import KeypointSpec
     from models.pairs import PairSplit
+    from training.bundle_export import ScioExport
 
 HELP = "export trained models into a bundle (ONNX, parity-checked, with provenance)"
 log = logging.getLogger(__name__)
@@ -137,12 +139,9 @@ def export_bundle(
     import tempfile
     from dataclasses import replace
 
-    from models.checkpoint import load_scio_net
     from models.codec import resolve_flip_shift
-    from models.keypoints import KeypointSpec, get_spec
-    from models.scio_search import ScioSearchConfig
-    from training.bundle_export import BundleSpec, ScioExport, build_bundle
-    from training.scio_export import export_gamma_checked, export_phi_checked
+    from models.keypoints import get_spec
+    from training.bundle_export import BundleSpec, build_bundle
     from training.train_backbone import codec_for
     from training.train_scio import load_backbone
 
@@ -162,43 +161,12 @@ def export_bundle(
         "command": command,
     }
     with tempfile.TemporaryDirectory(prefix="scio-export-") as tmp:
-        scio = None
+        scio: ScioExport | None = None
         if scio_dir is not None:
-            gamma = load_scio_net(scio_dir / "gamma.pt")
-            phi = load_scio_net(scio_dir / "phi.pt")
-            report = _read_json(scio_dir / "scio.json")
-            if "group_members" in report:  # the assignment Φ and Γ learned travels with them
-                spec = KeypointSpec.from_dict({**spec.to_dict(), "groups": report["group_members"]})
-            names = tuple(g.name for g in spec.groups)
-            if gamma.config.groups != names:
-                raise ValueError(f"{scio_dir}: Γ was trained for groups {gamma.config.groups}")
-            ctx, head, d_gamma = export_gamma_checked(gamma, Path(tmp), codec.heatmap_hw)
-            phi_path, d_phi = export_phi_checked(phi, Path(tmp), codec.heatmap_hw)
-            print(f"parity SCIO: max abs difference Γ {d_gamma:.2e}, Φ {d_phi:.2e}")
             wanted = json.loads(search_file.read_text()) if search_file else {}
-            trained = report.get("score", "l2")  # the loss Γ was trained for
-            if wanted.get("score", trained) != trained:
-                raise ValueError(
-                    f"{search_file}: score {wanted['score']!r}, but Γ was trained for {trained!r}"
-                )
-            search = ScioSearchConfig.from_dict({**wanted, "score": trained})
-            scio = ScioExport(
-                ctx,
-                head,
-                phi_path,
-                {
-                    "groups": list(names),
-                    "group_members": spec.to_dict()["groups"],
-                    "search": search.to_dict(),
-                    "net": report.get("net"),
-                    "sensitivity": (report.get("sensitivity") or {}).get("overall"),
-                    "parity_max_abs_diff": {"gamma": d_gamma, "phi": d_phi},
-                },
+            scio, spec, provenance["scio"] = read_scio_run(
+                scio_dir, spec, codec.heatmap_hw, Path(tmp), wanted, search_file
             )
-            provenance["scio"] = {
-                "folder": str(scio_dir),
-                "train_config": report.get("train_config"),
-            }
         det_onnx, det_info = None, None
         if detector_dir is not None:
             det_onnx, det_info, provenance["detector"] = read_detector_run(detector_dir)
@@ -227,6 +195,57 @@ def export_bundle(
                 provenance=provenance,
             ),
         )
+
+
+def read_scio_run(
+    scio_dir: Path,
+    spec: KeypointSpec,
+    heatmap_hw: tuple[int, int],
+    tmp: Path,
+    wanted: dict[str, Any],
+    search_file: Path | None,
+) -> tuple[ScioExport, KeypointSpec, dict[str, Any]]:
+    """A `train scio` output folder as a bundle's SCIO part: Γ and Φ exported to ONNX in `tmp`
+    (each checked against torch), the spec with the groups they learned, the search settings
+    `wanted` (from `search_file`, if any) with the score Γ was trained for, and the provenance
+    record."""
+    from models.checkpoint import load_scio_net
+    from models.keypoints import KeypointSpec
+    from models.scio_search import ScioSearchConfig
+    from training.bundle_export import ScioExport
+    from training.scio_export import export_gamma_checked, export_phi_checked
+
+    gamma = load_scio_net(scio_dir / "gamma.pt")
+    phi = load_scio_net(scio_dir / "phi.pt")
+    report = _read_json(scio_dir / "scio.json")
+    if "group_members" in report:  # the assignment Φ and Γ learned travels with them
+        spec = KeypointSpec.from_dict({**spec.to_dict(), "groups": report["group_members"]})
+    names = tuple(g.name for g in spec.groups)
+    if gamma.config.groups != names:
+        raise ValueError(f"{scio_dir}: Γ was trained for groups {gamma.config.groups}")
+    ctx, head, d_gamma = export_gamma_checked(gamma, tmp, heatmap_hw)
+    phi_path, d_phi = export_phi_checked(phi, tmp, heatmap_hw)
+    print(f"parity SCIO: max abs difference Γ {d_gamma:.2e}, Φ {d_phi:.2e}")
+    trained = report.get("score", "l2")  # the loss Γ was trained for
+    if wanted.get("score", trained) != trained:
+        raise ValueError(
+            f"{search_file}: score {wanted['score']!r}, but Γ was trained for {trained!r}"
+        )
+    search = ScioSearchConfig.from_dict({**wanted, "score": trained})
+    scio = ScioExport(
+        ctx,
+        head,
+        phi_path,
+        {
+            "groups": list(names),
+            "group_members": spec.to_dict()["groups"],
+            "search": search.to_dict(),
+            "net": report.get("net"),
+            "sensitivity": (report.get("sensitivity") or {}).get("overall"),
+            "parity_max_abs_diff": {"gamma": d_gamma, "phi": d_phi},
+        },
+    )
+    return scio, spec, {"folder": str(scio_dir), "train_config": report.get("train_config")}
 
 
 def parse_flip_shift(v: str) -> float | str:

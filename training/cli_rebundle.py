@@ -1,6 +1,7 @@
 """`scio-pose rebundle`: a bundle from another one with some of its parts replaced, for when the
 training runs behind a bundle are gone (or need not run again) and one part changes: another
-detector, refitted SCIO search settings, the left/right pairs split where they decode on one
+detector, Φ and Γ from another `train scio` run on the same backbone (with search settings
+fitted for them), refitted SCIO search settings, the left/right pairs split where they decode on one
 spot (models.pairs), the SCIO graphs rewritten as `export` now writes them
 (the context stem's BatchNorm folded; the feature maps taken once per person), or INT8 copies of
 the backbone and the detector added for CPU serving (training.quantize). A new detector drops
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
     from models.bundle import DetectorInfo
 
 HELP = (
-    "a bundle from another with its detector, person score, SCIO search settings or graphs, "
+    "a bundle from another with its detector, person score, SCIO networks, search settings or "
+    "graphs, "
     "left/right pair split or flip-test shift replaced, or INT8 copies added"
 )
 
@@ -70,6 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the flip test is on by default: the detector's boxes scoring below this run "
         "without it, one crop instead of two (bundle.json detector.flip_min_score; 0: every box "
         "flips; a --person-score file brings the one it was fitted with)",
+    )
+    parser.add_argument(
+        "--scio",
+        type=Path,
+        metavar="RUN",
+        help="a `train scio` output folder (phi.pt, gamma.pt, scio.json) trained on this "
+        "bundle's backbone: its Φ and Γ replace the bundle's (needs --search: the bundle's "
+        "search settings and confidence were fitted on the networks replaced)",
     )
     parser.add_argument(
         "--search",
@@ -167,6 +177,10 @@ def run(args: argparse.Namespace) -> int:
             "with --flip-min-score",
         ),
         (args.int8_images < 4, "--int8-images must be at least 4"),
+        (
+            args.scio is not None and args.search is None,
+            "--scio needs --search: the bundle's search settings were fitted on its networks",
+        ),
     )
     for bad, why in refused:
         if bad:
@@ -179,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         or args.flip_min_score is not None
         or args.int8
         or args.search
+        or args.scio
         or args.pair_split
         or args.flip_shift is not None
         or args.fold_batchnorm
@@ -188,8 +203,8 @@ def run(args: argparse.Namespace) -> int:
     ):
         print(
             "scio-pose rebundle: nothing to replace (--detector, --min-person-score, "
-            "--person-score, --flip-min-score, --int8, --search, --pair-split, --flip-shift, "
-            "--fold-batchnorm, --person-features, --evaluation or --provenance)",
+            "--person-score, --flip-min-score, --int8, --scio, --search, --pair-split, "
+            "--flip-shift, --fold-batchnorm, --person-features, --evaluation or --provenance)",
             file=sys.stderr,
         )
         return 2
@@ -205,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
             person_score_file=args.person_score,
             flip_min_score=args.flip_min_score,
             search_file=args.search,
+            scio_dir=args.scio,
             pair_split_file=args.pair_split,
             flip_shift=args.flip_shift,
             fold_batchnorm=args.fold_batchnorm,
@@ -258,6 +274,7 @@ def rebundle(
     person_score_file: Path | None = None,
     flip_min_score: float | None = None,
     search_file: Path | None = None,
+    scio_dir: Path | None = None,
     pair_split_file: Path | None = None,
     flip_shift: float | str | None = None,
     fold_batchnorm: bool = False,
@@ -276,6 +293,7 @@ def rebundle(
         DETECTOR,
         DETECTOR_INT8,
         GAMMA_CONTEXT,
+        GAMMA_HEAD,
         PHI,
         POSE,
         POSE_INT8,
@@ -284,7 +302,7 @@ def rebundle(
     )
     from models.scio_search import ScioSearchConfig
     from training.bundle_export import git_commit
-    from training.cli_export import read_detector_run, read_pair_split
+    from training.cli_export import read_detector_run, read_pair_split, read_scio_run
 
     source = load_bundle(bundle_dir)  # checks every file's sha256
     manifest = source.manifest
@@ -341,7 +359,32 @@ def rebundle(
         no_scio = manifest.scio is None or GAMMA_CONTEXT not in manifest.files
         if (search_file is not None or fold_batchnorm or person_features) and no_scio:
             raise ValueError(f"{bundle_dir} has no SCIO networks")
-        if search_file is not None:
+        if scio_dir is not None:
+            if search_file is None:
+                raise ValueError("--scio needs --search (settings fitted on the new networks)")
+            scio, spec, provenance["scio"] = read_scio_run(
+                scio_dir,
+                manifest.spec,
+                manifest.pose.heatmap_hw,
+                Path(tmp),
+                json.loads(search_file.read_text()),
+                search_file,
+            )
+            old_net = manifest.scio.get("net") or {}  # type: ignore[union-attr]
+            new_net = scio.settings.get("net") or {}
+            if old_net.get("feature_channels") != new_net.get("feature_channels"):
+                raise ValueError(
+                    f"{scio_dir}: Φ/Γ read {new_net.get('feature_channels')} feature channels, "
+                    f"the bundle's backbone gives {old_net.get('feature_channels')}"
+                )
+            if spec.groups != manifest.spec.groups:
+                raise ValueError(f"{scio_dir}: Φ/Γ were trained for other structural groups")
+            manifest = replace(manifest, scio=scio.settings)
+            sources |= {GAMMA_CONTEXT: scio.gamma_context, GAMMA_HEAD: scio.gamma_head}
+            if scio.phi is not None:
+                sources[PHI] = scio.phi
+            changes.append(f"Φ and Γ from {scio_dir}, search settings from {search_file}")
+        elif search_file is not None:
             wanted = json.loads(search_file.read_text())
             trained = manifest.scio["search"].get("score", "l2")  # type: ignore[index]
             if wanted.get("score", trained) != trained:

@@ -361,3 +361,89 @@ def test_evaluation_results_replace_the_provenance_s(unfolded: Path, tmp_path: P
         "scio": {"accepted": 3},
     }
     assert set(ev["results"]) == {"boxes=gt refine=none", "boxes=detector refine=sco"}
+
+
+def _scio_run(tmp_path: Path, feature_channels: int | None = None) -> Path:
+    """A `train scio` output folder for the demo's backbone: Φ and Γ of the demo's
+    architecture with fresh weights (seeds 1 and 2), and the scio.json `train scio` writes."""
+    torch = pytest.importorskip("torch")
+    from models.checkpoint import save_checkpoint
+    from models.scio_nets import ScioNet, ScioNetConfig
+
+    src = load_bundle(DEMO).manifest
+    net = {k: tuple(v) if isinstance(v, list) else v for k, v in src.scio["net"].items()}  # type: ignore[index]
+    if feature_channels is not None:
+        net["feature_channels"] = feature_channels
+    run = tmp_path / "scio-run"
+    run.mkdir()
+    for seed, role in ((1, "phi"), (2, "gamma")):
+        torch.manual_seed(seed)
+        save_checkpoint(run / f"{role}.pt", ScioNet(ScioNetConfig(**net)).eval(), {"epoch": 3})
+    report = {
+        "groups": [g.name for g in src.spec.groups],
+        "group_members": src.spec.to_dict()["groups"],
+        "score": src.scio["search"]["score"],  # type: ignore[index]
+        "net": {k: list(v) if isinstance(v, tuple) else v for k, v in net.items()},
+        "train_config": {"epochs": 3},
+    }
+    (run / "scio.json").write_text(json.dumps(report))
+    return run
+
+
+def test_scio_networks_are_replaced_with_settings_fitted_for_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--scio: another run's Φ and Γ in the bundle (each graph computing what its torch network
+    does), the search settings from --search, the run recorded; everything else copied."""
+    import onnxruntime as ort
+
+    from models.checkpoint import load_scio_net
+    from service.runtime import OnnxModel
+    from service.scio_onnx import OnnxPredictor
+
+    torch = pytest.importorskip("torch")
+    run = _scio_run(tmp_path)
+    src = load_bundle(DEMO).manifest
+    search = {**src.scio["search"], "prior": "fusion", "prior_radius": 1.0}  # type: ignore[index]
+    (tmp_path / "search.json").write_text(json.dumps(search))
+    out = tmp_path / "new"
+    base = ["--bundle", str(DEMO), "--out", str(out), "--scio", str(run)]
+    assert _cli(base) == 2  # settings fitted on the old networks would not fit the new ones
+    assert "--scio needs --search" in capsys.readouterr().err
+    assert _cli([*base, "--search", str(tmp_path / "search.json")]) == 0
+
+    new = load_bundle(out).manifest
+    for role in (GAMMA_CONTEXT, GAMMA_HEAD, PHI):
+        assert new.files[role].sha256 != src.files[role].sha256
+    for role in (POSE, DETECTOR, DETECTOR_INT8):
+        assert new.files[role] == src.files[role]
+    assert new.scio["search"]["prior_radius"] == 1.0  # type: ignore[index]
+    assert new.provenance["scio"] == {"folder": str(run), "train_config": {"epochs": 3}}
+    assert new.provenance["backbone"] == src.provenance["backbone"]
+    assert any("Φ and Γ from" in c for c in new.provenance["commands"][-1]["rebundled"])
+    # the bundle's Φ is the run's Φ
+    phi = load_scio_net(run / "phi.pt")
+    hw = new.pose.heatmap_hw
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.rand(3, 1, *hw, generator=g) for _ in range(3)]
+    f = torch.rand(3, phi.config.feature_channels, *hw, generator=g)
+    group = torch.tensor([0, 2, 5])
+    with torch.no_grad():
+        want = phi(maps[1], maps[2], maps[0], f, group)[:, 0].numpy()
+    session = ort.InferenceSession(str(out / new.files[PHI].path))
+    onnx_phi = OnnxPredictor(OnnxModel(session, "phi"))
+    got = onnx_phi(*(m[:, 0].numpy() for m in maps), f.numpy(), group.numpy())
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_scio_networks_for_another_backbone_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _scio_run(tmp_path, feature_channels=16)
+    src = load_bundle(DEMO).manifest
+    (tmp_path / "search.json").write_text(json.dumps(src.scio["search"]))  # type: ignore[index]
+    out = tmp_path / "new"
+    args = ["--bundle", str(DEMO), "--out", str(out), "--scio", str(run)]
+    assert _cli([*args, "--search", str(tmp_path / "search.json")]) == 2
+    assert "feature channels" in capsys.readouterr().err
+    assert not out.exists()
