@@ -30,8 +30,7 @@ if TYPE_CHECKING:
 
 HELP = (
     "a bundle from another with its detector, person score, SCIO networks, search settings or "
-    "graphs, "
-    "left/right pair split or flip-test shift replaced, or INT8 copies added"
+    "graphs, left/right pair split or flip-test shift replaced, or INT8 copies added"
 )
 
 
