@@ -77,6 +77,24 @@ def make_split(work: Path, name: str, images: int) -> Path:
     return d
 
 
+def prior_candidates(base: ScioSearchConfig, sigma: float) -> dict[str, ScioSearchConfig]:
+    """The backbone's D and Φ's priors, each without search steps: Φ's map alone or fused with
+    the backbone's at three weights, decoded anywhere (the paper) or within one σ of the
+    backbone's D (Φ refines the backbone's peak). `sigma`: the heatmap Gaussian's σ in px, for
+    a `base` whose lengths are in px."""
+    one_sigma = 1.0 if base.unit == "sigma" else sigma
+    none = replace(base, prior="backbone", strategy="descent", iterations=0)
+    out = {"backbone": none}
+    for near in (0.0, one_sigma):
+        where = " within 1σ" if near else ""
+        out[f"phi{where}"] = replace(none, prior="phi", prior_radius=near)
+        for w in (0.5, 0.7, 0.85):
+            out[f"fusion {w:g}{where}"] = replace(
+                none, prior="fusion", fusion_weight=w, prior_radius=near
+            )
+    return out
+
+
 def tune(
     bundle: Path, split: Path, base: ScioSearchConfig, sigma: float, limit: int | None
 ) -> dict[str, Any]:
@@ -109,17 +127,7 @@ def tune(
         near = [k for k in names if rows[k]["AP"] >= best_ap - 0.002]
         return min(near, key=lambda k: rows[k]["seconds"])
 
-    # Φ's priors: its map alone or fused with the backbone's at three weights, each decoded
-    # anywhere (the paper) or within one σ of the backbone's D (Φ refines the backbone's peak)
-    one_sigma = 1.0 if base.unit == "sigma" else sigma
-    priors = {"backbone": replace(base, prior="backbone", strategy="descent", iterations=0)}
-    for near in (0.0, one_sigma):
-        where = " within 1σ" if near else ""
-        priors[f"phi{where}"] = replace(priors["backbone"], prior="phi", prior_radius=near)
-        for w in (0.5, 0.7, 0.85):
-            priors[f"fusion {w:g}{where}"] = replace(
-                priors["backbone"], prior="fusion", fusion_weight=w, prior_radius=near
-            )
+    priors = prior_candidates(base, sigma)
     rows = stage("prior", priors)
     history["prior"]["picked"] = p_pick = pick(rows, list(priors))
     # the +SCL row of Table 4: the best of Φ's priors, whether or not it beats the backbone

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +23,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import git_commit, machine, md_header, write_results  # noqa: E402
-from benchmarks.scio_ablation import SPLITS, make_split  # noqa: E402
+from benchmarks.scio_ablation import SPLITS, make_split, prior_candidates  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
 from models.scio_search import ScioSearchConfig  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
 from training.evaluate import EvalOptions, bootstrap_ap, evaluate_variants  # noqa: E402
 
-WEIGHTS = (0.5, 0.7, 0.85)
-
 
 def variants(base: ScioSearchConfig, sigma: float) -> dict[str, ScioSearchConfig | None]:
-    """The backbone (no refinement) and Φ's priors, every one without search steps."""
-    one_sigma = 1.0 if base.unit == "sigma" else sigma
-    none = replace(base, strategy="descent", iterations=0)
-    out: dict[str, ScioSearchConfig | None] = {"backbone": None}
-    for near in (0.0, one_sigma):
-        where = " within 1σ" if near else ""
-        out[f"phi{where}"] = replace(none, prior="phi", prior_radius=near)
-        for w in WEIGHTS:
-            out[f"fusion {w:g}{where}"] = replace(
-                none, prior="fusion", fusion_weight=w, prior_radius=near
-            )
-    return out
+    """The backbone (no refinement) and Φ's priors, as the ablation's tuning tries them."""
+    return {**prior_candidates(base, sigma), "backbone": None}
 
 
 def measure(bundle: Path, split: Path, bootstrap: str | None) -> dict[str, Any]:
