@@ -52,6 +52,29 @@ def box_to_center_scale(
     return centers, scales
 
 
+def half_body_box(
+    points: npt.ArrayLike, aspect_ratio: float, enlarge: float = 1.5
+) -> tuple[F64, F64]:
+    """The official half-body crop of the joints `points` (..., M, 2): centred on their mean,
+    the extent of their bounding box grown (never shrunk) to `aspect_ratio` = input_w / input_h,
+    times `enlarge`, no 1.25 padding. -> centers (..., 2), scales (..., 2) in pixel_std units."""
+    pts = np.asarray(points, dtype=np.float64)
+    w, h = np.moveaxis(pts.max(axis=-2) - pts.min(axis=-2), -1, 0)
+    wide = w > aspect_ratio * h
+    h = np.where(wide, w / aspect_ratio, h)
+    w = np.where(~wide, h * aspect_ratio, w)
+    return pts.mean(axis=-2), np.stack([w, h], axis=-1) / PIXEL_STD * enlarge
+
+
+def center_scale_to_box(centers: npt.ArrayLike, scales: npt.ArrayLike) -> F64:
+    """The box x1, y1, x2, y2 (N, 4) that `box_to_center_scale` turns back into `centers` and
+    `scales` (N, 2) when the scales already have the network's aspect ratio: how a crop given
+    as center and scale is handed to code that takes boxes."""
+    c = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
+    half = np.asarray(scales, dtype=np.float64).reshape(-1, 2) * PIXEL_STD / PADDING / 2
+    return np.concatenate([c - half, c + half], axis=1)
+
+
 def affine_matrices(
     centers: npt.ArrayLike,
     scales: npt.ArrayLike,

@@ -6,8 +6,10 @@ import pytest
 from models.geometry import (
     affine_matrices,
     box_to_center_scale,
+    center_scale_to_box,
     clean_gt_boxes,
     flip_keypoints_horizontal,
+    half_body_box,
     heatmap_to_image,
     resize_bilinear,
     transform_points,
@@ -53,6 +55,28 @@ def test_box_to_center_scale_grows_to_the_aspect_ratio_and_pads() -> None:
     np.testing.assert_allclose(c, [[25, 60], [150, 50]])
     # tall box: w grows to 0.75 * 80 = 60; wide box: h grows to 300 / 0.75 = 400
     np.testing.assert_allclose(s, [[60 / 200 * 1.25, 80 / 200 * 1.25], [1.875, 2.5]])
+
+
+def test_half_body_box_is_the_official_crop() -> None:
+    # joints spanning 20 x 40 (tall): centred on their mean, width grows to 0.75 * 40 = 30,
+    # then x1.5 and no 1.25 padding; spanning 60 x 20 (wide): height grows to 60 / 0.75 = 80
+    tall = [[10, 10], [30, 50], [20, 30], [20, 14]]
+    wide = [[0, 0], [60, 20], [30, 4]]
+    c, s = half_body_box(tall, aspect_ratio=0.75)
+    np.testing.assert_allclose(c, [20, 26])
+    np.testing.assert_allclose(s, [30 / 200 * 1.5, 40 / 200 * 1.5])
+    c, s = half_body_box(np.array([wide, wide]), aspect_ratio=0.75)  # batched
+    np.testing.assert_allclose(c, [[30, 8], [30, 8]])
+    np.testing.assert_allclose(s, [[60 / 200 * 1.5, 80 / 200 * 1.5]] * 2)
+
+
+def test_center_scale_to_box_inverts_box_to_center_scale() -> None:
+    c, s = box_to_center_scale([[10, 20, 30, 40], [5, 5, 60, 80]], aspect_ratio=0.75)
+    box = center_scale_to_box(c, s)
+    xywh = np.concatenate([box[:, :2], box[:, 2:] - box[:, :2]], axis=1)
+    c2, s2 = box_to_center_scale(xywh, aspect_ratio=0.75)
+    np.testing.assert_allclose(c2, c)
+    np.testing.assert_allclose(s2, s)
 
 
 def test_clean_gt_boxes_follows_the_official_rule() -> None:

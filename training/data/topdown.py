@@ -23,6 +23,7 @@ from models.geometry import (
     box_to_center_scale,
     clean_gt_boxes,
     flip_keypoints_horizontal,
+    half_body_box,
     transform_points,
     warp_affine,
 )
@@ -157,13 +158,7 @@ class TopDownDataset(Dataset[dict[str, Any]]):
             sel = lower if len(lower) > 2 else upper
         if len(sel) < 2:
             return None
-        lt, rb = sel.min(axis=0), sel.max(axis=0)
-        w, h = rb - lt
-        if w > self._aspect * h:
-            h = w / self._aspect
-        elif w < self._aspect * h:
-            w = h * self._aspect
-        return sel.mean(axis=0), np.array([w, h]) / 200.0 * 1.5
+        return half_body_box(sel, self._aspect)
 
 
 class SampleStream(Dataset[dict[str, Any]]):
