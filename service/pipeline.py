@@ -34,7 +34,14 @@ from models.bundle import (
     load_bundle,
 )
 from models.codec import HeatmapCodec, fuse_flip
-from models.geometry import affine_matrices, box_to_center_scale, heatmap_to_image, warp_affine
+from models.geometry import (
+    affine_matrices,
+    box_to_center_scale,
+    half_body_box,
+    heatmap_to_image,
+    transform_points,
+    warp_affine,
+)
 from models.pairs import PairSplit, split_pairs
 from models.postprocess import OKS_THRE, oks_nms, person_features, rescore
 from models.preprocess import Normalization, to_network_input
@@ -47,6 +54,18 @@ from service.settings import PRECISIONS
 
 log = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
+
+# The head view (`PoseOptions.head_view`): the backbone run again on the half-body crop around
+# the decoded upper-body joints, whose face keypoints replace the first crop's
+# (benchmarks/second_view.py). Keypoints whose name contains one of these words:
+HEAD_VIEW_PLACED_BY = ("nose", "eye", "ear", "shoulder", "elbow", "wrist")
+HEAD_VIEW_REPLACES = ("nose", "eye", "ear")
+# the view's scale relative to the first crop's: never larger, never below this share
+HEAD_VIEW_MIN_SCALE = 0.3
+
+
+def _named_keypoints(names: Sequence[str], words: tuple[str, ...]) -> npt.NDArray[np.intp]:
+    return np.flatnonzero([any(w in n for w in words) for n in names])
 
 
 @dataclass
@@ -148,6 +167,10 @@ class PosePipeline:
         if bundle.has_scio:
             self._load_scio(bundle, load, scio_config, scio_parallel, intra_op_threads)
         self.refine_available = self.verifier is not None
+        self._head_placed_by = _named_keypoints(self.spec.keypoint_names, HEAD_VIEW_PLACED_BY)
+        self._head_replaces = _named_keypoints(self.spec.keypoint_names, HEAD_VIEW_REPLACES)
+        # a spec without face keypoints (CrowdPose's head and neck) has no head view
+        self.head_view_available = len(self._head_replaces) > 0 and len(self._head_placed_by) > 1
         log.info(
             "loaded bundle %s %s from %s on %s", m.name, m.version, bundle.root, self.pose.providers
         )
@@ -219,6 +242,7 @@ class PosePipeline:
             "flip_min_score": self.detector.info.flip_min_score if self.detector else None,
             "pair_split": self.pair_split.to_dict() if self.pair_split else None,
             "refine_available": self.refine_available,
+            "head_view_available": self.head_view_available,
             "scio": self.scio_config.to_dict() if self.refine_available else None,
             "providers": self.pose.providers,
             "precision": self.precision,
@@ -285,7 +309,54 @@ class PosePipeline:
             BackbonePass(persons, heatmaps, features, coords, scores, timings), self.pair_split
         )
         timings["decode_heatmaps_ms"] = _ms(t)
+
+        if self.head_view_available:
+            want = np.array([items[i][1].head_view for i in persons.item], dtype=bool)
+            if want.any():
+                t = time.perf_counter()
+                bp = self._head_view(items, bp, np.flatnonzero(want))
+                timings["head_view_ms"] = _ms(t)
         return bp
+
+    def head_view_crops(self, bp: BackbonePass, sel: npt.NDArray[np.intp]) -> tuple[F64, F64]:
+        """Centers and scales (len(sel), 2) of the head view of the persons `sel` of `bp`: the
+        official half-body crop (the box of the decoded upper-body joints grown to the network's
+        aspect ratio, x1.5, centred on their mean), kept between HEAD_VIEW_MIN_SCALE and 1 times
+        the first crop's scale."""
+        p, hw = bp.persons, self.codec.heatmap_hw
+        joints = heatmap_to_image(
+            bp.coords[sel][:, self._head_placed_by], p.centers[sel], p.scales[sel], hw
+        )
+        aspect = self.codec.input_hw[1] / self.codec.input_hw[0]
+        centers, scales = half_body_box(joints, aspect)
+        first = p.scales[sel]
+        return centers, np.clip(scales, HEAD_VIEW_MIN_SCALE * first, first)
+
+    def _head_view(
+        self,
+        items: Sequence[tuple[npt.NDArray[np.uint8], PoseOptions]],
+        bp: BackbonePass,
+        sel: npt.NDArray[np.intp],
+    ) -> BackbonePass:
+        """`bp` with the face keypoints (position and peak) of the persons `sel` taken from the
+        backbone's pass over their head view (`head_view_crops`), decoded as the first crop
+        (flip test as the person's, pair split), in the first crop's heatmap pixels. The maps
+        SCIO reads stay the first crop's."""
+        p, hw = bp.persons, self.codec.heatmap_hw
+        centers, scales = self.head_view_crops(bp, sel)
+        view = _Persons(p.item[sel], p.boxes[sel], p.box_scores[sel], centers, scales)
+        heatmaps, features = self._backbone(self._crops(items, view), self._flip_mask(items, view))
+        coords, scores = self.codec.decode(heatmaps, self.bundle.manifest.pose.decode)
+        vp = self.with_pair_split(
+            BackbonePass(view, heatmaps, features, coords, scores, {}), self.pair_split
+        )
+        image = heatmap_to_image(vp.coords, centers, scales, hw)
+        first = transform_points(image, affine_matrices(p.centers[sel], p.scales[sel], None, hw))
+        k = self._head_replaces
+        out_coords, out_scores = bp.coords.copy(), bp.scores.copy()
+        out_coords[sel[:, None], k] = first[:, k]
+        out_scores[sel[:, None], k] = vp.scores[:, k]
+        return replace(bp, coords=out_coords, scores=out_scores)
 
     def with_pair_split(self, bp: BackbonePass, split: PairSplit | None) -> BackbonePass:
         """`bp` with `split` applied to its decoded keypoints (models.pairs; None or no pairs:

@@ -67,6 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="flip test, as /pose?flip= (default: the bundle's, bundle.json pose.flip_test)",
     )
     p.add_argument(
+        "--head-view",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the head view, as /pose?head_view=: the backbone run again on each person's "
+        "upper-body crop for the nose, eyes and ears (one more backbone pass per person)",
+    )
+    p.add_argument(
         "--boxes-from",
         type=Path,
         metavar="FILE",
@@ -261,6 +268,7 @@ class Predictor:
             detector_threshold=args.detector_threshold,
             max_persons=args.max_persons,
             oks_nms_threshold=args.oks_nms,
+            head_view=args.head_view,
         )
         self._videos: dict[Path, _VideoState] = {}
         self._coco: list[dict[str, Any]] = []

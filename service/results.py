@@ -40,6 +40,10 @@ class PoseOptions:
     # `scio-pose evaluate --protocol official`: keypoints not clipped to the image, and OKS-NMS
     # ties broken as the official code's argsort does (the later person first). The API clips.
     official: bool = False
+    # the head view: the backbone run again on the half-body crop of the upper body, whose nose,
+    # eyes and ears replace the first crop's (one more backbone pass per person; ignored where
+    # the bundle's keypoints have no face keypoints: GET /info head_view_available)
+    head_view: bool = False
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,13 @@ class _CommonParams(BaseModel):
         description="of two detected persons whose poses overlap with OKS above this, answer the "
         "better-scored only; omitted: the bundle's (GET /info: bundle.oks_nms)",
     )
+    head_view: bool = Field(
+        False,
+        description="the head view: the backbone runs again on each person's upper-body crop "
+        "(the half-body crop around the first pass's upper-body joints) and its nose, eyes and "
+        "ears replace the first crop's; one more backbone pass per person; ignored where the "
+        "bundle has no face keypoints (GET /info: bundle.head_view_available)",
+    )
     format: Literal["json", "coco"] = Field("json", description="json, or the COCO results list")
     image_id: int = Field(
         0,

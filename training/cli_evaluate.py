@@ -36,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: the bundle's (bundle.json pose.flip_test)",
     )
     parser.add_argument(
+        "--head-view",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the head view, as /pose?head_view=: the backbone run again on each person's "
+        "upper-body crop for the nose, eyes and ears",
+    )
+    parser.add_argument(
         "--pair-split",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -82,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             limit=args.limit,
             protocol=args.protocol,
             pair_split=args.pair_split,
+            head_view=args.head_view,
             keep_refinements=args.dump_refinements is not None,
         ),
     )

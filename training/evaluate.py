@@ -67,6 +67,7 @@ class EvalOptions:
     # the bundle's left/right pair split (bundle.json pose.pair_split, models.pairs) after
     # decoding; False: the backbone's own decoding (what the split adds)
     pair_split: bool = True
+    head_view: bool = False  # the head view (PoseOptions.head_view) for every person
 
 
 def scio_config_for(mode: str, bundle_config: ScioSearchConfig) -> ScioSearchConfig:
@@ -160,6 +161,7 @@ def evaluate_variants(
             "protocol": opts.protocol,
             "refine": name,
             "flip": pipe.flips(opts.flip),
+            "head_view": opts.head_view and pipe.head_view_available,
             "pair_split": pipe.pair_split.to_dict() if pipe.pair_split else None,
             "scio_config": cfg.to_dict() if cfg else None,
             "images": len(image_ids),
@@ -226,6 +228,7 @@ def eval_items(
             oks_nms_threshold=OKS_THRE,  # AP's protocol, not the bundle's
             min_score=0.0,  # AP ranks every answer: none is dropped by its score
             official=official,
+            head_view=opts.head_view,
         )
         items.append((load_rgb(images_dir, coco.images[image_id]), o))
     return items

@@ -278,6 +278,7 @@ def _options(
         detector_threshold=params.detector_threshold,
         max_persons=params.max_persons,
         oks_nms_threshold=params.oks_nms,
+        head_view=params.head_view,
     )
 
 

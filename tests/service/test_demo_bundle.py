@@ -111,3 +111,65 @@ def test_render_returns_a_png_of_the_image(client: Any, synthetic: Path) -> None
     assert r.status_code == 200
     assert r.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(r.content)).size == (256, 256)
+
+
+def test_the_head_view_is_the_backbone_on_the_upper_body_crop(synthetic: Path) -> None:
+    """?head_view=true: the nose, eyes and ears are what the backbone finds in the half-body crop
+    around the first pass's upper-body joints (computed here the other way round, as boxes the
+    pipeline is given), back in the image; every other keypoint is the first crop's."""
+    from dataclasses import replace
+
+    from models.geometry import center_scale_to_box, half_body_box, heatmap_to_image
+    from service.pipeline import PosePipeline
+    from service.results import PoseOptions
+
+    pipe = PosePipeline(load_bundle(DEMO), device="cpu")
+    names = pipe.spec.keypoint_names
+    face = np.array([n == "nose" or "eye" in n or "ear" in n for n in names])
+    ann = json.loads((synthetic / "person_keypoints.json").read_text())
+    im = ann["images"][0]
+    image = np.asarray(Image.open(synthetic / "images" / im["file_name"]).convert("RGB"))
+    boxes = np.array(
+        [a["bbox"] for a in ann["annotations"] if a["image_id"] == im["id"]], dtype=float
+    )
+    boxes[:, 2:] += boxes[:, :2]
+    # no OKS-NMS, no score floor: the persons come back in box order, sorted by score
+    opts = PoseOptions(boxes=boxes, refine=False, min_score=0.0)
+    plain = pipe.estimate(image, opts)
+    seen = pipe.estimate(image, replace(opts, head_view=True))
+    assert "head_view_ms" in seen.timings_ms
+    assert "head_view_ms" not in plain.timings_ms
+
+    bp = pipe.backbone_pass([(image, opts)])
+    centers, scales = pipe.head_view_crops(bp, np.arange(len(boxes)))
+    # the official half-body crop of the decoded upper body (nose to wrists)
+    upper = list(range(11))  # COCO's nose .. right wrist
+    joints = heatmap_to_image(
+        bp.coords[:, upper], bp.persons.centers, bp.persons.scales, pipe.codec.heatmap_hw
+    )
+    want_c, want_s = half_body_box(joints, 96 / 128)
+    np.testing.assert_allclose(centers, want_c)
+    np.testing.assert_allclose(scales, np.clip(want_s, 0.3 * bp.persons.scales, bp.persons.scales))
+    view = pipe.estimate(image, replace(opts, boxes=center_scale_to_box(centers, scales)))
+    by_box = {tuple(p.bbox): p for p in plain.persons}
+    assert len(seen.persons) == len(boxes) >= 1
+    for person in seen.persons:
+        before = by_box[tuple(person.bbox)]
+        np.testing.assert_array_equal(person.keypoints[~face], before.keypoints[~face])
+        assert not np.allclose(person.keypoints[face, :2], before.keypoints[face, :2])
+    # the views' answers (their persons' order is by score, the same faces either way)
+    view_faces = sorted(p.keypoints[face].tolist() for p in view.persons)
+    seen_faces = sorted(p.keypoints[face].tolist() for p in seen.persons)
+    np.testing.assert_allclose(seen_faces, view_faces, atol=1e-6)
+
+
+def test_head_view_query_on_the_demo_bundle(client: Any, synthetic: Path) -> None:
+    body = next((synthetic / "images").iterdir()).read_bytes()
+    jpeg = {"content-type": "image/jpeg"}
+    on = client.post("/pose?head_view=true&refine=false", content=body, headers=jpeg)
+    off = client.post("/pose?refine=false", content=body, headers=jpeg)
+    assert on.status_code == off.status_code == 200
+    assert "head_view_ms" in on.json()["timings_ms"]
+    assert "head_view_ms" not in off.json()["timings_ms"]
+    assert client.post("/pose?head_view=maybe", content=body, headers=jpeg).status_code == 422
+    assert client.get("/info").json()["bundle"]["head_view_available"] is True

@@ -341,3 +341,44 @@ def test_a_collapsed_pair_is_split_as_the_bundle_says(tmp_path: Path) -> None:
     kw = other.estimate(img, o).persons[0].keypoints
     assert np.linalg.norm(kw[10, :2] - (150, 230)) < tol
     np.testing.assert_allclose(kw[16], before[16])
+
+
+def test_the_head_view_zooms_in_on_the_upper_body_and_replaces_the_face_only(
+    pipe: PosePipeline,
+) -> None:
+    """Every keypoint of the dot model is on the blob: the upper body has no extent, so the head
+    view is the smallest crop allowed (0.3 of the first crop's scale) centred on the blob, and
+    only the nose, eyes and ears come from it (closer to the blob: a finer grid)."""
+    ys, xs = np.mgrid[0:300, 0:400]
+    blob = 255 * np.exp(-((xs - 101.3) ** 2 + (ys - 122.6) ** 2) / (2 * 6.0**2))
+    img = np.repeat(blob[..., None], 3, axis=2).astype(np.uint8)
+    boxes = np.array([[40.0, 40, 180, 240]])
+    opts = PoseOptions(boxes=boxes, refine=False)
+    plain = pipe.estimate(img, opts).persons[0]
+    seen = pipe.estimate(img, replace(opts, head_view=True)).persons[0]
+    bp = pipe.backbone_pass([(img, opts)])
+    centers, scales = pipe.head_view_crops(bp, np.array([0]))
+    np.testing.assert_allclose(scales, 0.3 * bp.persons.scales)
+    assert np.linalg.norm(centers[0] - (101.3, 122.6)) < _tolerance(boxes[0])
+    face = np.arange(5)  # COCO: nose, eyes, ears
+    body = np.arange(5, 17)
+    np.testing.assert_array_equal(seen.keypoints[body], plain.keypoints[body])
+    err_plain = np.linalg.norm(plain.keypoints[face, :2] - (101.3, 122.6), axis=1)
+    err_seen = np.linalg.norm(seen.keypoints[face, :2] - (101.3, 122.6), axis=1)
+    assert err_seen.max() < 0.3 * _tolerance(boxes[0])  # measured: 1.25 px
+    assert err_seen.max() < err_plain.min()  # measured: 4.22 px
+
+
+def test_a_spec_without_face_keypoints_has_no_head_view(tmp_path: Path) -> None:
+    from models.keypoints import CROWDPOSE14
+
+    root = make_fake_bundle(tmp_path / "b", spec=CROWDPOSE14)
+    crowd = PosePipeline.from_path(root, device="cpu")
+    assert crowd.head_view_available is False
+    assert crowd.info["head_view_available"] is False
+    img = _dots((200, 200), [(100, 100)])
+    opts = PoseOptions(boxes=np.array([[50.0, 50, 150, 150]]), refine=False)
+    plain = crowd.estimate(img, opts)
+    seen = crowd.estimate(img, replace(opts, head_view=True))  # asked for, ignored
+    assert "head_view_ms" not in seen.timings_ms
+    np.testing.assert_array_equal(seen.persons[0].keypoints, plain.persons[0].keypoints)

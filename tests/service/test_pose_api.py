@@ -281,6 +281,15 @@ def test_a_url_or_path_body_is_just_not_an_image(body: bytes) -> None:
     assert as_field.json()["error"]["code"] == "missing_image"
 
 
+def test_the_head_view_is_off_unless_a_request_asks() -> None:
+    fake = FakeEstimator()
+    with serve(fake) as client:
+        assert post_image(client, PNG).status_code == 200
+        assert post_image(client, PNG, head_view="true").status_code == 200
+        assert post_image(client, PNG, head_view="sometimes").status_code == 422
+    assert [seen[1].head_view for seen in fake.seen] == [False, True]
+
+
 def test_an_omitted_flip_leaves_it_to_the_bundle() -> None:
     fake = FakeEstimator(persons=1)
     with serve(fake) as client:
