@@ -76,6 +76,14 @@ def write_results(name: str, report: dict[str, Any], markdown: str) -> None:
     print(markdown)
 
 
+def shown_path(path: Path) -> str:
+    """`path` relative to the repository where it lies inside it (result files name the bundle
+    the same way whichever checkout ran them), else as given."""
+    root = RESULTS.parents[1]
+    resolved = path.resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
+
+
 def git_commit(path: Path = RESULTS.parents[1]) -> str:
     """The short commit of the checkout at `path` (what a benchmark measured)."""
     import subprocess

@@ -36,7 +36,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import git_commit, machine, md_header, write_results  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    git_commit,
+    machine,
+    md_header,
+    shown_path,
+    write_results,
+)
 from benchmarks.scio_ablation import SPLITS, make_split, split_arguments  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
 from models.geometry import (  # noqa: E402
@@ -222,7 +228,7 @@ def measure(
         acc = keypoint_accuracy(match_predictions(coco, preds[name], spec), spec)
         rows[name] = {"AP": stats["AP"], "AP50": stats["AP50"], "accuracy": acc}
     out: dict[str, Any] = {
-        "bundle": str(bundle),
+        "bundle": shown_path(bundle),
         "view_flip": view_flip,
         "persons": persons,
         "backbone_ms_per_person": {k: v / max(persons, 1) for k, v in ms.items()},
