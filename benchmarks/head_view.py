@@ -75,8 +75,9 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     face = r["face_keypoints"]
     for boxes, b in r["boxes"].items():
+        title = "GT boxes" if boxes == "gt" else "The bundle's detector"
         lines += [
-            f"## {'GT boxes' if boxes == 'gt' else 'the bundle’s detector'}",
+            f"## {title}",
             "",
             "| pipeline | AP | AP50 | persons | seconds | " + " | ".join(face) + " |",
             "|---|---|---|---|---|" + "---|" * len(face),
