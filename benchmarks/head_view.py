@@ -21,13 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import (  # noqa: E402
-    git_commit,
-    machine,
     md_header,
     shown_path,
     write_results,
 )
-from benchmarks.scio_ablation import SPLITS, make_split, split_arguments  # noqa: E402
+from benchmarks.scio_ablation import make_split, split_arguments, split_report  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
 from service.pipeline import HEAD_VIEW_REPLACES, PosePipeline  # noqa: E402
 from training.evaluate import EvalOptions, bootstrap_ap, evaluate_variants  # noqa: E402
@@ -110,13 +108,8 @@ def main() -> int:
         ap.error(f"{args.bundle} is not a bundle (no bundle.json)")
     split = make_split(args.work, args.split, args.images)
     report: dict[str, Any] = {
-        "command": " ".join(["python", *sys.argv]),
-        "machine": machine(),
-        "code": git_commit(),
+        **split_report(args),
         "bundle": shown_path(args.bundle),
-        "split": args.split,
-        "seed": SPLITS[args.split],
-        "images": args.images,
         **measure(args.bundle, split),
     }
     write_results(args.name, report, markdown(report))

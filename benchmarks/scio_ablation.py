@@ -68,6 +68,19 @@ def split_arguments(ap: argparse.ArgumentParser, split: str, name: str) -> argpa
     return ap
 
 
+def split_report(args: argparse.Namespace) -> dict[str, Any]:
+    """The head of a split-based benchmark's result file: the command, the machine, the code
+    and which split (`split_arguments`' --split and --images)."""
+    return {
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(),
+        "code": git_commit(),
+        "split": args.split,
+        "seed": SPLITS[args.split],
+        "images": args.images,
+    }
+
+
 def make_split(work: Path, name: str, images: int) -> Path:
     from training.synth.generate import generate_dataset
 

@@ -22,8 +22,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import git_commit, machine, md_header, write_results  # noqa: E402
-from benchmarks.scio_ablation import SPLITS, make_split, prior_candidates  # noqa: E402
+from benchmarks._common import md_header, write_results  # noqa: E402
+from benchmarks.scio_ablation import SPLITS, make_split, prior_candidates, split_report  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
 from models.scio_search import ScioSearchConfig  # noqa: E402
 from service.pipeline import PosePipeline  # noqa: E402
@@ -126,12 +126,7 @@ def main() -> int:
         pairs.append((label, Path(path)))
     split = make_split(args.work, args.split, args.images)
     report: dict[str, Any] = {
-        "command": " ".join(["python", *sys.argv]),
-        "machine": machine(),
-        "code": git_commit(),
-        "split": args.split,
-        "seed": SPLITS[args.split],
-        "images": args.images,
+        **split_report(args),
         "bundles": {},
     }
     for label, path in pairs:

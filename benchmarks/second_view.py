@@ -37,13 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import (  # noqa: E402
-    git_commit,
-    machine,
     md_header,
     shown_path,
     write_results,
 )
-from benchmarks.scio_ablation import SPLITS, make_split, split_arguments  # noqa: E402
+from benchmarks.scio_ablation import make_split, split_arguments, split_report  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
 from models.geometry import (  # noqa: E402
     affine_matrices,
@@ -315,12 +313,7 @@ def main() -> int:
     split = make_split(args.work, args.split, args.images)
     t = time.perf_counter()
     report: dict[str, Any] = {
-        "command": " ".join(["python", *sys.argv]),
-        "machine": machine(),
-        "code": git_commit(),
-        "split": args.split,
-        "seed": SPLITS[args.split],
-        "images": args.images,
+        **split_report(args),
         **measure(args.bundle, split, args.bootstrap, not args.no_view_flip),
     }
     report["seconds"] = time.perf_counter() - t
