@@ -51,7 +51,12 @@ from models.geometry import (  # noqa: E402
     transform_points,
 )
 from models.scio_search import refine  # noqa: E402
-from service.pipeline import BackbonePass, PosePipeline  # noqa: E402
+from service.pipeline import (  # noqa: E402
+    HEAD_VIEW_PLACED_BY,
+    HEAD_VIEW_REPLACES,
+    BackbonePass,
+    PosePipeline,
+)
 from training.data.coco import CocoKeypoints  # noqa: E402
 from training.evaluate import (  # noqa: E402
     EvalOptions,
@@ -66,8 +71,10 @@ from training.evaluate import (  # noqa: E402
 from training.progress import progress  # noqa: E402
 
 F64 = np.ndarray
-UPPER = ("nose", "eye", "ear", "shoulder", "elbow", "wrist")
-HEAD = ("nose", "eye", "ear")
+# the upper body's joints (which place the upper view and which it replaces) and the face, as the
+# pipeline's head view names them
+UPPER = HEAD_VIEW_PLACED_BY
+HEAD = HEAD_VIEW_REPLACES
 VARIANTS = (
     "backbone",
     "upper view",
