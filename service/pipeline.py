@@ -310,9 +310,9 @@ class PosePipeline:
         )
         timings["decode_heatmaps_ms"] = _ms(t)
 
-        if self.head_view_available:
+        if self.head_view_available and any(o.head_view for _, o in items):
             want = np.array([items[i][1].head_view for i in persons.item], dtype=bool)
-            if want.any():
+            if want.any():  # else the requests that asked have no persons
                 t = time.perf_counter()
                 bp = self._head_view(items, bp, np.flatnonzero(want))
                 timings["head_view_ms"] = _ms(t)
