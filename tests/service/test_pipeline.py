@@ -382,3 +382,15 @@ def test_a_spec_without_face_keypoints_has_no_head_view(tmp_path: Path) -> None:
     seen = crowd.estimate(img, replace(opts, head_view=True))  # asked for, ignored
     assert "head_view_ms" not in seen.timings_ms
     np.testing.assert_array_equal(seen.persons[0].keypoints, plain.persons[0].keypoints)
+
+
+def test_the_head_view_runs_only_for_the_requests_that_ask(pipe: PosePipeline) -> None:
+    ys, xs = np.mgrid[0:300, 0:400]
+    blob = 255 * np.exp(-((xs - 101.3) ** 2 + (ys - 122.6) ** 2) / (2 * 6.0**2))
+    img = np.repeat(blob[..., None], 3, axis=2).astype(np.uint8)
+    opts = PoseOptions(boxes=np.array([[40.0, 40, 180, 240]]), refine=False)
+    plain = pipe.estimate(img, opts).persons[0].keypoints
+    asked, not_asked = pipe.estimate_many([(img, replace(opts, head_view=True)), (img, opts)])
+    np.testing.assert_array_equal(not_asked.persons[0].keypoints, plain)
+    assert not np.array_equal(asked.persons[0].keypoints[:5], plain[:5])
+    np.testing.assert_array_equal(asked.persons[0].keypoints[5:], plain[5:])
