@@ -87,10 +87,6 @@ VARIANTS = (
 )
 
 
-def upper_mask(names: list[str], parts: tuple[str, ...] = UPPER) -> np.ndarray:
-    return np.array([any(u in n for u in parts) for n in names])
-
-
 def view_pass(
     pipe: PosePipeline, items: list[Any], bp: BackbonePass, joints: np.ndarray, flip: bool = True
 ) -> tuple[F64, F64, float]:
@@ -195,8 +191,8 @@ def measure(
     ids = coco.image_ids
     gts = gt_persons(coco, ids)
     boxes = {i: (b, np.ones(len(b))) for i, (b, _) in gts.items()}
-    upper = upper_mask(list(spec.keypoint_names))
-    head = upper_mask(list(spec.keypoint_names), HEAD)
+    upper = spec.named(UPPER)
+    head = spec.named(HEAD)
     opts = EvalOptions()
     preds: dict[str, dict[int, Any]] = {v: {} for v in VARIANTS}
     ms = {"first crop": 0.0, "upper view": 0.0, "lower view": 0.0}

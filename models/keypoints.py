@@ -94,6 +94,10 @@ class KeypointSpec:
     def index(self, keypoint_name: str) -> int:
         return self.keypoint_names.index(keypoint_name)
 
+    def named(self, words: tuple[str, ...]) -> npt.NDArray[np.bool_]:
+        """(K,) which keypoints' names contain one of `words` ("eye": both eyes)."""
+        return np.array([any(w in n for w in words) for n in self.keypoint_names], dtype=bool)
+
     def with_groups(self, groups: tuple[ScioGroup, ...], name: str | None = None) -> KeypointSpec:
         """The same spec with another group assignment (for ablations)."""
         return KeypointSpec(

@@ -64,10 +64,6 @@ HEAD_VIEW_REPLACES = ("nose", "eye", "ear")
 HEAD_VIEW_MIN_SCALE = 0.3
 
 
-def _named_keypoints(names: Sequence[str], words: tuple[str, ...]) -> npt.NDArray[np.intp]:
-    return np.flatnonzero([any(w in n for w in words) for n in names])
-
-
 @dataclass
 class _Persons:
     """All persons of one call, concatenated over images (N = total persons)."""
@@ -167,8 +163,8 @@ class PosePipeline:
         if bundle.has_scio:
             self._load_scio(bundle, load, scio_config, scio_parallel, intra_op_threads)
         self.refine_available = self.verifier is not None
-        self._head_placed_by = _named_keypoints(self.spec.keypoint_names, HEAD_VIEW_PLACED_BY)
-        self._head_replaces = _named_keypoints(self.spec.keypoint_names, HEAD_VIEW_REPLACES)
+        self._head_placed_by = np.flatnonzero(self.spec.named(HEAD_VIEW_PLACED_BY))
+        self._head_replaces = np.flatnonzero(self.spec.named(HEAD_VIEW_REPLACES))
         # a spec without face keypoints (CrowdPose's head and neck) has no head view
         self.head_view_available = len(self._head_replaces) > 0 and len(self._head_placed_by) > 1
         log.info(

@@ -36,6 +36,14 @@ def test_coco_groups_are_the_design_table() -> None:
     assert len(COCO17.groups) == 6
 
 
+def test_named_picks_the_keypoints_whose_names_contain_a_word() -> None:
+    face = COCO17.named(("nose", "eye", "ear"))
+    assert [n for n, f in zip(COCO17.keypoint_names, face, strict=True) if f] == [
+        "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    ]  # fmt: skip
+    assert not CROWDPOSE14.named(("nose", "eye", "ear")).any()
+
+
 def test_crowdpose_uses_the_four_limb_groups() -> None:
     limbs = {k: v for k, v in DESIGN_GROUPS.items() if "head" not in k}
     assert _by_name(CROWDPOSE14) == limbs

@@ -59,8 +59,7 @@ class TopDownDataset(Dataset[dict[str, Any]]):
         self.limbs = limbs  # skeleton edges whose limb targets each sample carries too
         self.epoch = 0
         self.instances: list[tuple[ImageRecord, PersonAnn]] = coco.training_instances()
-        names = self.spec.keypoint_names
-        self._upper = np.array([any(u in n for u in _UPPER_NAMES) for n in names])
+        self._upper = self.spec.named(_UPPER_NAMES)
         self._aspect = codec.input_hw[1] / codec.input_hw[0]
 
     def set_epoch(self, epoch: int) -> None:
